@@ -1,0 +1,95 @@
+/**
+ * Configuration: the OFFLOG_* environment, parsed and validated once at start
+ * and passed in from there. Nothing below lib/ reads process.env.
+ */
+import { z } from 'zod';
+import { ConfigError } from './errors.ts';
+
+export interface HostPort { host: string; port: number }
+
+export interface Config {
+  gearmanServers: HostPort[];
+  memcachedServers: HostPort[];
+  mysqlUrl: string;
+  sliceSeconds: number;
+  ringSlices: number;
+  tablePrefix: string;
+  keyPrefix: string;
+  /** When set, HTTP ingest requires `Authorization: Bearer <token>`. */
+  ingestToken: string | undefined;
+  /** Largest HTTP body accepted, in bytes. */
+  maxBodyBytes: number;
+  /** Largest number of events in one HTTP request. */
+  maxBatchEvents: number;
+  logLevel: string;
+}
+
+const hostPort = (fallback: string, defaultPort: number) =>
+  z.string().default(fallback).transform((value, ctx): HostPort[] => {
+    const servers: HostPort[] = [];
+    for (const item of value.split(',').map((s) => s.trim()).filter(Boolean)) {
+      const m = /^([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\])(?::(\d{1,5}))?$/.exec(item);
+      const port = m?.[2] === undefined ? defaultPort : Number(m[2]);
+      if (!m || port < 1 || port > 65535) {
+        ctx.addIssue({ code: 'custom', message: `"${item}" is not host:port` });
+        return z.NEVER;
+      }
+      servers.push({ host: m[1]!.replace(/^\[|\]$/g, ''), port });
+    }
+    if (servers.length === 0) {
+      ctx.addIssue({ code: 'custom', message: 'needs at least one host:port' });
+      return z.NEVER;
+    }
+    return servers;
+  });
+
+const int = (min: number, max: number, fallback: number) =>
+  z
+    .string()
+    .regex(/^\d+$/, 'must be a whole number')
+    .default(String(fallback))
+    .transform(Number)
+    .pipe(z.number().int().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`));
+
+const schema = z.object({
+  OFFLOG_GEARMAN_SERVERS: hostPort('127.0.0.1:4730', 4730),
+  OFFLOG_MEMCACHED_SERVERS: hostPort('127.0.0.1:11211', 11211),
+  OFFLOG_MYSQL_URL: z
+    .string()
+    .regex(/^mysql:\/\/[^/]+\/\w+/, 'must look like mysql://user:password@host:port/database')
+    .default('mysql://offlog:offlog@127.0.0.1:3306/offlog'),
+  OFFLOG_SLICE_SECONDS: int(1, 86_400, 600),
+  // At least 3: one slice being written, one between, one being read.
+  OFFLOG_RING_SLICES: int(3, 1_000, 6),
+  OFFLOG_TABLE_PREFIX: z.string().regex(/^[A-Za-z0-9_]{0,32}$/, 'letters, digits and _ only (at most 32)').default('ol_'),
+  OFFLOG_KEY_PREFIX: z.string().regex(/^[!-~]{0,64}$/, 'printable ASCII without spaces (at most 64)').default('ol:'),
+  OFFLOG_INGEST_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
+  OFFLOG_MAX_BODY_BYTES: int(1_024, 64 * 1024 * 1024, 1024 * 1024),
+  OFFLOG_MAX_BATCH_EVENTS: int(1, 1_000_000, 10_000),
+  OFFLOG_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+});
+
+/** Parses the environment; throws one ConfigError listing every bad variable. */
+export function loadConfig(env: Record<string, string | undefined> = {}): Config {
+  // Empty strings mean "unset" so that `OFFLOG_X= cmd` falls back to the default.
+  const present = Object.fromEntries(Object.entries(env).filter(([k, v]) => k.startsWith('OFFLOG_') && v !== ''));
+  const parsed = schema.safeParse(present);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message} (got ${JSON.stringify(present[String(i.path[0])])})`);
+    throw new ConfigError(`invalid configuration:\n  ${lines.join('\n  ')}`);
+  }
+  const e = parsed.data;
+  return {
+    gearmanServers: e.OFFLOG_GEARMAN_SERVERS,
+    memcachedServers: e.OFFLOG_MEMCACHED_SERVERS,
+    mysqlUrl: e.OFFLOG_MYSQL_URL,
+    sliceSeconds: e.OFFLOG_SLICE_SECONDS,
+    ringSlices: e.OFFLOG_RING_SLICES,
+    tablePrefix: e.OFFLOG_TABLE_PREFIX,
+    keyPrefix: e.OFFLOG_KEY_PREFIX,
+    ingestToken: e.OFFLOG_INGEST_TOKEN,
+    maxBodyBytes: e.OFFLOG_MAX_BODY_BYTES,
+    maxBatchEvents: e.OFFLOG_MAX_BATCH_EVENTS,
+    logLevel: e.OFFLOG_LOG_LEVEL,
+  };
+}

@@ -1,0 +1,215 @@
+/**
+ * Events and their wire formats, validated at the edges. Every rule of
+ * DESIGN.md's event table lives here, with messages that name the field.
+ */
+import { InputError } from './errors.ts';
+
+/** Canonical decimal form of an unsigned 64-bit user id (no sign, no leading zeros). */
+export type UserId = string;
+/** 1…65535. */
+export type ActionId = number;
+
+export interface LogEvent {
+  userId: UserId;
+  actionId: ActionId;
+  /** Summed per slice; 0 when absent. */
+  value: number;
+  /** Epoch milliseconds. */
+  at: number;
+  /** Metadata, kept only for watched events. */
+  payload?: string;
+}
+
+export const MAX_U64 = 18_446_744_073_709_551_615n;
+export const MAX_PAYLOAD_BYTES = 4096;
+/** Timestamps outside 1970…2999 are typos, not clock skew. */
+const MAX_AT_MS = Date.UTC(3000, 0, 1);
+const ISO_8601 = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$/;
+const EVENT_FIELDS = new Set(['userId', 'actionId', 'value', 'at', 'payload']);
+
+export function parseUserId(raw: unknown, field = 'userId'): UserId {
+  if (typeof raw === 'number') {
+    if (Number.isSafeInteger(raw) && raw >= 0) return String(raw);
+    if (Number.isInteger(raw) && raw > 0) {
+      throw new InputError(field, 'is above 2^53-1 and lost precision as a JSON number; send it as a decimal string');
+    }
+  } else if (typeof raw === 'string') {
+    if (/^\d{1,20}$/.test(raw)) {
+      const canonical = raw.length < 16 ? String(Number(raw)) : BigInt(raw).toString();
+      if (raw.length < 20 || BigInt(canonical) <= MAX_U64) return canonical;
+    }
+  } else if (raw === undefined) {
+    throw new InputError(field, 'is required');
+  }
+  throw new InputError(field, `must be an unsigned 64-bit integer (number or decimal string), got ${excerpt(raw)}`);
+}
+
+export function parseActionId(raw: unknown, field = 'actionId'): ActionId {
+  const n = typeof raw === 'string' && /^\d{1,5}$/.test(raw) ? Number(raw) : raw;
+  if (typeof n === 'number' && Number.isInteger(n) && n >= 1 && n <= 65_535) return n;
+  if (raw === undefined) throw new InputError(field, 'is required');
+  throw new InputError(field, `must be an integer from 1 to 65535, got ${excerpt(raw)}`);
+}
+
+export function parseValue(raw: unknown, field = 'value'): number {
+  if (raw === undefined || raw === null) return 0;
+  if (typeof raw === 'number' && Number.isSafeInteger(raw) && raw >= 0) return raw;
+  throw new InputError(field, `must be an integer from 0 to 2^53-1, got ${excerpt(raw)}`);
+}
+
+/** `at` as epoch ms; `acceptedAt` when absent. */
+export function parseAt(raw: unknown, acceptedAt: number, field = 'at'): number {
+  if (raw === undefined || raw === null) return acceptedAt;
+  if (typeof raw === 'number' && Number.isFinite(raw) && raw >= 0 && raw < MAX_AT_MS) return Math.floor(raw);
+  if (typeof raw === 'string' && ISO_8601.test(raw)) {
+    const ms = Date.parse(raw);
+    if (Number.isFinite(ms) && ms >= 0 && ms < MAX_AT_MS) return ms;
+  }
+  throw new InputError(field, `must be epoch milliseconds or an ISO-8601 date-time between 1970 and 3000, got ${excerpt(raw)}`);
+}
+
+export function parsePayload(raw: unknown, field = 'payload'): string | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  if (typeof raw !== 'string') throw new InputError(field, `must be a string, got ${excerpt(raw)}`);
+  if (raw.length > MAX_PAYLOAD_BYTES / 4 && Buffer.byteLength(raw) > MAX_PAYLOAD_BYTES) {
+    throw new InputError(field, `must be at most ${MAX_PAYLOAD_BYTES} bytes of UTF-8, got ${Buffer.byteLength(raw)}`);
+  }
+  return raw;
+}
+
+/** One event object as sent over HTTP or to the SDK. */
+export function parseEvent(raw: unknown, acceptedAt: number, path = ''): LogEvent {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new InputError(path || 'event', `must be a JSON object, got ${excerpt(raw)}`);
+  }
+  const o = raw as Record<string, unknown>;
+  for (const key of Object.keys(o)) {
+    if (!EVENT_FIELDS.has(key)) {
+      throw new InputError(`${path}${path ? '.' : ''}${excerpt(key, 40)}`, 'is not a known field (userId, actionId, value, at, payload)');
+    }
+  }
+  const p = path ? `${path}.` : '';
+  const event: LogEvent = {
+    userId: parseUserId(o.userId, `${p}userId`),
+    actionId: parseActionId(o.actionId, `${p}actionId`),
+    value: parseValue(o.value, `${p}value`),
+    at: parseAt(o.at, acceptedAt, `${p}at`),
+  };
+  const payload = parsePayload(o.payload, `${p}payload`);
+  if (payload !== undefined) event.payload = payload;
+  return event;
+}
+
+/** An HTTP body: one event, or `{"events": [...]}`. All or nothing. */
+export function parseBody(text: string, acceptedAt: number, maxEvents: number): LogEvent[] {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new InputError('body', `is not valid JSON (${(err as Error).message})`);
+  }
+  if (typeof raw === 'object' && raw !== null && !Array.isArray(raw) && 'events' in raw) {
+    const extra = Object.keys(raw).filter((k) => k !== 'events');
+    if (extra.length > 0) throw new InputError(excerpt(extra[0], 40), 'is not allowed beside "events"');
+    const list = (raw as { events: unknown }).events;
+    if (!Array.isArray(list)) throw new InputError('events', `must be an array, got ${excerpt(list)}`);
+    if (list.length === 0) throw new InputError('events', 'must not be empty');
+    if (list.length > maxEvents) throw new InputError('events', `must hold at most ${maxEvents} events, got ${list.length}`);
+    return list.map((e, i) => parseEvent(e, acceptedAt, `events[${i}]`));
+  }
+  return [parseEvent(raw, acceptedAt)];
+}
+
+/**
+ * The original PHP client's job: `{"userid": 1, "actionId": 1, "payload": "…"}`.
+ * It carries no time, so the worker's clock stamps it.
+ */
+export function parseLogSimple(data: Buffer, receivedAt: number): LogEvent {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(data.toString('utf8'));
+  } catch {
+    throw new InputError('logSimple', `is not valid JSON: ${excerpt(data.toString('utf8'))}`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new InputError('logSimple', `must be a JSON object, got ${excerpt(raw)}`);
+  }
+  const o = raw as Record<string, unknown>;
+  for (const key of Object.keys(o)) {
+    if (key !== 'userid' && key !== 'actionId' && key !== 'payload') {
+      throw new InputError(`logSimple.${excerpt(key, 40)}`, 'is not a known field (userid, actionId, payload)');
+    }
+  }
+  const event: LogEvent = {
+    userId: parseUserId(o.userid, 'logSimple.userid'),
+    actionId: parseActionId(o.actionId, 'logSimple.actionId'),
+    value: 0,
+    at: receivedAt,
+  };
+  const payload = parsePayload(o.payload, 'logSimple.payload');
+  if (payload !== undefined) event.payload = payload;
+  return event;
+}
+
+/**
+ * `offlog.batch`, version 1: `{"v":1,"e":[[userId, actionId, value, atMs(, payload)], …]}`.
+ * Tuples keep jobs small and parsing cheap; user ids above 2^53-1 travel as strings.
+ */
+export const BATCH_VERSION = 1;
+
+export function encodeBatch(events: readonly LogEvent[]): string {
+  const parts = new Array<string>(events.length);
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i]!;
+    const u = e.userId.length < 16 ? e.userId : JSON.stringify(e.userId);
+    parts[i] = e.payload === undefined
+      ? `[${u},${e.actionId},${e.value},${e.at}]`
+      : `[${u},${e.actionId},${e.value},${e.at},${JSON.stringify(e.payload)}]`;
+  }
+  return `{"v":${BATCH_VERSION},"e":[${parts.join(',')}]}`;
+}
+
+export function decodeBatch(data: Buffer, receivedAt: number): LogEvent[] {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(data.toString('utf8'));
+  } catch {
+    throw new InputError('offlog.batch', `is not valid JSON: ${excerpt(data.toString('utf8'))}`);
+  }
+  const o = raw as { v?: unknown; e?: unknown } | null;
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) {
+    throw new InputError('offlog.batch', `must be a JSON object, got ${excerpt(raw)}`);
+  }
+  if (o.v !== BATCH_VERSION) {
+    throw new InputError('offlog.batch.v', `version ${excerpt(o.v)} is not supported (this worker reads version ${BATCH_VERSION})`);
+  }
+  if (!Array.isArray(o.e)) throw new InputError('offlog.batch.e', `must be an array, got ${excerpt(o.e)}`);
+  const events = new Array<LogEvent>(o.e.length);
+  for (let i = 0; i < o.e.length; i++) {
+    const t = o.e[i] as unknown[];
+    const at = `offlog.batch.e[${i}]`;
+    if (!Array.isArray(t) || t.length < 4 || t.length > 5) {
+      throw new InputError(at, `must be [userId, actionId, value, atMs(, payload)], got ${excerpt(t)}`);
+    }
+    const event: LogEvent = {
+      userId: parseUserId(t[0], `${at}[0] userId`),
+      actionId: parseActionId(t[1], `${at}[1] actionId`),
+      value: parseValue(t[2], `${at}[2] value`),
+      at: parseAt(t[3], receivedAt, `${at}[3] at`),
+    };
+    if (t.length === 5) event.payload = parsePayload(t[4], `${at}[4] payload`);
+    events[i] = event;
+  }
+  return events;
+}
+
+/** A short, safe rendering of bad input for an error message or a log line. */
+export function excerpt(value: unknown, max = 80): string {
+  let s: string;
+  try {
+    s = typeof value === 'string' ? JSON.stringify(value) : value === undefined ? 'undefined' : JSON.stringify(value) ?? String(value);
+  } catch {
+    s = String(value);
+  }
+  return s.length > max ? `${s.slice(0, max)}…` : s;
+}

@@ -1,0 +1,193 @@
+/**
+ * The one place that speaks Gearman. A promise-shaped wrapper over the bare
+ * `gearman` package: one server per connection, requests answered in order.
+ *
+ * The package leaves Nagle's algorithm on and hides its socket; we patch it to
+ * call setNoDelay(true) (patches/gearman+2.1.0.patch, applied by patch-package
+ * on install) — without it a worker manages about 23 jobs/s.
+ */
+import gearman, { type GearmanSocket } from 'gearman';
+import net from 'node:net';
+import type { HostPort } from './config.ts';
+import { GearmanUnavailableError } from './errors.ts';
+
+export type Priority = 'low' | 'normal' | 'high';
+
+export interface Job {
+  handle: string;
+  fn: string;
+  unique: string;
+  data: Buffer;
+  /** The connection the job came on: it must be acknowledged there. */
+  conn: GearmanConnection;
+}
+
+export const label = (s: HostPort): string => `${s.host}:${s.port}`;
+
+type Waiter<T> = { resolve: (v: T) => void; reject: (e: Error) => void };
+
+export class GearmanConnection {
+  readonly server: HostPort;
+  private readonly socket: GearmanSocket;
+  private closed = false;
+  private closeError: Error | undefined;
+  /** Gearman answers a connection's requests in order, so FIFO queues match replies to requests. */
+  private readonly submits: Waiter<string>[] = [];
+  private readonly grabs: Waiter<Job | null>[] = [];
+  private wake: (() => void) | undefined;
+  private readonly closeListeners: ((err: Error) => void)[] = [];
+
+  private constructor(server: HostPort, socket: GearmanSocket) {
+    this.server = server;
+    this.socket = socket;
+    socket.on('JOB_CREATED', (handle) => this.submits.shift()?.resolve(handle));
+    socket.on('ERROR', (code, text) => {
+      // gearmand reports protocol errors and then keeps the connection; fail the oldest request.
+      const err = new GearmanUnavailableError(`gearmand ${label(server)} answered ERROR ${code}: ${text}`);
+      (this.submits.shift() ?? this.grabs.shift())?.reject(err);
+    });
+    socket.on('JOB_ASSIGN_UNIQ', (j) =>
+      this.grabs.shift()?.resolve({ handle: j.handle, fn: j.func_name, unique: j.unique_id, data: j.payload, conn: this }),
+    );
+    socket.on('NO_JOB', () => this.grabs.shift()?.resolve(null));
+    socket.on('NOOP', () => {
+      const wake = this.wake;
+      this.wake = undefined;
+      wake?.();
+    });
+    socket.on('error', (err) => this.fail(new GearmanUnavailableError(`gearmand ${label(server)}: ${err.message}`)));
+    socket.on('close', () => this.fail(new GearmanUnavailableError(`gearmand ${label(server)} closed the connection`)));
+  }
+
+  static connect(server: HostPort, timeoutMs = 3000): Promise<GearmanConnection> {
+    return new Promise((resolve, reject) => {
+      const socket = gearman(server.host, server.port);
+      const conn = new GearmanConnection(server, socket);
+      const timer = setTimeout(() => {
+        conn.close();
+        reject(new GearmanUnavailableError(`gearmand ${label(server)}: no connection within ${timeoutMs} ms`));
+      }, timeoutMs);
+      conn.onClose((err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      socket.connect(() => {
+        clearTimeout(timer);
+        resolve(conn);
+      });
+    });
+  }
+
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
+  /** Called once when the connection is lost or closed; every pending request has been rejected. */
+  onClose(listener: (err: Error) => void): void {
+    if (this.closed) listener(this.closeError!);
+    else this.closeListeners.push(listener);
+  }
+
+  /** Queues a background job; resolves with its handle once gearmand answers JOB_CREATED. */
+  submitBackground(fn: string, data: Buffer | string, unique: string, priority: Priority = 'normal'): Promise<string> {
+    if (this.closed) return Promise.reject(this.closeError);
+    return new Promise((resolve, reject) => {
+      this.submits.push({ resolve, reject });
+      this.socket.submitJob(fn, data, { background: true, priority, unique_id: unique });
+    });
+  }
+
+  // ── worker side ──
+
+  canDo(fn: string): void {
+    this.socket.addFunction(fn);
+  }
+
+  setWorkerId(id: string): void {
+    this.socket.setWorkerId(id);
+  }
+
+  /** Asks for one job; null when the queue is empty. A connection may hold several jobs at once. */
+  grab(): Promise<Job | null> {
+    if (this.closed) return Promise.reject(this.closeError);
+    return new Promise((resolve, reject) => {
+      this.grabs.push({ resolve, reject });
+      this.socket.grabUniqueJob();
+    });
+  }
+
+  /** PRE_SLEEP, then resolves when gearmand says NOOP (work arrived) or after `maxMs`. */
+  sleep(maxMs: number): Promise<void> {
+    if (this.closed) return Promise.reject(this.closeError);
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, maxMs);
+      const self = this;
+      function done(): void {
+        clearTimeout(timer);
+        if (self.wake === done) self.wake = undefined;
+        resolve();
+      }
+      this.wake = done;
+      this.closeListeners.push(done);
+      this.socket.preSleep();
+    });
+  }
+
+  /** Acknowledges a job: gearmand forgets it. Only after its counts are stored. */
+  complete(handle: string): void {
+    if (!this.closed) this.socket.sendWorkComplete(handle, '');
+  }
+
+  close(): void {
+    this.fail(new GearmanUnavailableError(`gearmand ${label(this.server)}: connection closed`));
+  }
+
+  private fail(err: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.closeError = err;
+    for (const w of this.submits.splice(0)) w.reject(err);
+    for (const w of this.grabs.splice(0)) w.reject(err);
+    this.wake?.();
+    for (const l of this.closeListeners.splice(0)) l(err);
+    this.socket.close();
+  }
+}
+
+export interface FunctionStatus { queued: number; running: number; workers: number }
+
+/** gearmand's text admin protocol: `status` → per function queued/running/workers. */
+export function adminStatus(server: HostPort, timeoutMs = 3000): Promise<Map<string, FunctionStatus>> {
+  return adminCommand(server, 'status', timeoutMs).then((lines) => {
+    const result = new Map<string, FunctionStatus>();
+    for (const line of lines) {
+      const [fn, queued, running, workers] = line.split('\t');
+      if (fn && workers !== undefined) result.set(fn, { queued: Number(queued), running: Number(running), workers: Number(workers) });
+    }
+    return result;
+  });
+}
+
+/** Sends one admin command and collects lines up to the closing ".". */
+export function adminCommand(server: HostPort, command: string, timeoutMs = 3000): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: server.host, port: server.port, noDelay: true });
+    let text = '';
+    const timer = setTimeout(() => finish(new GearmanUnavailableError(`gearmand ${label(server)}: admin "${command}" timed out`)), timeoutMs);
+    function finish(err?: Error, lines?: string[]): void {
+      clearTimeout(timer);
+      socket.destroy();
+      if (err) reject(err);
+      else resolve(lines!);
+    }
+    socket.on('connect', () => socket.write(`${command}\n`));
+    socket.on('data', (chunk) => {
+      text += chunk.toString('utf8');
+      if (text === '.\n' || text.endsWith('\n.\n') || /^(OK|ERR)[^\n]*\n$/.test(text)) {
+        finish(undefined, text.split('\n').filter((l) => l !== '' && l !== '.'));
+      }
+    });
+    socket.on('error', (e) => finish(new GearmanUnavailableError(`gearmand ${label(server)}: ${e.message}`)));
+    socket.on('close', () => finish(new GearmanUnavailableError(`gearmand ${label(server)}: admin connection closed`)));
+  });
+}

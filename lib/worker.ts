@@ -1,0 +1,206 @@
+/**
+ * The worker: takes jobs from every Gearman server, folds the jobs it holds
+ * into one set of deltas, stores them in the ring, and only then acknowledges
+ * each job. While memcached is unreachable it holds what it has, takes nothing
+ * new and retries; the jobs stay Gearman's until they are acknowledged.
+ */
+import { Deltas } from './aggregate.ts';
+import { retry, sleep } from './backoff.ts';
+import type { HostPort } from './config.ts';
+import { InputError } from './errors.ts';
+import { decodeBatch, excerpt, parseLogSimple, type LogEvent } from './event.ts';
+import { GearmanConnection, label, type Job } from './gearman.ts';
+import type { Logger } from './log.ts';
+import type { Ring } from './ring.ts';
+import { sliceOf } from './slice.ts';
+
+export const FN_LOG_SIMPLE = 'logSimple';
+export const FN_BATCH = 'offlog.batch';
+export const FN_DEAD_LETTER = 'offlog.deadletter';
+
+export interface WorkerDeps {
+  gearmanServers: HostPort[];
+  sliceSeconds: number;
+  ring: Ring;
+  log: Logger;
+  /** Injectable clock (epoch ms) so tests can place events in chosen slices. */
+  now?: () => number;
+}
+
+export interface WorkerOptions {
+  /** Jobs held and folded together at most (each connection grabs its share). */
+  maxJobsPerFold?: number;
+  /** Connections per Gearman server; more connections hold more jobs at once. */
+  connectionsPerServer?: number;
+}
+
+export interface WorkerStats {
+  jobs: number;
+  events: number;
+  late: number;
+  deadLetters: number;
+  /** Redelivered jobs recognised as already applied and skipped. */
+  duplicatesSkipped: number;
+  folds: number;
+  memcachedOps: number;
+  storeRetries: number;
+}
+
+/** Stop conditions for `run`: drain until idle, or until a deadline (a Lambda's remaining time). */
+export interface RunUntil {
+  idle?: boolean;
+  deadlineMs?: number;
+}
+
+/** A dead letter as it travels on the `offlog.deadletter` queue. */
+export interface DeadLetterJob {
+  fn: string;
+  unique: string;
+  handle: string;
+  error: string;
+  receivedAt: string;
+  /** The job's payload, base64: it may not be valid UTF-8. */
+  payload: string;
+}
+
+export class Worker {
+  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, folds: 0, memcachedOps: 0, storeRetries: 0 };
+  private conns: GearmanConnection[] = [];
+  private stopping = false;
+  private readonly now: () => number;
+  private readonly maxJobs: number;
+  private readonly perServer: number;
+
+  constructor(private readonly deps: WorkerDeps, options: WorkerOptions = {}) {
+    this.now = deps.now ?? Date.now;
+    this.maxJobs = options.maxJobsPerFold ?? 64;
+    this.perServer = options.connectionsPerServer ?? 1;
+  }
+
+  /** Processes jobs until stopped, idle (when asked) or past the deadline. */
+  async run(until: RunUntil = {}): Promise<WorkerStats> {
+    const { log } = this.deps;
+    this.stopping = false;
+    try {
+      while (!this.stopping && (until.deadlineMs === undefined || Date.now() < until.deadlineMs)) {
+        await this.connect();
+        if (this.conns.length === 0) {
+          if (until.idle) throw new Error(`no Gearman server answers (${this.deps.gearmanServers.map(label).join(', ')})`);
+          await sleep(1000);
+          continue;
+        }
+        const jobs = await this.take();
+        if (jobs.length > 0) {
+          await this.process(jobs);
+          continue;
+        }
+        if (until.idle) break;
+        await this.waitForWork(until.deadlineMs === undefined ? 1000 : Math.max(0, Math.min(1000, until.deadlineMs - Date.now())));
+      }
+    } finally {
+      for (const c of this.conns) c.close();
+      this.conns = [];
+    }
+    log.info(this.stats, 'worker stopped');
+    return this.stats;
+  }
+
+  /** Finishes the fold in hand (its jobs are stored and acknowledged), then `run` returns. */
+  stop(): void {
+    this.stopping = true;
+  }
+
+  /** Opens the connections that are missing; a server that is down is simply skipped this round. */
+  private async connect(): Promise<void> {
+    this.conns = this.conns.filter((c) => c.isOpen);
+    const want = this.deps.gearmanServers.flatMap((s) => Array.from({ length: this.perServer }, () => s));
+    for (const c of this.conns) want.splice(want.findIndex((s) => s.host === c.server.host && s.port === c.server.port), 1);
+    await Promise.all(
+      want.map(async (server) => {
+        try {
+          const conn = await GearmanConnection.connect(server);
+          conn.setWorkerId(`offlog-worker-${process.pid}`);
+          conn.canDo(FN_LOG_SIMPLE);
+          conn.canDo(FN_BATCH);
+          this.conns.push(conn);
+        } catch (err) {
+          this.deps.log.warn({ server: label(server), err: (err as Error).message }, 'gearmand unreachable; will retry');
+        }
+      }),
+    );
+  }
+
+  /** Grabs up to maxJobsPerFold jobs, spread over the open connections, in one round trip each. */
+  private async take(): Promise<Job[]> {
+    const share = Math.max(1, Math.floor(this.maxJobs / this.conns.length));
+    const grabs = this.conns.flatMap((c) => Array.from({ length: share }, () => c.grab().catch(() => null)));
+    return (await Promise.all(grabs)).filter((j): j is Job => j !== null);
+  }
+
+  private async waitForWork(maxMs: number): Promise<void> {
+    await Promise.race(this.conns.map((c) => c.sleep(maxMs).catch(() => undefined)));
+  }
+
+  /** Decode, fold, store, then acknowledge. Bad jobs become dead letters and are acknowledged too. */
+  private async process(jobs: Job[]): Promise<void> {
+    const { ring, log, sliceSeconds } = this.deps;
+    const retrying = { stopped: () => false, onError: (err: Error, attempt: number, delayMs: number) => {
+      this.stats.storeRetries++;
+      log.warn({ err: err.message, attempt, delayMs, jobs: jobs.length }, 'memcached unreachable; holding jobs and retrying');
+    } };
+    const already = await retry(() => ring.appliedJobs(jobs.map((j) => j.unique)), retrying);
+    const receivedAt = this.now();
+    const current = sliceOf(receivedAt, sliceSeconds);
+    const deltas = new Deltas();
+    const applied: Job[] = [];
+    const dead: { job: Job; error: string }[] = [];
+    for (const job of jobs) {
+      if (job.unique && already.has(job.unique)) {
+        this.stats.duplicatesSkipped++;
+        continue;
+      }
+      try {
+        deltas.addAll(decode(job, receivedAt), current, sliceSeconds);
+        applied.push(job);
+      } catch (err) {
+        const error = err instanceof InputError ? err.message : `unexpected: ${(err as Error).message}`;
+        dead.push({ job, error });
+      }
+    }
+    if (deltas.pairs.size > 0) {
+      const before = ring.ops;
+      await retry(() => ring.apply(deltas), retrying);
+      this.stats.memcachedOps += ring.ops - before;
+    }
+    for (const { job, error } of dead) await this.deadLetter(job, error);
+    await retry(() => ring.markApplied(applied.map((j) => j.unique)), retrying);
+    for (const job of jobs) job.conn.complete(job.handle);
+    this.stats.folds++;
+    this.stats.jobs += jobs.length;
+    this.stats.events += deltas.events;
+    this.stats.late += deltas.lateEvents;
+    if (deltas.lateEvents > 0) log.warn({ late: deltas.lateEvents }, 'late or future-dated events counted into the current slice');
+  }
+
+  /**
+   * Keeps a bad job on the `offlog.deadletter` queue of the server it came from
+   * (persistent, like every queue) for an operator to read; never retried as work.
+   */
+  private async deadLetter(job: Job, error: string): Promise<void> {
+    this.stats.deadLetters++;
+    this.deps.log.error({ fn: job.fn, unique: job.unique, handle: job.handle, error, excerpt: excerpt(job.data.toString('utf8'), 120) }, 'bad job dead-lettered');
+    const letter: DeadLetterJob = { fn: job.fn, unique: job.unique, handle: job.handle, error, receivedAt: new Date().toISOString(), payload: job.data.toString('base64') };
+    try {
+      await job.conn.submitBackground(FN_DEAD_LETTER, JSON.stringify(letter), '', 'low');
+    } catch (err) {
+      // The job's connection is gone, so gearmand will hand the job out again and it comes back here.
+      this.deps.log.warn({ err: (err as Error).message }, 'could not queue the dead letter; the job will be redelivered');
+    }
+  }
+}
+
+function decode(job: Job, receivedAt: number): LogEvent[] {
+  if (job.fn === FN_BATCH) return decodeBatch(job.data, receivedAt);
+  if (job.fn === FN_LOG_SIMPLE) return [parseLogSimple(job.data, receivedAt)];
+  throw new InputError('function', `unknown function ${excerpt(job.fn)}`);
+}
