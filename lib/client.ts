@@ -1,0 +1,448 @@
+/**
+ * OffLogClient: the application's side. `log()` validates, appends to an
+ * in-memory batch and returns — no I/O on the caller's stack. Batches go out
+ * as `offlog.batch` background jobs, spread over the Gearman servers, each
+ * kept until gearmand answers JOB_CREATED; a server that fails is rested with
+ * backoff and its unacknowledged batches move to another. Memory is bounded:
+ * past the cap the oldest batches are dropped and counted.
+ *
+ * Each batch carries a unique id. gearmand merges a re-sent batch that is
+ * still queued, and the worker skips one it already applied, so a batch
+ * re-sent after a lost acknowledgement is counted once.
+ */
+import { randomBytes } from 'node:crypto';
+import type { HostPort } from './config.ts';
+import { GearmanUnavailableError } from './errors.ts';
+import { encodeBatch, MAX_PAYLOAD_BYTES, MAX_U64, type LogEvent } from './event.ts';
+import { GearmanConnection, label, type Priority } from './gearman.ts';
+import type { Logger } from './log.ts';
+import { FN_BATCH } from './worker.ts';
+
+export interface OffLogClientOptions {
+  servers: HostPort[];
+  /** Events per job. */
+  batchSize?: number;
+  /** How long a partly filled batch may wait, ms. */
+  lingerMs?: number;
+  /** Cap on events held (buffered + sent but not acknowledged). */
+  maxBufferedEvents?: number;
+  /** Cap on bytes of encoded batches held. */
+  maxBufferedBytes?: number;
+  /** Unacknowledged jobs per connection. */
+  window?: number;
+  logger?: Logger;
+}
+
+export interface LogOptions {
+  value?: number;
+  /** Epoch ms or a Date; defaults to now. */
+  at?: number | Date;
+  payload?: string;
+}
+
+export interface ServerStats {
+  state: 'up' | 'down' | 'connecting' | 'idle';
+  sentJobs: number;
+  acknowledgedJobs: number;
+  errors: number;
+  reconnects: number;
+}
+
+export interface ClientStats {
+  accepted: number;
+  sent: number;
+  acknowledged: number;
+  buffered: number;
+  dropped: number;
+  droppedBecause: { memory: number; closeTimeout: number };
+  reconnects: number;
+  servers: Record<string, ServerStats>;
+}
+
+interface Batch {
+  unique: string;
+  body: string;
+  events: number;
+  priority: Priority;
+}
+
+interface Server {
+  address: HostPort;
+  conn: GearmanConnection | null;
+  connecting: boolean;
+  downUntil: number;
+  backoffMs: number;
+  inflight: number;
+  everConnected: boolean;
+  stats: ServerStats;
+}
+
+const MIN_BACKOFF_MS = 50;
+const MAX_BACKOFF_MS = 5000;
+
+export class OffLogClient {
+  private readonly batchSize: number;
+  private readonly lingerMs: number;
+  private readonly maxEvents: number;
+  private readonly maxBytes: number;
+  private readonly window: number;
+  private readonly logger: Logger | undefined;
+  private readonly servers: Server[];
+  private readonly idPrefix = `${randomBytes(6).toString('base64url')}-`;
+  private seq = 0;
+
+  /** Events not yet sealed into a batch, already encoded as tuples. */
+  private normal: string[] = [];
+  private high: string[] = [];
+  private lingerTimer: NodeJS.Timeout | null = null;
+  /** Sealed batches waiting for a server, oldest first. */
+  private readonly queue: Batch[] = [];
+  private heldEvents = 0;
+  private heldBytes = 0;
+  private pumpScheduled = false;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private next = 0;
+  private closed = false;
+  private readonly idleWaiters: (() => void)[] = [];
+  private readonly counters = { accepted: 0, sent: 0, acknowledged: 0, droppedMemory: 0, droppedClose: 0, reconnects: 0 };
+
+  constructor(options: OffLogClientOptions) {
+    if (options.servers.length === 0) throw new TypeError('servers: at least one Gearman server is needed');
+    this.batchSize = options.batchSize ?? 500;
+    this.lingerMs = options.lingerMs ?? 20;
+    this.maxEvents = options.maxBufferedEvents ?? 1_000_000;
+    this.maxBytes = options.maxBufferedBytes ?? 64 * 1024 * 1024;
+    this.window = options.window ?? 32;
+    this.logger = options.logger;
+    this.servers = options.servers.map((address) => ({
+      address,
+      conn: null,
+      connecting: false,
+      downUntil: 0,
+      backoffMs: MIN_BACKOFF_MS,
+      inflight: 0,
+      everConnected: false,
+      stats: { state: 'idle', sentJobs: 0, acknowledgedJobs: 0, errors: 0, reconnects: 0 },
+    }));
+  }
+
+  /**
+   * Counts one event. Returns at once; never throws for a network fault.
+   * Throws a TypeError for an invalid argument: a programming error.
+   */
+  log(userId: number | string | bigint, actionId: number, options?: LogOptions): void {
+    this.push(userId, actionId, options, 'normal');
+  }
+
+  // The original PHP OffLog client's vocabulary, for teams porting line by line.
+  logSimpleAction(userId: number | string | bigint, actionId: number): void {
+    this.push(userId, actionId, undefined, 'normal');
+  }
+
+  logWatchedAction(userId: number | string | bigint, actionId: number, payload: string): void {
+    this.push(userId, actionId, { payload }, 'normal');
+  }
+
+  logWatchedUser(userId: number | string | bigint, actionId: number, payload: string): void {
+    this.push(userId, actionId, { payload }, 'normal');
+  }
+
+  /** Error-type actions go out at high priority (SUBMIT_JOB_HIGH_BG), ahead of the queue. */
+  logErrorReturn(userId: number | string | bigint, actionId: number, payload?: string): void {
+    this.push(userId, actionId, payload === undefined ? undefined : { payload }, 'high');
+  }
+
+  /**
+   * Sends already-validated events as one job now, bypassing the buffer: for
+   * the HTTP ingest, which must answer 503 rather than keep what it cannot place.
+   */
+  async send(events: readonly LogEvent[]): Promise<void> {
+    const batch: Batch = { unique: this.nextId(), body: encodeBatch(events), events: events.length, priority: 'normal' };
+    const errors: string[] = [];
+    for (let i = 0; i < this.servers.length; i++) {
+      const server = this.servers[(this.next + i) % this.servers.length]!;
+      try {
+        const conn = server.conn?.isOpen ? server.conn : await this.open(server);
+        await conn.submitBackground(FN_BATCH, batch.body, batch.unique, batch.priority);
+        this.next = (this.next + i + 1) % this.servers.length;
+        this.counters.accepted += events.length;
+        this.counters.sent += events.length;
+        this.counters.acknowledged += events.length;
+        server.stats.sentJobs++;
+        server.stats.acknowledgedJobs++;
+        return;
+      } catch (err) {
+        errors.push((err as Error).message);
+        this.markDown(server, err as Error);
+      }
+    }
+    throw new GearmanUnavailableError(`no Gearman server took the job: ${errors.join('; ')}`);
+  }
+
+  /** Sends what is buffered and resolves when gearmand has acknowledged all of it (or `timeoutMs` passed). */
+  async flush(options: { timeoutMs?: number } = {}): Promise<boolean> {
+    this.seal();
+    if (this.isIdle()) return true;
+    this.schedulePump();
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        const i = this.idleWaiters.indexOf(done);
+        if (i >= 0) this.idleWaiters.splice(i, 1);
+        resolve(false);
+      }, options.timeoutMs ?? 30_000);
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      this.idleWaiters.push(done);
+    });
+  }
+
+  /** Drains (up to `timeoutMs`), then closes every connection; what could not be sent is counted as dropped. */
+  async close(options: { timeoutMs?: number } = {}): Promise<ClientStats> {
+    await this.flush(options);
+    this.closed = true;
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    for (const b of this.queue.splice(0)) this.counters.droppedClose += b.events;
+    this.heldEvents = 0;
+    this.heldBytes = 0;
+    for (const s of this.servers) {
+      s.conn?.close();
+      s.conn = null;
+    }
+    return this.stats();
+  }
+
+  stats(): ClientStats {
+    const servers: Record<string, ServerStats> = {};
+    for (const s of this.servers) servers[label(s.address)] = { ...s.stats };
+    const c = this.counters;
+    return {
+      accepted: c.accepted,
+      sent: c.sent,
+      acknowledged: c.acknowledged,
+      buffered: this.heldEvents + this.normal.length + this.high.length,
+      dropped: c.droppedMemory + c.droppedClose,
+      droppedBecause: { memory: c.droppedMemory, closeTimeout: c.droppedClose },
+      reconnects: c.reconnects,
+      servers,
+    };
+  }
+
+  // ── the hot path ──
+
+  private push(userId: number | string | bigint, actionId: number, o: LogOptions | undefined, priority: Priority): void {
+    if (this.closed) throw new TypeError('OffLogClient is closed');
+    const u = encodeUserId(userId);
+    if (!Number.isInteger(actionId) || actionId < 1 || actionId > 65_535) throw new TypeError(`actionId: must be an integer from 1 to 65535, got ${String(actionId)}`);
+    let value = 0;
+    let at: number;
+    let tuple: string;
+    if (o === undefined) {
+      tuple = `[${u},${actionId},0,${Date.now()}]`;
+    } else {
+      if (o.value !== undefined) {
+        value = o.value;
+        if (!Number.isSafeInteger(value) || value < 0) throw new TypeError(`value: must be an integer from 0 to 2^53-1, got ${String(o.value)}`);
+      }
+      at = o.at === undefined ? Date.now() : o.at instanceof Date ? o.at.getTime() : o.at;
+      if (!Number.isInteger(at) || at < 0) throw new TypeError(`at: must be epoch milliseconds or a Date, got ${String(o.at)}`);
+      if (o.payload === undefined) {
+        tuple = `[${u},${actionId},${value},${at}]`;
+      } else {
+        if (typeof o.payload !== 'string' || Buffer.byteLength(o.payload) > MAX_PAYLOAD_BYTES) {
+          throw new TypeError(`payload: must be a string of at most ${MAX_PAYLOAD_BYTES} bytes`);
+        }
+        tuple = `[${u},${actionId},${value},${at},${JSON.stringify(o.payload)}]`;
+      }
+    }
+    this.counters.accepted++;
+    const buf = priority === 'high' ? this.high : this.normal;
+    buf.push(tuple);
+    if (buf.length >= this.batchSize || priority === 'high') this.seal();
+    else if (this.lingerTimer === null) {
+      this.lingerTimer = setTimeout(() => this.seal(), this.lingerMs);
+      this.lingerTimer.unref();
+    }
+  }
+
+  /** Turns the open buffers into batches and schedules sending them. */
+  private seal(): void {
+    if (this.lingerTimer) {
+      clearTimeout(this.lingerTimer);
+      this.lingerTimer = null;
+    }
+    for (const priority of ['high', 'normal'] as const) {
+      const buf = priority === 'high' ? this.high : this.normal;
+      if (buf.length === 0) continue;
+      const batch: Batch = { unique: this.nextId(), body: `{"v":1,"e":[${buf.join(',')}]}`, events: buf.length, priority };
+      if (priority === 'high') {
+        this.high = [];
+        this.queue.unshift(batch);
+      } else {
+        this.normal = [];
+        this.queue.push(batch);
+      }
+      this.heldEvents += batch.events;
+      this.heldBytes += batch.body.length;
+    }
+    this.enforceBound();
+    this.schedulePump();
+  }
+
+  /** Past the cap, the oldest batches not yet with a server go first. */
+  private enforceBound(): void {
+    while ((this.heldEvents > this.maxEvents || this.heldBytes > this.maxBytes) && this.queue.length > 0) {
+      const oldest = this.queue.findIndex((b) => b.priority === 'normal');
+      const [b] = this.queue.splice(oldest >= 0 ? oldest : 0, 1);
+      this.heldEvents -= b!.events;
+      this.heldBytes -= b!.body.length;
+      this.counters.droppedMemory += b!.events;
+      if (this.counters.droppedMemory === b!.events || this.counters.droppedMemory % 100_000 < b!.events) {
+        this.logger?.warn({ dropped: this.counters.droppedMemory }, 'OffLogClient buffer full: dropping the oldest events');
+      }
+    }
+  }
+
+  private schedulePump(): void {
+    if (this.pumpScheduled || this.closed) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  /** Hands queued batches to servers with room in their window, round robin. */
+  private pump(): void {
+    const now = Date.now();
+    while (this.queue.length > 0) {
+      const server = this.pickServer();
+      if (!server) break;
+      const batch = this.queue.shift()!;
+      this.submit(server, batch);
+    }
+    if (this.queue.length > 0) {
+      // Nobody can take more now: connect the servers whose rest is over, and look again later.
+      let wake = Infinity;
+      for (const s of this.servers) {
+        if (s.conn === null && !s.connecting) {
+          if (s.downUntil <= now) void this.open(s).then(() => this.schedulePump(), () => this.schedulePump());
+          else wake = Math.min(wake, s.downUntil);
+        }
+      }
+      if (wake !== Infinity && this.retryTimer === null) {
+        this.retryTimer = setTimeout(() => {
+          this.retryTimer = null;
+          this.pump();
+        }, Math.max(1, wake - now));
+        this.retryTimer.unref();
+      }
+    }
+    this.checkIdle();
+  }
+
+  private pickServer(): Server | undefined {
+    for (let i = 0; i < this.servers.length; i++) {
+      const s = this.servers[(this.next + i) % this.servers.length]!;
+      if (s.conn?.isOpen && s.inflight < this.window) {
+        this.next = (this.next + i + 1) % this.servers.length;
+        return s;
+      }
+    }
+    return undefined;
+  }
+
+  private submit(server: Server, batch: Batch): void {
+    server.inflight++;
+    server.stats.sentJobs++;
+    this.counters.sent += batch.events;
+    server.conn!.submitBackground(FN_BATCH, batch.body, batch.unique, batch.priority).then(
+      () => {
+        server.inflight--;
+        server.stats.acknowledgedJobs++;
+        server.backoffMs = MIN_BACKOFF_MS;
+        this.counters.acknowledged += batch.events;
+        this.heldEvents -= batch.events;
+        this.heldBytes -= batch.body.length;
+        this.schedulePump();
+      },
+      (err: Error) => {
+        // Not acknowledged: give it back, at the front, for a live server.
+        server.inflight--;
+        this.counters.sent -= batch.events;
+        this.queue.unshift(batch);
+        this.markDown(server, err);
+        this.schedulePump();
+      },
+    );
+  }
+
+  private async open(server: Server): Promise<GearmanConnection> {
+    server.connecting = true;
+    server.stats.state = 'connecting';
+    try {
+      const conn = await GearmanConnection.connect(server.address);
+      if (this.closed) {
+        conn.close();
+        throw new GearmanUnavailableError('client closed');
+      }
+      if (server.everConnected) {
+        server.stats.reconnects++;
+        this.counters.reconnects++;
+      }
+      server.everConnected = true;
+      server.conn = conn;
+      server.stats.state = 'up';
+      conn.onClose((err) => this.markDown(server, err));
+      return conn;
+    } catch (err) {
+      this.markDown(server, err as Error);
+      throw err;
+    } finally {
+      server.connecting = false;
+    }
+  }
+
+  private markDown(server: Server, err: Error): void {
+    if (server.conn && server.conn.isOpen) server.conn.close();
+    const wasUp = server.stats.state === 'up' || server.stats.state === 'connecting';
+    server.conn = null;
+    if (wasUp) {
+      server.stats.errors++;
+      server.downUntil = Date.now() + server.backoffMs;
+      server.backoffMs = Math.min(MAX_BACKOFF_MS, server.backoffMs * 2);
+      if (!this.closed) this.logger?.warn({ server: label(server.address), err: err.message }, 'Gearman server down; resting it');
+    }
+    server.stats.state = 'down';
+  }
+
+  private isIdle(): boolean {
+    return this.queue.length === 0 && this.normal.length === 0 && this.high.length === 0 && this.servers.every((s) => s.inflight === 0);
+  }
+
+  private checkIdle(): void {
+    if (this.idleWaiters.length > 0 && this.isIdle()) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  private nextId(): string {
+    return this.idPrefix + (++this.seq).toString(36);
+  }
+}
+
+/** userId as it goes into a batch tuple: a bare number when safe, else a quoted decimal string. */
+function encodeUserId(userId: number | string | bigint): string {
+  if (typeof userId === 'number') {
+    if (Number.isSafeInteger(userId) && userId >= 0) return String(userId);
+  } else if (typeof userId === 'string') {
+    if (/^\d{1,20}$/.test(userId)) {
+      if (userId.length < 16) return String(Number(userId));
+      const n = BigInt(userId);
+      if (n <= MAX_U64) return `"${n}"`;
+    }
+  } else if (typeof userId === 'bigint') {
+    if (userId >= 0n && userId <= MAX_U64) return userId <= BigInt(Number.MAX_SAFE_INTEGER) ? String(userId) : `"${userId}"`;
+  }
+  throw new TypeError(`userId: must be an unsigned 64-bit integer (number, bigint or decimal string), got ${String(userId)}`);
+}

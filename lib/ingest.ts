@@ -1,0 +1,60 @@
+/**
+ * HTTP ingest: authenticate, check size, validate the whole body, then hand
+ * it to Gearman as one job. All or nothing: a bad event rejects the batch.
+ */
+import { timingSafeEqual, createHash } from 'node:crypto';
+import type { OffLogClient } from './client.ts';
+import type { Config } from './config.ts';
+import { GearmanUnavailableError, InputError } from './errors.ts';
+import { parseBody } from './event.ts';
+import type { Logger } from './log.ts';
+
+export interface IngestRequest {
+  body: string;
+  /** Header names lower-cased. */
+  headers: Record<string, string | undefined>;
+}
+
+export interface IngestResponse {
+  statusCode: number;
+  headers: Record<string, string>;
+  body: string;
+}
+
+export async function ingest(req: IngestRequest, deps: { config: Config; client: OffLogClient; log: Logger; now?: number }): Promise<IngestResponse> {
+  const { config, client, log } = deps;
+  if (config.ingestToken !== undefined && !tokenMatches(req.headers.authorization, config.ingestToken)) {
+    return reply(401, { error: 'authorization: missing or wrong bearer token' });
+  }
+  const size = Buffer.byteLength(req.body);
+  if (size > config.maxBodyBytes) return reply(413, { error: `body: ${size} bytes is over the limit of ${config.maxBodyBytes}` });
+  let events;
+  try {
+    events = parseBody(req.body, deps.now ?? Date.now(), config.maxBatchEvents);
+  } catch (err) {
+    if (err instanceof InputError) return reply(400, { error: err.message, field: err.field });
+    throw err;
+  }
+  try {
+    await client.send(events);
+  } catch (err) {
+    if (err instanceof GearmanUnavailableError) {
+      log.error({ err: err.message, events: events.length }, 'ingest: no Gearman server took the job');
+      return reply(503, { error: 'no Gearman server is taking jobs; retry later' });
+    }
+    throw err;
+  }
+  return reply(202, { accepted: events.length });
+}
+
+/** Constant-time comparison of `Bearer <token>` (hashed first, so lengths never leak). */
+function tokenMatches(header: string | undefined, token: string): boolean {
+  const given = /^Bearer (.+)$/.exec(header ?? '')?.[1] ?? '';
+  const a = createHash('sha256').update(given).digest();
+  const b = createHash('sha256').update(token).digest();
+  return timingSafeEqual(a, b) && given.length > 0;
+}
+
+function reply(statusCode: number, body: object): IngestResponse {
+  return { statusCode, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) };
+}

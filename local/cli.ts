@@ -1,0 +1,121 @@
+/**
+ * `offlog` — the operator's command line.
+ *   offlog services up|down|status     local gearmand, memcached, MariaDB (native, loopback)
+ *   offlog migrate                     create the tables (idempotent)
+ *   offlog worker [--until-idle]       run a worker (long-lived unless --until-idle)
+ *   offlog flush [--now ISO-8601]      flush finished slices to MySQL
+ *   offlog status                      queues, ring, watermark and lag
+ *   offlog deadletters [--limit N]     move dead letters into MySQL and show the latest
+ */
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { loadConfig } from '../lib/config.ts';
+import { ConfigError } from '../lib/errors.ts';
+import { drainDeadLetters } from '../lib/deadletter.ts';
+import { flush } from '../lib/flush.ts';
+import { adminStatus, label } from '../lib/gearman.ts';
+import { Runtime } from '../lib/runtime.ts';
+import { sliceOf, sliceStartMs, type SliceId } from '../lib/slice.ts';
+import { Worker } from '../lib/worker.ts';
+
+const USAGE = `usage: offlog services up|down|status | migrate | worker [--until-idle] | flush [--now ISO-8601] | status | deadletters [--limit N]`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === 'services') {
+    const script = fileURLToPath(new URL('./services.sh', import.meta.url));
+    return spawnSync('bash', [script, ...rest], { stdio: 'inherit' }).status ?? 1;
+  }
+  const { values } = parseArgs({
+    args: rest,
+    options: { 'until-idle': { type: 'boolean' }, now: { type: 'string' }, limit: { type: 'string' } },
+    strict: true,
+  });
+  const rt = new Runtime(loadConfig(process.env));
+  const c = rt.config;
+  try {
+    switch (command) {
+      case 'migrate':
+        await rt.store.migrate();
+        rt.log.info({ tablePrefix: c.tablePrefix }, 'migrations applied');
+        return 0;
+      case 'worker': {
+        const worker = new Worker({ gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring: rt.ring, log: rt.log });
+        for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.stop());
+        print(await worker.run({ idle: values['until-idle'] === true }));
+        return 0;
+      }
+      case 'flush': {
+        const now = values.now === undefined ? new Date() : new Date(values.now);
+        if (Number.isNaN(now.getTime())) throw new ConfigError(`--now: ${JSON.stringify(values.now)} is not an ISO-8601 time`);
+        const result = await flush({ ring: rt.ring, store: rt.store, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices, log: rt.log }, now);
+        print(result);
+        return result.ran ? 0 : 75; // EX_TEMPFAIL: another flush held the lock
+      }
+      case 'status':
+        print(await status(rt));
+        return 0;
+      case 'deadletters': {
+        const moved = await drainDeadLetters(c.gearmanServers, rt.store);
+        const letters = await rt.store.deadLetters(Number(values.limit ?? 20));
+        print({ moved, latest: letters.map((d) => ({ ...d, payload: d.payload.toString('utf8').slice(0, 200) })) });
+        return 0;
+      }
+      default:
+        process.stderr.write(`${USAGE}\n`);
+        return 64;
+    }
+  } finally {
+    await rt.close();
+  }
+}
+
+async function status(rt: Runtime) {
+  const c = rt.config;
+  const now = Date.now();
+  const gearman = await Promise.all(
+    c.gearmanServers.map(async (s) => {
+      try {
+        return { server: label(s), functions: Object.fromEntries(await adminStatus(s)) };
+      } catch (err) {
+        return { server: label(s), error: (err as Error).message };
+      }
+    }),
+  );
+  let memcached: unknown;
+  const slices: unknown[] = [];
+  try {
+    memcached = await rt.ring.bootTimes();
+    const current = sliceOf(now, c.sliceSeconds);
+    for (let s = current - c.ringSlices + 1; s <= current; s++) {
+      const contents = await rt.ring.read(s as SliceId);
+      slices.push({ slice: s, start: new Date(sliceStartMs(s as SliceId, c.sliceSeconds)).toISOString(), pairs: contents.rows.length, events: contents.events?.toString() ?? '0', late: contents.late.toString(), pairsMissing: contents.missingPairs });
+    }
+  } catch (err) {
+    memcached = { error: (err as Error).message };
+  }
+  let mysql: unknown;
+  try {
+    const watermark = await rt.store.watermark();
+    const current = sliceOf(now, c.sliceSeconds);
+    const lagSlices = watermark === null ? null : current - 2 - sliceOf(watermark.getTime(), c.sliceSeconds);
+    const recent = await rt.store.recentSlices(10);
+    mysql = { watermark: watermark?.toISOString() ?? null, lagSlices, problems: recent.filter((r) => r.status !== 'flushed'), recent: recent.length };
+  } catch (err) {
+    mysql = { error: (err as Error).message };
+  }
+  return { now: new Date(now).toISOString(), gearman, memcached, ring: slices, mysql };
+}
+
+const print = (value: unknown): void => {
+  process.stdout.write(`${JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`);
+};
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: Error) => {
+    process.stderr.write(`offlog: ${err instanceof ConfigError ? err.message : err.stack ?? err.message}\n`);
+    process.exit(err instanceof ConfigError ? 78 : 1);
+  },
+);
