@@ -63,6 +63,8 @@ export class MemcacheConnection {
   private readonly connectTimeoutMs: number;
   private readonly opTimeoutMs: number;
   private socket: net.Socket | null = null;
+  /** Sockets whose handle is not yet closed, current or failed: close() waits for all of them. */
+  private readonly open = new Set<net.Socket>();
   private closed = false;
   private pending: Pending[] = [];
   // Unparsed input is kept as chunks and joined only once enough has arrived
@@ -161,12 +163,12 @@ export class MemcacheConnection {
   async close(): Promise<void> {
     this.closed = true;
     const socket = this.socket;
-    if (!socket) return;
+    const closing = [...this.open].map((s) => new Promise((resolve) => s.once('close', resolve)));
     // With nothing in flight there is nothing to wait for; otherwise the FIN
     // follows the last request and memcached answers all of them before closing.
-    if (this.pending.length === 0) this.fail(socket, new MemcacheUnavailableError(`${this.label}: connection closed`));
-    else socket.end();
-    if (!socket.closed) await new Promise((resolve) => socket.once('close', resolve));
+    if (socket && this.pending.length === 0) this.fail(socket, new MemcacheUnavailableError(`${this.label}: connection closed`));
+    else socket?.end();
+    
   }
 
   private send(parts: (string | Buffer)[], expects: Expect[], what: string[], found: Map<string, Buffer> | null): Promise<Pending> {
@@ -189,6 +191,7 @@ export class MemcacheConnection {
     const socket = net.connect({ host: this.address.host, port: this.address.port });
     socket.setNoDelay(true);
     this.socket = socket;
+    this.open.add(socket);
     const connectTimer = setTimeout(() => {
       this.fail(socket, new MemcacheUnavailableError(`${this.label}: cannot connect within ${this.connectTimeoutMs} ms`));
     }, this.connectTimeoutMs);
@@ -197,6 +200,7 @@ export class MemcacheConnection {
     socket.on('error', (e) => this.fail(socket, new MemcacheUnavailableError(`${this.label}: ${e.message}`)));
     socket.on('end', () => this.fail(socket, new MemcacheUnavailableError(`${this.label}: connection closed by the server`)));
     socket.on('close', () => {
+      this.open.delete(socket);
       clearTimeout(connectTimer);
       this.fail(socket, new MemcacheUnavailableError(`${this.label}: connection closed`));
     });

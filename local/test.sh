@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `npm test`: type-check, start a separate set of servers for the tests (own ports,
+# own data folder under .data/test), run every test, stop what this script started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -d node_modules ] || npm install
+export OFFLOG_DATA_DIR="$PWD/.data/test"
+export OFFLOG_GEARMAN_PORT=${OFFLOG_TEST_GEARMAN_PORT:-4740}
+export OFFLOG_MEMCACHED_PORT=${OFFLOG_TEST_MEMCACHED_PORT:-11221}
+export OFFLOG_MYSQL_PORT=${OFFLOG_TEST_MYSQL_PORT:-3316}
+export OFFLOG_GEARMAN_SERVERS="127.0.0.1:$OFFLOG_GEARMAN_PORT"
+export OFFLOG_MEMCACHED_SERVERS="127.0.0.1:$OFFLOG_MEMCACHED_PORT"
+export OFFLOG_MYSQL_URL="mysql://offlog:offlog@127.0.0.1:$OFFLOG_MYSQL_PORT/offlog"
+export OFFLOG_LOG_LEVEL=${OFFLOG_LOG_LEVEL:-warn}
+
+npx tsc -p .
+started=0
+if ! bash local/services.sh status >/dev/null 2>&1; then
+  bash local/services.sh up
+  started=1
+fi
+stop() { if [ "$started" = 1 ]; then bash local/services.sh down; fi; }
+trap stop EXIT
+if [ $# -eq 0 ]; then set -- test/*.test.ts; fi
+node --import tsx --test --test-concurrency=1 --test-timeout=300000 "$@"

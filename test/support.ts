@@ -1,0 +1,77 @@
+/** Shared test helpers: isolated config per test, queue draining, exact-total queries. */
+import { randomBytes } from 'node:crypto';
+import type { RowDataPacket } from 'mysql2/promise';
+import { loadConfig, type Config } from '../lib/config.ts';
+import { GearmanConnection } from '../lib/gearman.ts';
+import { createLogger } from '../lib/log.ts';
+import { Runtime } from '../lib/runtime.ts';
+import { sliceStartMs, type SliceId } from '../lib/slice.ts';
+import { FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE } from '../lib/worker.ts';
+
+/** Config from the environment `npm test` sets, with key and table prefixes of the test's own. */
+export function testConfig(overrides: Record<string, string> = {}): Config {
+  const id = randomBytes(4).toString('hex');
+  return loadConfig({ ...process.env, OFFLOG_KEY_PREFIX: `t${id}:`, OFFLOG_TABLE_PREFIX: `t${id}_`, ...overrides });
+}
+
+export function testRuntime(overrides: Record<string, string> = {}): Runtime {
+  const config = testConfig(overrides);
+  return new Runtime(config, createLogger(process.env.OFFLOG_LOG_LEVEL ?? 'warn', 'test'));
+}
+
+/** The start (ms) of a slice a few slices from now: after memcached started, well clear of the current one. */
+export function futureSlice(sliceSeconds: number, ahead = 3): SliceId {
+  return (Math.floor(Date.now() / 1000 / sliceSeconds) + ahead) as SliceId;
+}
+
+export const startOf = (s: SliceId, sliceSeconds: number): number => sliceStartMs(s, sliceSeconds);
+
+/** Empties the queues a worker reads, so jobs left by an earlier, aborted run cannot leak into a count. */
+export async function drainQueues(config: Config): Promise<number> {
+  let drained = 0;
+  for (const server of config.gearmanServers) {
+    const conn = await GearmanConnection.connect(server);
+    for (const fn of [FN_BATCH, FN_LOG_SIMPLE, FN_DEAD_LETTER]) conn.canDo(fn);
+    for (let job = await conn.grab(); job !== null; job = await conn.grab()) {
+      conn.complete(job.handle);
+      drained++;
+    }
+    conn.close();
+  }
+  return drained;
+}
+
+export interface CountRow { slice: number; userId: string; actionId: number; count: string; valueSum: string }
+
+/** Every row of the test's counts table, keyed `${sliceStartMs}:${user}:${action}` → [count, valueSum]. */
+export async function readCounts(rt: Runtime): Promise<Map<string, [string, string]>> {
+  const [rows] = await rt.store.pool.query<RowDataPacket[]>(
+    `SELECT UNIX_TIMESTAMP(slice_start) * 1000 AS s, user_id, action_id, count, value_sum FROM \`${rt.config.tablePrefix}counts\``,
+  );
+  return new Map(rows.map((r) => [`${Number(r.s)}:${r.user_id}:${r.action_id}`, [String(r.count), String(r.value_sum)]]));
+}
+
+/** Expected totals, built the same way as readCounts' keys. */
+export class Expected {
+  readonly rows = new Map<string, [bigint, bigint]>();
+  add(sliceStart: number, userId: string | number, actionId: number, value = 0, times = 1): void {
+    const key = `${sliceStart}:${userId}:${actionId}`;
+    const cur = this.rows.get(key) ?? [0n, 0n];
+    this.rows.set(key, [cur[0] + BigInt(times), cur[1] + BigInt(value) * BigInt(times)]);
+  }
+  asStrings(): Map<string, [string, string]> {
+    return new Map([...this.rows].map(([k, [c, v]]) => [k, [c.toString(), v.toString()]]));
+  }
+}
+
+/** A deterministic PRNG (mulberry32): the same seed gives the same events. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
