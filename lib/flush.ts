@@ -41,7 +41,7 @@ export interface FlushResult {
   durationMs: number;
 }
 
-/** How close two readings of a memcached boot time may be and still mean "same process". */
+/** How far two readings of a memcached start time (whole seconds, time − uptime) may differ for the same process. */
 const BOOT_TOLERANCE_S = 3;
 
 export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSeconds?: number } = {}): Promise<FlushResult> {
@@ -105,8 +105,8 @@ function judge(c: SliceContents, restarted: boolean, restartedAt: number | null)
 async function memcachedRestart(ring: Ring, store: Store, log: Logger): Promise<number | null> {
   let restartedAt: number | null = null;
   for (const b of await ring.bootTimes()) {
-    const before = await store.getState(`memcached_boot:${b.server}`);
-    if (before !== null && Math.abs(Number(before) - b.bootedAt) > BOOT_TOLERANCE_S) {
+    const before = (await store.getState(`memcached_boot:${b.server}`))?.split('@');
+    if (before !== undefined && (Number(before[0]) !== b.pid || Math.abs(Number(before[1]) - b.bootedAt) > BOOT_TOLERANCE_S)) {
       log.error({ server: b.server, bootedAt: new Date(b.bootedAt * 1000).toISOString() }, 'memcached restarted since the last flush');
       restartedAt = Math.max(restartedAt ?? 0, b.bootedAt);
     }
@@ -115,7 +115,7 @@ async function memcachedRestart(ring: Ring, store: Store, log: Logger): Promise<
 }
 
 async function rememberBootTimes(ring: Ring, store: Store): Promise<void> {
-  for (const b of await ring.bootTimes()) await store.setState(`memcached_boot:${b.server}`, String(b.bootedAt));
+  for (const b of await ring.bootTimes()) await store.setState(`memcached_boot:${b.server}`, `${b.pid}@${b.bootedAt}`);
 }
 
 function record(status: SliceRecord['status'], c: SliceContents | null, note: string): SliceRecord {

@@ -118,6 +118,8 @@ export class MemcacheConnection {
           text += `get ${op.key}\r\n`;
           expects.push('get');
           break;
+        default: // from untyped callers: a command sent without its expected reply would desync the stream
+          throw new MemcacheError(`unknown memcached op ${JSON.stringify((op as { kind: unknown }).kind)}`);
       }
     }
     parts.push(text);
@@ -168,7 +170,7 @@ export class MemcacheConnection {
     // follows the last request and memcached answers all of them before closing.
     if (socket && this.pending.length === 0) this.fail(socket, new MemcacheUnavailableError(`${this.label}: connection closed`));
     else socket?.end();
-    
+    await Promise.all(closing);
   }
 
   private send(parts: (string | Buffer)[], expects: Expect[], what: string[], found: Map<string, Buffer> | null): Promise<Pending> {

@@ -168,13 +168,14 @@ export class Ring {
     };
   }
 
-  /** Epoch seconds at which each server started (time − uptime): a change means it restarted and lost its items. */
-  async bootTimes(): Promise<{ server: string; bootedAt: number; items: number; bytes: number; evictions: number }[]> {
+  /** Each server's identity (pid, and start time = time − uptime): a change means it restarted and lost its items. */
+  async bootTimes(): Promise<{ server: string; pid: number; bootedAt: number; items: number; bytes: number; evictions: number }[]> {
     return Promise.all(
       this.conns.map(async (c) => {
         const s = await c.stats();
         return {
           server: `${c.address.host}:${c.address.port}`,
+          pid: Number(s.pid),
           bootedAt: Number(s.time) - Number(s.uptime),
           items: Number(s.curr_items),
           bytes: Number(s.bytes),
