@@ -1,0 +1,133 @@
+/**
+ * Bench role: one OffLog worker, started before the client so that both run
+ * at once. Its clock (`now`) is pinned inside the run's second slice, so every
+ * event lands in its own slice and none is late. It stops as soon as it has
+ * counted the whole workload into memcached.
+ *
+ * Two throughputs come out of it:
+ *  - wall: events / (last fold stored − first job taken). While the client is
+ *    slower this is the client's pace, not the worker's;
+ *  - busy: events / time spent inside folds (decode + fold + memcached +
+ *    acknowledge). That is what one worker could do if never starved.
+ * `busy` needs the time of each fold, which Worker does not expose, so the
+ * instance's private `process` method is wrapped (bench only; if it is ever
+ * renamed the busy figure reads null and nothing else changes).
+ */
+import { Ring } from '../../lib/ring.ts';
+import { Worker } from '../../lib/worker.ts';
+import { config, cpuMs, logger, params, peakRssMb, round1, RssSampler, runRole, send, sleep, waitForGo } from './common.ts';
+
+export interface WorkerParams {
+  /** The worker's pinned clock, epoch ms. */
+  nowMs: number;
+  sliceSeconds: number;
+  expectedEvents: number;
+  /** Give up when no event was counted for this long. */
+  stallTimeoutMs: number;
+  /** Worker maxJobsPerFold; null = the library default. */
+  maxJobsPerFold: number | null;
+}
+
+runRole(async () => {
+  const p = params<WorkerParams>();
+  const cfg = config();
+  const log = logger('bench-worker');
+  const ring = new Ring({ servers: cfg.memcachedServers, keyPrefix: cfg.keyPrefix, sliceSeconds: p.sliceSeconds, ringSlices: cfg.ringSlices });
+  await ring.bootTimes(); // connect now, not on the clock
+  const worker = new Worker({ gearmanServers: cfg.gearmanServers, sliceSeconds: p.sliceSeconds, ring, log, now: () => p.nowMs }, p.maxJobsPerFold ? { maxJobsPerFold: p.maxJobsPerFold } : {});
+
+  // Where the worker's time goes, fold by fold: taking jobs from gearmand,
+  // sleeping for work, the memcached calls, and (the rest of a fold) decoding,
+  // folding and acknowledging.
+  const spent: Record<string, number> = {};
+  let firstFoldAt: number | null = null;
+  let t0 = 0;
+  const timed = (target: object, method: string, bucket: string, onStart?: (at: number) => void): boolean => {
+    const obj = target as Record<string, unknown>;
+    const original = obj[method];
+    if (typeof original !== 'function') return false;
+    spent[bucket] = 0;
+    obj[method] = async (...args: unknown[]) => {
+      const start = performance.now();
+      onStart?.(start);
+      try {
+        return await (original as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+      } finally {
+        spent[bucket]! += performance.now() - start;
+      }
+    };
+    return true;
+  };
+  const hasBusy = timed(worker, 'process', 'foldMs', (at) => (firstFoldAt ??= at - t0));
+  timed(worker, 'take', 'takeMs');
+  timed(worker, 'waitForWork', 'sleepMs');
+  timed(ring, 'appliedJobs', 'memcachedAppliedJobsMs');
+  timed(ring, 'apply', 'memcachedApplyMs');
+  timed(ring, 'markApplied', 'memcachedMarkAppliedMs');
+
+  send({ type: 'ready' });
+  await waitForGo();
+  const rss = new RssSampler(100, () => worker.stats.events);
+  const cpu0 = process.cpuUsage();
+  t0 = performance.now();
+  const running = worker.run();
+  let doneAt = 0;
+  const atDone: Record<string, number> = {};
+  let lastEvents = 0;
+  let lastChange = t0;
+  let lastProgress = 0;
+  // Polling a counter every 2 ms costs nothing measurable and finds the end within 2 ms.
+  for (;;) {
+    await sleep(2);
+    const now = performance.now();
+    const events = worker.stats.events;
+    if (events !== lastEvents) {
+      lastEvents = events;
+      lastChange = now;
+    }
+    if (now - lastProgress > 250) {
+      lastProgress = now;
+      send({ type: 'progress', events });
+    }
+    if (events >= p.expectedEvents) {
+      doneAt = now;
+      // What was spent up to here: stopping afterwards (a last sleep) is not the run's.
+      Object.assign(atDone, spent);
+      // Said at once: the flush may start now. Stopping (which can wait out a
+      // sleeping grab for up to a second) is not the pipeline's time.
+      send({ type: 'counted', events });
+      break;
+    }
+    if (now - lastChange > p.stallTimeoutMs) {
+      worker.stop();
+      await running;
+      throw new Error(`worker stalled: ${events} of ${p.expectedEvents} events counted, nothing new for ${p.stallTimeoutMs} ms`);
+    }
+  }
+  const cpu = cpuMs(cpu0);
+  rss.stop();
+  worker.stop();
+  const stats = await running;
+  await ring.close();
+  const first = firstFoldAt ?? 0;
+  const wallMs = doneAt - t0 - first;
+  const busyMs = hasBusy ? atDone.foldMs! : null;
+  const memcachedMs = (atDone.memcachedAppliedJobsMs ?? 0) + (atDone.memcachedApplyMs ?? 0) + (atDone.memcachedMarkAppliedMs ?? 0);
+  const breakdown = Object.fromEntries(Object.entries(atDone).map(([k, v]) => [k, Math.round(v)]));
+  if (busyMs !== null) breakdown.decodeFoldAckMs = Math.round(busyMs - memcachedMs);
+  return {
+    stats,
+    ringOps: ring.ops,
+    firstFoldAtMs: Math.round(first),
+    doneAtMs: Math.round(doneAt - t0),
+    wallMs: Math.round(wallMs),
+    busyMs: busyMs === null ? null : Math.round(busyMs),
+    breakdown,
+    eventsPerSecondWall: Math.round(stats.events / (wallMs / 1000)),
+    eventsPerSecondBusy: busyMs === null ? null : Math.round(stats.events / (busyMs / 1000)),
+    cpu,
+    cpuUsPerEvent: round1(((cpu.userMs + cpu.systemMs) * 1000) / Math.max(1, stats.events)),
+    peakRssMb: round1(peakRssMb()),
+    rssSamples: rss.samples,
+  };
+});

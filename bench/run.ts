@@ -1,0 +1,808 @@
+/**
+ * `npm run bench` — OffLog's benchmark (issue 5).
+ *
+ *   node --import tsx bench/run.ts [--quick] [--runs N] [--only uniform,zipf,statsd,cost]
+ *        [--no-naive] [--no-statsd] [--no-cost] [--profile] [--keep] [--strict] [--out FILE]
+ *        [--batch-size N] [--max-jobs-per-fold N]   (tuning experiments; default: the library's defaults)
+ *
+ * For each workload (bench/workloads.ts), each run:
+ *   1. three children start and get ready off the clock: flush (tables
+ *      migrated, connections open), worker (clock pinned in the run's second
+ *      slice), client (workload generated in memory);
+ *   2. go: the client logs everything through OffLogClient.log() while the
+ *      worker, at the same time on the other core, folds the jobs into
+ *      memcached;
+ *   3. when the worker has counted the last event, the flush writes both
+ *      slices to MariaDB with "now" two slices later; the end-to-end time
+ *      stops when it returns (rows committed);
+ *   4. off the clock: every row of the counts table is checked against the
+ *      exact expected totals — a wrong total fails the benchmark (exit 1),
+ *      however fast it was;
+ *   5. the naive baseline: one autocommitted upsert per event, 8 connections.
+ * Then StatsD (loss at OffLog's rate and at 10,000/s) and the client's cost
+ * per call and event-loop delay. Results: a table on stdout, everything in
+ * bench/results.json (medians, min, max over the runs, and the machine).
+ *
+ * Exit status: 0 when every total was exact (targets missed are reported,
+ * not fatal, unless --strict: then 2), 1 when anything was counted wrong.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadConfig, type Config } from '../lib/config.ts';
+import { Progress } from './progress.ts';
+import {
+  atLeast, below, fmt, rssGrowth, spread, spreadCells, table, thin,
+  type ClientResult, type E2ERun, type FlushRoleResult, type NaiveResult, type Spread, type Target, type WorkerResult,
+} from './report.ts';
+import { checkCounts, cpuDelta, drainQueue, dropTables, flushMemcached, machine, memcachedStats, REPO, serverCpuMs, serverRss, servicesDown, servicesUp, stackEnv, udpReceiveBufferErrors, type Machine } from './stack.ts';
+import { findStatsd, StatsdDaemon } from './statsd.ts';
+import { expectedTotals, generate, workloadSpecs, type Expected, type WorkloadName, type WorkloadSpec } from './workloads.ts';
+
+// ── options ──
+
+interface Options {
+  quick: boolean;
+  runs: number;
+  /** Which parts run: workload names, `statsd`, `cost` (default: all). */
+  only: string[] | null;
+  naive: boolean;
+  statsd: boolean;
+  cost: boolean;
+  profile: boolean;
+  keep: boolean;
+  strict: boolean;
+  out: string;
+  /** Tuning experiments: OffLogClient batchSize and Worker maxJobsPerFold (default: the library's). */
+  batchSize: number | null;
+  maxJobsPerFold: number | null;
+}
+
+function parseArgs(argv: string[]): Options {
+  const o: Options = { quick: false, runs: 0, only: null, naive: true, statsd: true, cost: true, profile: false, keep: false, strict: false, out: join(REPO, 'bench/results.json'), batchSize: null, maxJobsPerFold: null };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const value = (): string => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    if (a === '--quick') o.quick = true;
+    else if (a === '--runs') o.runs = Number(value());
+    else if (a === '--only') o.only = value().split(',');
+    else if (a === '--no-naive') o.naive = false;
+    else if (a === '--no-statsd') o.statsd = false;
+    else if (a === '--no-cost') o.cost = false;
+    else if (a === '--profile') o.profile = true;
+    else if (a === '--keep') o.keep = true;
+    else if (a === '--strict') o.strict = true;
+    else if (a === '--out') o.out = value();
+    else if (a === '--batch-size') o.batchSize = Number(value());
+    else if (a === '--max-jobs-per-fold') o.maxJobsPerFold = Number(value());
+    else if (a === '-h' || a === '--help') {
+      console.log('usage: npm run bench -- [--quick] [--runs N] [--only uniform,zipf,statsd,cost] [--no-naive] [--no-statsd] [--no-cost] [--profile] [--keep] [--strict] [--out FILE] [--batch-size N] [--max-jobs-per-fold N]');
+      process.exit(0);
+    } else throw new Error(`unknown option ${a} (try --help)`);
+  }
+  if (o.only) {
+    for (const part of o.only) if (!['uniform', 'zipf', 'statsd', 'cost'].includes(part)) throw new Error(`--only: unknown part ${part} (uniform, zipf, statsd, cost)`);
+    o.statsd &&= o.only.includes('statsd');
+    o.cost &&= o.only.includes('cost');
+  }
+  // Quick is CI-sized: one run. Full: medians need at least three.
+  if (o.runs === 0) o.runs = o.quick ? 1 : 3;
+  if (!Number.isInteger(o.runs) || o.runs < 1) throw new Error('--runs must be a whole number ≥ 1');
+  return o;
+}
+
+const opts = parseArgs(process.argv.slice(2));
+const SLICE_SECONDS = 600;
+const SLICE_MS = SLICE_SECONDS * 1000;
+/** Naive SQL: a sample long enough for a steady rate, short enough not to dominate. */
+const NAIVE = opts.quick ? { maxEvents: 5_000, maxSeconds: 10 } : { maxEvents: 50_000, maxSeconds: 30 };
+const STATSD = { flushIntervalMs: 2_000, seconds: opts.quick ? 3 : 10, port: Number(process.env.OFFLOG_BENCH_STATSD_PORT ?? 8135), prefix: 'offlog.' };
+const COST = opts.quick ? { calls: 200_000, rounds: 4, eldSeconds: 3, eldRate: 100_000 } : { calls: 1_000_000, rounds: 10, eldSeconds: 10, eldRate: 100_000 };
+const progress = new Progress();
+const env = stackEnv();
+const profileDir = join(env.OFFLOG_DATA_DIR!, 'profiles');
+
+// ── child processes ──
+
+const live = new Set<ChildProcess>();
+
+/** One bench child (bench/roles/NAME.ts): ready → go → done, progress in between. */
+class Role<R> {
+  readonly child: ChildProcess;
+  readonly ready: Promise<void>;
+  readonly done: Promise<R>;
+  readonly exited: Promise<void>;
+  onProgress: (m: Record<string, unknown>) => void = () => undefined;
+  private readonly awaited = new Map<string, (m: Record<string, unknown>) => void>();
+
+  constructor(readonly name: string, params: object, childEnv: Record<string, string>, execArgv: string[] = []) {
+    this.child = fork(join(REPO, 'bench/roles', `${name}.ts`), [], {
+      execArgv: ['--import', 'tsx', ...execArgv],
+      env: { ...process.env, ...childEnv, BENCH_PARAMS: JSON.stringify(params) },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    live.add(this.child);
+    let markReady!: () => void;
+    let settle!: { resolve: (r: R) => void; reject: (e: Error) => void };
+    let failReady!: (e: Error) => void;
+    this.ready = new Promise<void>((resolve, reject) => ((markReady = resolve), (failReady = reject)));
+    this.done = new Promise<R>((resolve, reject) => (settle = { resolve, reject }));
+    this.exited = new Promise<void>((resolve) => this.child.once('exit', () => (live.delete(this.child), resolve())));
+    // Nobody may be awaiting these yet when a child dies early; the caller sees the failure when it does.
+    this.ready.catch(() => undefined);
+    this.done.catch(() => undefined);
+    this.child.on('message', (m: { type: string; result?: R; message?: string }) => {
+      if (m.type === 'ready') markReady();
+      else if (m.type === 'progress') this.onProgress(m as unknown as Record<string, unknown>);
+      else if (this.awaited.has(m.type)) this.awaited.get(m.type)!(m as unknown as Record<string, unknown>);
+      else if (m.type === 'done') settle.resolve(m.result!);
+      else if (m.type === 'error') {
+        const err = new Error(`bench role ${name} failed: ${m.message}`);
+        failReady(err);
+        settle.reject(err);
+      }
+    });
+    this.child.once('exit', (code, signal) => {
+      const err = new Error(`bench role ${name} exited (${signal ?? `code ${code}`}) before reporting`);
+      failReady(err);
+      settle.reject(err);
+    });
+  }
+
+  /** Resolves on the child's first message of this type (or rejects if it fails first). */
+  message(type: string): Promise<Record<string, unknown>> {
+    return new Promise((resolve, reject) => {
+      this.awaited.set(type, resolve);
+      this.done.then(() => reject(new Error(`bench role ${this.name} finished without saying "${type}"`)), reject);
+    });
+  }
+
+  go(extra: Record<string, unknown> = {}): void {
+    this.child.send({ type: 'go', ...extra });
+  }
+
+  kill(): void {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+  }
+}
+
+/** Runs `fn` with the given roles; whatever happens, none of them outlives it. */
+async function withRoles<T>(roles: Role<unknown>[], fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } finally {
+    for (const r of roles) r.kill();
+    await Promise.all(roles.map((r) => r.exited));
+  }
+}
+
+// ── one end-to-end run ──
+
+async function e2eRun(cfg: Config, spec: WorkloadSpec, expected: Expected, run: number): Promise<E2ERun> {
+  const leftovers = await drainQueue(cfg);
+  if (leftovers > 0) progress.note(`  (drained ${leftovers} job(s) left in the bench gearmand by an earlier run)`);
+  await flushMemcached(cfg);
+  const evictionsBefore = (await memcachedStats(cfg)).evictions;
+
+  // A prefix of its own per run: nothing from another run can be counted or read.
+  const id = `${Date.now().toString(36)}${run}`;
+  const keyPrefix = `b${id}:`;
+  const tablePrefix = `b${id}_`;
+  const runEnv = { ...env, OFFLOG_KEY_PREFIX: keyPrefix, OFFLOG_TABLE_PREFIX: tablePrefix, OFFLOG_SLICE_SECONDS: String(SLICE_SECONDS) };
+  // Slices a few ahead of the real clock: well clear of anything memcached saw before.
+  const base = Math.floor(Date.now() / SLICE_MS) + 3;
+  const baseMs = base * SLICE_MS;
+  const workerNow = baseMs + SLICE_MS + 1_000; // the worker writes slice base+1; base is "previous", not late
+  const flushNow = baseMs + 3 * SLICE_MS; // two slices after the worker's: both slices are finished
+  const n = spec.events;
+
+  // --profile: V8 CPU profiles of the three roles (summarise with bench/profile-summary.ts).
+  const prof = (role: string): string[] => (opts.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${role}-${spec.name}-${run}.cpuprofile`] : []);
+  const flushRole = new Role<FlushRoleResult>('flush', { sliceSeconds: SLICE_SECONDS }, runEnv, prof('flush'));
+  const workerRole = new Role<WorkerResult>('worker', { nowMs: workerNow, sliceSeconds: SLICE_SECONDS, expectedEvents: n, stallTimeoutMs: 120_000, maxJobsPerFold: opts.maxJobsPerFold }, runEnv, prof('worker'));
+  const clientRole = new Role<ClientResult>('client', { workload: spec.name, quick: opts.quick, sliceSeconds: SLICE_SECONDS, baseMs, batchSize: opts.batchSize }, runEnv, prof('client'));
+
+  return withRoles([flushRole, workerRole, clientRole], async () => {
+    await Promise.all([flushRole.ready, workerRole.ready, clientRole.ready]);
+    let logged = 0;
+    let stored = 0;
+    const label = `${spec.name} run ${run}/${opts.runs}`;
+    progress.start(label);
+    const show = (): void => progress.update(stored / n, `client ${fmtShort(logged)}/${fmtShort(n)}  worker ${fmtShort(stored)}/${fmtShort(n)}`);
+    clientRole.onProgress = (m) => ((logged = Number(m.logged)), show());
+    workerRole.onProgress = (m) => ((stored = Number(m.events)), show());
+
+    const counted = workerRole.message('counted');
+    const cpu0 = serverCpuMs(env);
+    const t0 = performance.now();
+    workerRole.go();
+    clientRole.go();
+    // The worker says "counted" the moment the last event is in memcached (which
+    // implies the client's last batch was acknowledged): the flush starts then.
+    await counted;
+    const countedAt = performance.now();
+    const cpu1 = serverCpuMs(env);
+    progress.update(1, 'flushing to MariaDB');
+    flushRole.go({ nowMs: flushNow });
+    const flush = await flushRole.done;
+    const e2eMs = performance.now() - t0;
+    const cpu2 = serverCpuMs(env);
+    const [client, worker] = await Promise.all([clientRole.done, workerRole.done]);
+    progress.update(1, 'checking every row');
+
+    const check = await checkCounts(cfg, `${tablePrefix}counts`, expected, baseMs, SLICE_MS);
+    const problems = correctness(spec, expected, client, worker, flush, base);
+    if (!check.ok) problems.push(`counts table: ${check.mismatches} mismatch(es) in ${check.rows} rows (expected ${check.expectedRows}): ${check.examples.join('; ')}`);
+    const evictions = (await memcachedStats(cfg)).evictions - evictionsBefore;
+    if (evictions > 0) problems.push(`memcached evicted ${evictions} item(s) during the run (raise OFFLOG_BENCH_MEMCACHED_MB)`);
+
+    const sliceRows = flush.result.slices.map((s) => s.rows);
+    const nonEmpty = sliceRows.filter((r) => r > 0).length;
+    // Issue 5: statements per slice ≤ pairs/500 + a small constant — 5 per slice
+    // (transaction, slice record, commit …) and 5 per flush (lock, watermark, state).
+    const bound = Math.floor(sliceRows.reduce((b, rows) => b + rows / 500 + 5, 5));
+    const { rssSamples, ...workerRest } = worker;
+    const serversRssMb = serverRss(env);
+    progress.end();
+    return {
+      run,
+      keyPrefix,
+      tablePrefix,
+      events: n,
+      pairs: expected.pairs,
+      e2eMs: Math.round(e2eMs),
+      eventsPerSecond: Math.round(n / (e2eMs / 1000)),
+      timeline: { clientAckedMs: client.ackMs, workerFirstFoldMs: worker.firstFoldAtMs, countedMs: Math.round(countedAt - t0), flushMs: flush.ms, e2eMs: Math.round(e2eMs) },
+      serverCpuMs: { ingest: cpuDelta(cpu0, cpu1), flush: cpuDelta(cpu1, cpu2) },
+      client,
+      worker: { ...workerRest, rssSamples: thin(rssSamples, 120) },
+      flush,
+      check,
+      problems,
+      statements: {
+        total: flush.result.statements,
+        bound,
+        perNonEmptySlice: Math.round((flush.result.statements / Math.max(1, nonEmpty)) * 10) / 10,
+        nonEmptySlices: nonEmpty,
+        pairsOver500: Math.round((expected.pairs / Math.max(1, nonEmpty) / 500) * 10) / 10,
+      },
+      memcachedOpsPerEvent: Math.round((worker.ringOps / n) * 1000) / 1000,
+      workerRss: rssGrowth(rssSamples, n),
+      serversRssMb,
+      naive: null,
+    };
+  });
+}
+
+/** Everything the children reported that says an event was lost, doubled or misplaced. */
+function correctness(spec: WorkloadSpec, expected: Expected, client: ClientResult, worker: WorkerResult, flush: FlushRoleResult, base: number): string[] {
+  const p: string[] = [];
+  const n = spec.events;
+  const s = client.stats;
+  if (!client.allAcknowledged || s.accepted !== n || s.acknowledged !== n || s.dropped !== 0) {
+    p.push(`client: accepted ${s.accepted}, acknowledged ${s.acknowledged}, dropped ${s.dropped} of ${n}`);
+  }
+  const w = worker.stats;
+  if (w.events !== n) p.push(`worker counted ${w.events} events, expected ${n}`);
+  if (w.late !== 0) p.push(`worker: ${w.late} late events (the pinned clock should make none)`);
+  if (w.deadLetters !== 0) p.push(`worker: ${w.deadLetters} dead letters`);
+  const r = flush.result;
+  if (!r.ran) p.push('flush did not run (lock held?)');
+  for (const [i, slice] of [base, base + 1].entries()) {
+    const rep = r.slices.find((x) => x.slice === slice);
+    if (!rep) p.push(`flush: slice ${slice} not flushed`);
+    else {
+      if (rep.status !== 'flushed') p.push(`flush: slice ${slice} is ${rep.status}: ${rep.note}`);
+      if (rep.rows !== expected.pairsPerSlice[i]) p.push(`flush: slice ${slice} has ${rep.rows} rows, expected ${expected.pairsPerSlice[i]}`);
+    }
+  }
+  if (r.pairsMissing !== 0) p.push(`flush: ${r.pairsMissing} pairs missing from memcached`);
+  return p;
+}
+
+// ── the naive SQL baseline ──
+
+async function naiveRun(cfg: Config, spec: WorkloadSpec, run: number): Promise<NaiveResult> {
+  const id = `${Date.now().toString(36)}${run}`;
+  const table = `b${id}_naive_counts`;
+  const base = Math.floor(Date.now() / SLICE_MS) + 3;
+  const baseMs = base * SLICE_MS;
+  const role = new Role<NaiveResult>('naive', { workload: spec.name, quick: opts.quick, sliceSeconds: SLICE_SECONDS, baseMs, table, ...NAIVE, connections: 8 }, env);
+  return withRoles([role], async () => {
+    await role.ready;
+    const sample = Math.min(NAIVE.maxEvents, spec.events);
+    progress.start(`${spec.name} naive SQL ${run}/${opts.runs}`);
+    role.onProgress = (m) => progress.update(Number(m.events) / sample, `${fmtShort(Number(m.events))}/${fmtShort(sample)} events`);
+    role.go();
+    const result = await role.done;
+    progress.update(1, 'checking every row');
+    // The sample is the workload's first `events` events: check them exactly too.
+    const expected = expectedTotals(generate(spec, SLICE_SECONDS, result.events));
+    result.check = await checkCounts(cfg, table, expected, baseMs, SLICE_MS);
+    if (!opts.keep) dropTables(env, [table]);
+    progress.end();
+    return result;
+  });
+}
+
+// ── StatsD ──
+
+interface StatsdRun {
+  run: number;
+  targetRate: number;
+  achievedRate: number;
+  sent: number;
+  counted: number;
+  lostPercent: number;
+  metricsReceived: number;
+  udpRcvbufErrors: number | null;
+  senderErrors: number;
+  senderCpuMs: number;
+}
+
+async function statsdRuns(daemon: StatsdDaemon, rates: number[]): Promise<StatsdRun[]> {
+  const out: StatsdRun[] = [];
+  for (let run = 1; run <= opts.runs; run++) {
+    for (const rate of rates) {
+      daemon.reset();
+      const udp0 = udpReceiveBufferErrors();
+      const role = new Role<{ sent: number; achievedRate: number; errors: number; cpu: { userMs: number; systemMs: number } }>(
+        'statsd-feed',
+        { port: daemon.port, rate, seconds: STATSD.seconds, quick: opts.quick, prefix: STATSD.prefix },
+        env,
+      );
+      const feed = await withRoles([role], async () => {
+        await role.ready;
+        const total = rate * STATSD.seconds;
+        progress.start(`statsd ${fmtShort(rate)}/s ${run}/${opts.runs}`);
+        role.onProgress = (m) => progress.update(Number(m.sent) / total, `${fmtShort(Number(m.sent))} sent`);
+        role.go();
+        return role.done;
+      });
+      progress.update(1, 'waiting for statsd to flush');
+      const flushed = await daemon.settle();
+      const udp1 = udpReceiveBufferErrors();
+      progress.end();
+      out.push({
+        run,
+        targetRate: rate,
+        achievedRate: feed.achievedRate,
+        sent: feed.sent,
+        counted: flushed.counted,
+        lostPercent: Math.round((1 - flushed.counted / feed.sent) * 10_000) / 100,
+        metricsReceived: flushed.metricsReceived,
+        udpRcvbufErrors: udp0 === null || udp1 === null ? null : udp1 - udp0,
+        senderErrors: feed.errors,
+        senderCpuMs: feed.cpu.userMs + feed.cpu.systemMs,
+      });
+    }
+  }
+  return out;
+}
+
+// ── client cost ──
+
+interface CostResult {
+  batch: number;
+  calls: { log: number; increment: number; incrementBuffered: number };
+  logNs: { median: number; p99: number; mean: number; min: number; max: number };
+  incrementNs: { median: number; p99: number; mean: number; min: number; max: number };
+  incrementBufferedNs: { median: number; p99: number; mean: number; min: number; max: number };
+  eventLoopDelay: {
+    resolutionMs: number;
+    idle: { p50Ms: number; p99Ms: number; maxMs: number; samples: number };
+    logging: { p50Ms: number; p99Ms: number; maxMs: number; samples: number; rate: number; seconds: number; events: number; acknowledged: boolean };
+  };
+  peakRssMb: number;
+}
+
+async function costRuns(cfg: Config, statsdPort: number): Promise<CostResult[]> {
+  const out: CostResult[] = [];
+  for (let run = 1; run <= opts.runs; run++) {
+    const role = new Role<CostResult>('client-cost', { quick: opts.quick, ...COST, statsdPort }, env);
+    out.push(
+      await withRoles([role], async () => {
+        await role.ready;
+        progress.start(`client cost ${run}/${opts.runs}`);
+        role.onProgress = (m) => progress.update(Number(m.round) / Number(m.rounds), `round ${m.round}/${m.rounds}, then ${COST.eldSeconds * 1.5} s of loop delay`);
+        role.go();
+        return role.done;
+      }),
+    );
+    progress.end();
+    // Its events went to the bench gearmand; they must never reach a counted run.
+    await drainQueue(cfg);
+  }
+  return out;
+}
+
+// ── main ──
+
+interface WorkloadReport {
+  spec: WorkloadSpec;
+  pairs: number;
+  pairsPerSlice: [number, number];
+  runs: E2ERun[];
+  summary: Record<string, Spread | null>;
+}
+
+async function main(): Promise<number> {
+  const startedAt = new Date();
+  let startedServices = false;
+  let daemon: StatsdDaemon | null = null;
+  const stop = async (): Promise<void> => {
+    for (const c of live) c.kill('SIGKILL');
+    await daemon?.stop();
+    if (startedServices) servicesDown(env);
+  };
+  process.once('SIGINT', () => {
+    progress.end();
+    console.error('\ninterrupted: stopping children' + (startedServices ? ' and the bench servers' : ''));
+    void stop().finally(() => process.exit(130));
+  });
+
+  try {
+    startedServices = servicesUp(env);
+    const cfg = loadConfig({ ...env, OFFLOG_KEY_PREFIX: 'bench:', OFFLOG_TABLE_PREFIX: 'bench_' });
+    const mc = await memcachedStats(cfg);
+    if (mc.limitMb < 1024 && !opts.quick) progress.note(`warning: the bench memcached has only ${mc.limitMb} MB (started earlier without OFFLOG_BENCH_MEMCACHED_MB); zipf may evict`);
+    const m = await machine(cfg);
+    const specs = workloadSpecs(opts.quick).filter((s) => !opts.only || opts.only.includes(s.name));
+    if (opts.profile) mkdirSync(profileDir, { recursive: true });
+    progress.note(`OffLog bench: ${opts.quick ? 'quick' : 'full'} mode, ${opts.runs} run(s); ${m.cpuModel}, ${m.cores} cores, node ${m.node}`);
+
+    const workloads: WorkloadReport[] = [];
+    for (const spec of specs) {
+      progress.note(`${spec.name}: generating ${fmt(spec.events)} events and their exact totals`);
+      const expected = expectedTotals(generate(spec, SLICE_SECONDS));
+      const runs: E2ERun[] = [];
+      for (let r = 1; r <= opts.runs; r++) {
+        const run = await e2eRun(cfg, spec, expected, r);
+        if (opts.naive) run.naive = await naiveRun(cfg, spec, r);
+        runs.push(run);
+        const ok = run.problems.length === 0 && (run.naive?.check?.ok ?? true);
+        progress.note(
+          `  ${spec.name} run ${r}: ${fmt(run.eventsPerSecond)} events/s end to end` +
+            (run.naive ? `, naive SQL ${fmt(run.naive.eventsPerSecond)}/s` : '') +
+            (ok ? ', totals exact' : `, WRONG: ${[...run.problems, ...(run.naive?.check?.ok === false ? ['naive table wrong'] : [])].join(' | ')}`),
+        );
+        if (!opts.keep) dropTables(env, ['counts', 'slices', 'state', 'dead_letters'].map((t) => `${run.tablePrefix}${t}`));
+        if (opts.profile) {
+          for (const [role, res] of [['client', run.client], ['worker', run.worker], ['flush', run.flush]] as const) {
+            progress.note(`    profile: node --import tsx bench/profile-summary.ts ${join(profileDir, `${role}-${spec.name}-${r}.cpuprofile`)} --from-ms ${res.goAtMs ?? 0}`);
+          }
+        }
+      }
+      workloads.push({ spec, pairs: expected.pairs, pairsPerSlice: expected.pairsPerSlice, runs, summary: summarise(runs) });
+    }
+
+    let statsd: { runs: StatsdRun[]; skipped?: string } | null = null;
+    let cost: CostResult[] = [];
+    const statsJs = opts.statsd || opts.cost ? findStatsd(env.OFFLOG_DATA_DIR!) : null;
+    if ((opts.statsd || opts.cost) && statsJs) {
+      daemon = new StatsdDaemon(statsJs, env.OFFLOG_DATA_DIR!, STATSD.port, STATSD.flushIntervalMs, STATSD.prefix);
+      await daemon.start();
+    }
+    if (opts.statsd) {
+      if (!daemon) statsd = { runs: [], skipped: 'statsd is not installed: add it as a devDependency, or `npm install --prefix .data/bench/npm statsd@0.9.0`' };
+      else {
+        const uniform = workloads.find((w) => w.spec.name === 'uniform');
+        const offlogRate = Math.round(uniform?.summary.e2eEventsPerSecond?.median ?? 100_000);
+        statsd = { runs: await statsdRuns(daemon, [offlogRate, 10_000]) };
+      }
+      if (statsd.skipped) progress.note(`StatsD skipped: ${statsd.skipped}`);
+    }
+    // hot-shots needs somewhere to send; without statsd it sends to a closed port, which still costs the same syscall.
+    if (opts.cost) cost = await costRuns(cfg, daemon?.port ?? STATSD.port);
+    await daemon?.stop();
+    daemon = null;
+    await drainQueue(cfg);
+
+    const targets = judge(workloads, statsd?.runs ?? [], cost);
+    const failures = [
+      ...workloads.flatMap((w) => w.runs.flatMap((r) => [
+        ...r.problems.map((p) => `${w.spec.name} run ${r.run}: ${p}`),
+        ...(r.naive?.check && !r.naive.check.ok ? [`${w.spec.name} run ${r.run}: naive table: ${r.naive.check.examples.join('; ')}`] : []),
+      ])),
+    ];
+    const results = {
+      benchmark: 'offlog (issue 5)',
+      startedAt: startedAt.toISOString(),
+      finishedAt: new Date().toISOString(),
+      mode: opts.quick ? 'quick' : 'full',
+      runs: opts.runs,
+      settings: { batchSize: opts.batchSize ?? 'library default', maxJobsPerFold: opts.maxJobsPerFold ?? 'library default', sliceSeconds: SLICE_SECONDS, naive: NAIVE, statsd: STATSD, cost: COST, stack: { gearman: env.OFFLOG_GEARMAN_SERVERS, memcached: env.OFFLOG_MEMCACHED_SERVERS, mysqlPort: env.OFFLOG_MYSQL_PORT, memcachedMb: mc.limitMb } },
+      machine: m,
+      correct: failures.length === 0,
+      failures,
+      targets,
+      workloads: Object.fromEntries(workloads.map((w) => [w.spec.name, { spec: w.spec, pairs: w.pairs, pairsPerSlice: w.pairsPerSlice, summary: w.summary, runs: w.runs }])),
+      statsd: statsd && { ...statsd, summary: statsdSummary(statsd.runs) },
+      clientCost: cost.length > 0 ? { summary: costSummary(cost), runs: cost } : null,
+    };
+    writeFileSync(opts.out, `${JSON.stringify(results, null, 2)}\n`);
+    console.log(render(m, workloads, statsd, cost, targets, failures));
+    console.log(`\nresults: ${opts.out}`);
+    if (failures.length > 0) return 1;
+    if (opts.strict && targets.some((t) => t.pass === false)) return 2;
+    return 0;
+  } finally {
+    progress.end();
+    await stop();
+  }
+}
+
+// ── summaries and targets ──
+
+const METRICS: [key: string, get: (r: E2ERun) => number | null | undefined][] = [
+  ['e2eEventsPerSecond', (r) => r.eventsPerSecond],
+  ['e2eSeconds', (r) => r.e2eMs / 1000],
+  ['clientEventsPerSecond', (r) => r.client.eventsPerSecond],
+  ['clientCpuUsPerEvent', (r) => r.client.cpuUsPerEvent],
+  ['clientBlockedMs', (r) => r.client.blockedMs],
+  ['workerEventsPerSecondWall', (r) => r.worker.eventsPerSecondWall],
+  ['workerEventsPerSecondBusy', (r) => r.worker.eventsPerSecondBusy],
+  ['workerCpuUsPerEvent', (r) => r.worker.cpuUsPerEvent],
+  ['workerFolds', (r) => r.worker.stats.folds],
+  ['workerEventsPerFold', (r) => r.worker.stats.events / Math.max(1, r.worker.stats.folds)],
+  ['workerMemcachedOps', (r) => r.worker.stats.memcachedOps],
+  ['workerRingOps', (r) => r.worker.ringOps],
+  ['memcachedOpsPerEvent', (r) => r.memcachedOpsPerEvent],
+  ['flushRows', (r) => r.flush.result.rows],
+  ['flushMs', (r) => r.flush.ms],
+  ['flushRowsPerSecond', (r) => r.flush.rowsPerSecond],
+  ['flushStatements', (r) => r.statements.total],
+  ['flushStatementBound', (r) => r.statements.bound],
+  ['flushStatementsPerSlice', (r) => r.statements.perNonEmptySlice],
+  ['flushMemcachedOps', (r) => r.flush.memcachedOps],
+  ['clientPeakRssMb', (r) => r.client.peakRssMb],
+  ['workerPeakRssMb', (r) => r.worker.peakRssMb],
+  ['flushPeakRssMb', (r) => r.flush.peakRssMb],
+  ['workerRssGrowthMb', (r) => r.workerRss.growthMb],
+  ['gearmandRssMb', (r) => r.serversRssMb.gearmand],
+  ['memcachedRssMb', (r) => r.serversRssMb.memcached],
+  ['mariadbRssMb', (r) => r.serversRssMb.mariadb],
+  ['naiveEventsPerSecond', (r) => r.naive?.eventsPerSecond],
+  ['naiveEvents', (r) => r.naive?.events],
+  ['naiveStatementsPerEvent', (r) => r.naive?.statementsPerEvent],
+  ['naivePeakRssMb', (r) => r.naive?.peakRssMb],
+  ['speedupVsNaive', (r) => (r.naive ? r.eventsPerSecond / r.naive.eventsPerSecond : null)],
+  ['workerTakeMs', (r) => r.worker.breakdown.takeMs],
+  ['workerSleepMs', (r) => r.worker.breakdown.sleepMs],
+  ['workerDecodeFoldAckMs', (r) => r.worker.breakdown.decodeFoldAckMs],
+  ['workerMemcachedApplyMs', (r) => r.worker.breakdown.memcachedApplyMs],
+  ['workerMemcachedMarksMs', (r) => (r.worker.breakdown.memcachedAppliedJobsMs ?? 0) + (r.worker.breakdown.memcachedMarkAppliedMs ?? 0)],
+  ['clientAckedAtMs', (r) => r.timeline.clientAckedMs],
+  ['workerFirstFoldAtMs', (r) => r.timeline.workerFirstFoldMs],
+  ['countedAtMs', (r) => r.timeline.countedMs],
+  ['clientCpuMs', (r) => r.client.cpu.userMs + r.client.cpu.systemMs],
+  ['workerCpuMs', (r) => r.worker.cpu.userMs + r.worker.cpu.systemMs],
+  ['flushCpuMs', (r) => r.flush.cpu.userMs + r.flush.cpu.systemMs],
+  ['gearmandCpuIngestMs', (r) => r.serverCpuMs.ingest.gearmand],
+  ['memcachedCpuIngestMs', (r) => r.serverCpuMs.ingest.memcached],
+  ['memcachedCpuFlushMs', (r) => r.serverCpuMs.flush.memcached],
+  ['mariadbCpuFlushMs', (r) => r.serverCpuMs.flush.mariadb],
+];
+
+function summarise(runs: E2ERun[]): Record<string, Spread | null> {
+  return Object.fromEntries(METRICS.map(([key, get]) => [key, spread(runs.map(get))]));
+}
+
+function statsdSummary(runs: StatsdRun[]): Record<string, { achievedRate: Spread | null; lostPercent: Spread | null }> {
+  const rates = [...new Set(runs.map((r) => r.targetRate))];
+  return Object.fromEntries(rates.map((rate) => {
+    const rs = runs.filter((r) => r.targetRate === rate);
+    return [String(rate), { achievedRate: spread(rs.map((r) => r.achievedRate)), lostPercent: spread(rs.map((r) => r.lostPercent)) }];
+  }));
+}
+
+function costSummary(cost: CostResult[]): Record<string, Spread | null> {
+  return {
+    logMedianNs: spread(cost.map((c) => c.logNs.median)),
+    logP99Ns: spread(cost.map((c) => c.logNs.p99)),
+    incrementMedianNs: spread(cost.map((c) => c.incrementNs.median)),
+    incrementP99Ns: spread(cost.map((c) => c.incrementNs.p99)),
+    incrementBufferedMedianNs: spread(cost.map((c) => c.incrementBufferedNs.median)),
+    incrementBufferedP99Ns: spread(cost.map((c) => c.incrementBufferedNs.p99)),
+    loopDelayP99Ms: spread(cost.map((c) => c.eventLoopDelay.logging.p99Ms)),
+    loopDelayMaxMs: spread(cost.map((c) => c.eventLoopDelay.logging.maxMs)),
+    idleLoopDelayP99Ms: spread(cost.map((c) => c.eventLoopDelay.idle.p99Ms)),
+  };
+}
+
+function judge(workloads: WorkloadReport[], statsd: StatsdRun[], cost: CostResult[]): Target[] {
+  const t: Target[] = [];
+  const w = (name: WorkloadName): WorkloadReport | undefined => workloads.find((x) => x.spec.name === name);
+  const med = (name: WorkloadName, key: string): number | null => w(name)?.summary[key]?.median ?? null;
+  const u = w('uniform');
+  const z = w('zipf');
+  if (u) t.push(atLeast('end to end, uniform', med('uniform', 'e2eEventsPerSecond'), 100_000, 'ev/s'));
+  if (z) t.push(atLeast('end to end, zipf', med('zipf', 'e2eEventsPerSecond'), 400_000, 'ev/s'));
+  // Ratio of the medians (the table's row is the median of each run's own ratio).
+  if (u) t.push(atLeast('speed-up vs naive SQL, uniform', ratioOf(u), 15, '×'));
+  if (z) t.push(atLeast('speed-up vs naive SQL, zipf', ratioOf(z), 50, '×'));
+  for (const x of workloads) {
+    const worst = Math.max(...x.runs.map((r) => r.statements.total / r.statements.bound));
+    const r0 = x.runs[0]!;
+    t.push({
+      name: `SQL statements per slice, ${x.spec.name}`,
+      actual: `${fmt(r0.statements.perNonEmptySlice, 1)}/slice (${r0.statements.total} total)`,
+      goal: `≤ pairs/500 + 5 (${fmt(r0.statements.pairsOver500, 1)} + 5; total ≤ ${r0.statements.bound})`,
+      ratio: 1 / worst,
+      pass: worst <= 1,
+    });
+  }
+  const allExact = workloads.every((x) => x.runs.every((r) => r.problems.length === 0));
+  if (statsd.length > 0) {
+    const lossy = statsd.filter((r) => r.lostPercent > 0);
+    const worst = statsd.reduce((a, b) => (b.lostPercent > a.lostPercent ? b : a));
+    t.push({
+      name: 'lost counts where StatsD loses',
+      actual: `OffLog ${allExact ? '0 %' : 'NOT exact'}; StatsD up to ${fmt(worst.lostPercent, 2)} % at ${fmtShort(worst.targetRate)}/s`,
+      goal: 'OffLog 0 %',
+      ratio: null,
+      pass: allExact,
+      note: lossy.length === 0 ? 'StatsD lost nothing at these rates on this run' : undefined,
+    });
+  }
+  for (const x of workloads) t.push(atLeast(`flush rows/s, ${x.spec.name}`, x.summary.flushRowsPerSecond?.median, 100_000, 'rows/s', `${fmt(x.summary.flushRows?.median)} rows`));
+  for (const x of workloads) {
+    const growth = Math.max(...x.runs.map((r) => r.workerRss.growthMb));
+    // A run of a handful of folds is all warm-up: too short to say whether memory levels off.
+    const tooShort = x.runs.some((r) => r.worker.stats.folds < 20);
+    t.push({
+      name: `worker RSS flat, ${x.spec.name}`,
+      actual: `max growth after 50 %: ${fmt(growth, 1)} MB`,
+      goal: '≤ 32 MB or 15 %',
+      ratio: null,
+      pass: tooShort ? null : x.runs.every((r) => r.workerRss.flat),
+      note: tooShort ? 'fewer than 20 folds: too short to judge' : undefined,
+    });
+  }
+  if (cost.length > 0) {
+    const s = costSummary(cost);
+    t.push(below('client log() median', s.logMedianNs?.median, 1000, 'ns'));
+    const lg = s.logMedianNs?.median ?? null;
+    for (const [which, hs] of [['defaults', s.incrementMedianNs?.median ?? null], ['buffered', s.incrementBufferedMedianNs?.median ?? null]] as const) {
+      t.push({
+        name: `client log() ≤ hot-shots increment(), ${which}`,
+        actual: `${fmt(lg, 1)} vs ${fmt(hs, 1)} ns`,
+        goal: 'log() ≤ increment()',
+        ratio: lg !== null && hs !== null ? hs / lg : null,
+        pass: lg !== null && hs !== null ? lg <= hs : null,
+      });
+    }
+    t.push(below('event-loop delay p99 at 100k ev/s', s.loopDelayP99Ms?.median, 2, 'ms', `idle p99 ${fmt(s.idleLoopDelayP99Ms?.median, 2)} ms`));
+  }
+  for (const x of workloads) t.push(atLeast(`client→gearmand, ${x.spec.name}`, x.summary.clientEventsPerSecond?.median, 300_000, 'ev/s'));
+  return t;
+}
+
+function ratioOf(w: WorkloadReport): number | null {
+  const e = w.summary.e2eEventsPerSecond?.median;
+  const n = w.summary.naiveEventsPerSecond?.median;
+  return e && n ? e / n : null;
+}
+
+// ── the printed report ──
+
+function render(m: Machine, workloads: WorkloadReport[], statsd: { runs: StatsdRun[]; skipped?: string } | null, cost: CostResult[], targets: Target[], failures: string[]): string {
+  const out: string[] = [];
+  out.push(`OffLog benchmark — ${opts.quick ? 'quick' : 'full'} mode, ${opts.runs} run(s) per measurement (median, min, max)`);
+  if (opts.batchSize || opts.maxJobsPerFold) out.push(`tuning experiment: client batchSize ${opts.batchSize ?? 'default'}, worker maxJobsPerFold ${opts.maxJobsPerFold ?? 'default'}`);
+  out.push(`machine: ${m.cpuModel}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.os}, node ${m.node}, load ${m.loadAverage.join(' ')}`);
+  out.push(`servers: ${m.gearmand}; memcached ${m.memcached}; MariaDB ${m.mariadb}`);
+  const rows: [label: string, key: string, digits: number][] = [
+    ['end to end: log() → rows committed (ev/s)', 'e2eEventsPerSecond', 0],
+    ['  end-to-end time (s)', 'e2eSeconds', 2],
+    ['  client: last batch acked by gearmand at (ms)', 'clientAckedAtMs', 0],
+    ['  worker: first fold at (ms)', 'workerFirstFoldAtMs', 0],
+    ['  worker: last event in memcached at (ms)', 'countedAtMs', 0],
+    ['  then flush (ms)', 'flushMs', 0],
+    ['client → gearmand acked (ev/s)', 'clientEventsPerSecond', 0],
+    ['  client CPU (ms)', 'clientCpuMs', 0],
+    ['  client CPU per event (µs)', 'clientCpuUsPerEvent', 2],
+    ['  client paused for back-pressure (ms)', 'clientBlockedMs', 0],
+    ['  gearmand CPU while client+worker ran (ms)', 'gearmandCpuIngestMs', 0],
+    ['worker → memcached, wall (ev/s)', 'workerEventsPerSecondWall', 0],
+    ['worker → memcached, busy time only (ev/s)', 'workerEventsPerSecondBusy', 0],
+    ['  worker time: taking jobs from gearmand (ms)', 'workerTakeMs', 0],
+    ['  worker time: asleep, no jobs queued (ms)', 'workerSleepMs', 0],
+    ['  worker time: decode + fold + ack (ms)', 'workerDecodeFoldAckMs', 0],
+    ['  worker time: ring.apply, memcached (ms)', 'workerMemcachedApplyMs', 0],
+    ['  worker time: job marks, memcached (ms)', 'workerMemcachedMarksMs', 0],
+    ['  worker CPU (ms)', 'workerCpuMs', 0],
+    ['  worker CPU per event (µs)', 'workerCpuUsPerEvent', 2],
+    ['  folds (jobs stored together)', 'workerFolds', 0],
+    ['  events per fold', 'workerEventsPerFold', 0],
+    ['  memcached ops (worker.stats.memcachedOps)', 'workerMemcachedOps', 0],
+    ['  memcached ops incl. job marks (ring.ops)', 'workerRingOps', 0],
+    ['  memcached ops per event', 'memcachedOpsPerEvent', 3],
+    ['  memcached CPU while client+worker ran (ms)', 'memcachedCpuIngestMs', 0],
+    ['flush rows', 'flushRows', 0],
+    ['flush (rows/s)', 'flushRowsPerSecond', 0],
+    ['  flush CPU (ms)', 'flushCpuMs', 0],
+    ['  memcached CPU during flush (ms)', 'memcachedCpuFlushMs', 0],
+    ['  mariadb CPU during flush (ms)', 'mariadbCpuFlushMs', 0],
+    ['  SQL statements (flush)', 'flushStatements', 0],
+    ['  SQL statements per non-empty slice', 'flushStatementsPerSlice', 1],
+    ['  memcached ops (flush)', 'flushMemcachedOps', 0],
+    ['peak RSS client (MB, incl. workload arrays)', 'clientPeakRssMb', 0],
+    ['peak RSS worker (MB)', 'workerPeakRssMb', 0],
+    ['  worker RSS growth after 50 % (MB)', 'workerRssGrowthMb', 1],
+    ['peak RSS flush (MB)', 'flushPeakRssMb', 0],
+    ['gearmand RSS after the run (MB)', 'gearmandRssMb', 0],
+    ['memcached RSS after the run (MB)', 'memcachedRssMb', 0],
+    ['mariadb RSS after the run (MB)', 'mariadbRssMb', 0],
+    ['naive SQL: 1 upsert per event, 8 conns (ev/s)', 'naiveEventsPerSecond', 0],
+    ['  naive sample (events)', 'naiveEvents', 0],
+    ['  naive SQL statements per event', 'naiveStatementsPerEvent', 2],
+    ['speed-up end to end vs naive (×)', 'speedupVsNaive', 1],
+  ];
+  for (const w of workloads) {
+    const s = w.spec;
+    out.push('');
+    out.push(`${s.name}: ${fmt(s.events)} events, ${fmt(w.pairs)} (slice, user, action) pairs — ${fmt(s.users)} users${s.userSkew ? ` (Zipf s=${s.userSkew})` : ''} × ${s.actions} actions${s.actionSkew ? ` (Zipf s=${s.actionSkew})` : ''}, 2 slices${s.valueShare ? ', values on half' : ''}`);
+    out.push(table(['metric', 'median', 'min', 'max'], rows.map(([l, key, d]) => [l, ...spreadCells(w.summary[key] ?? null, d)])));
+  }
+  if (statsd) {
+    out.push('');
+    if (statsd.skipped) out.push(`StatsD: skipped — ${statsd.skipped}`);
+    else {
+      out.push(`StatsD (npm statsd, UDP loopback, flushInterval ${STATSD.flushIntervalMs} ms) fed by hot-shots for ${STATSD.seconds} s, one counter per (user, action):`);
+      const rates = [...new Set(statsd.runs.map((r) => r.targetRate))];
+      out.push(table(
+        ['target rate (ev/s)', 'achieved ev/s', 'min', 'max', 'lost % (median)', 'min', 'max', 'kernel UDP drops'],
+        rates.map((rate) => {
+          const rs = statsd.runs.filter((r) => r.targetRate === rate);
+          return [fmt(rate), ...spreadCells(spread(rs.map((r) => r.achievedRate))), ...spreadCells(spread(rs.map((r) => r.lostPercent)), 2), fmt(spread(rs.map((r) => r.udpRcvbufErrors))?.median)];
+        }),
+      ));
+    }
+  }
+  if (cost.length > 0) {
+    const s = costSummary(cost);
+    out.push('');
+    out.push(`client cost per call (batches of ${cost[0]!.batch} calls timed with hrtime, ${fmt(cost[0]!.calls.log)} calls each per run):`);
+    out.push(table(['call', 'median ns', 'min', 'max', 'p99 ns', 'min', 'max'], [
+      ['OffLogClient.log(user, action)', ...spreadCells(s.logMedianNs ?? null, 1), ...spreadCells(s.logP99Ns ?? null, 1)],
+      ['hot-shots increment(name), defaults', ...spreadCells(s.incrementMedianNs ?? null, 1), ...spreadCells(s.incrementP99Ns ?? null, 1)],
+      ['hot-shots increment(name), maxBufferSize 1432', ...spreadCells(s.incrementBufferedMedianNs ?? null, 1), ...spreadCells(s.incrementBufferedP99Ns ?? null, 1)],
+    ]));
+    out.push(table(['event-loop delay (beyond the 1 ms timer)', 'p99 ms', 'min', 'max'], [
+      [`logging ${fmt(COST.eldRate)} ev/s for ${COST.eldSeconds} s`, ...spreadCells(s.loopDelayP99Ms ?? null, 3)],
+      ['  max while logging', ...spreadCells(s.loopDelayMaxMs ?? null, 3)],
+      ['idle, same process (machine noise)', ...spreadCells(s.idleLoopDelayP99Ms ?? null, 3)],
+    ]));
+  }
+  out.push('');
+  out.push('targets (issue 5):');
+  out.push(table(['target', 'measured', 'goal', 'ratio', 'result'], targets.map((t) => [
+    t.name, t.actual, t.goal, t.ratio === null ? '' : `${fmt(t.ratio, 2)}×`, (t.pass === null ? 'n/a' : t.pass ? 'PASS' : 'FAIL') + (t.note ? `  (${t.note})` : ''),
+  ]), 'lllrl'));
+  out.push('');
+  if (failures.length === 0) out.push(`correctness: every total exact in every run (${workloads.reduce((n, w) => n + w.runs.length, 0)} OffLog runs, every row checked)`);
+  else out.push(`CORRECTNESS FAILED:\n  ${failures.join('\n  ')}`);
+  return out.join('\n');
+}
+
+function fmtShort(x: number): string {
+  if (x >= 1e6) return `${(x / 1e6).toFixed(x >= 1e7 ? 0 : 1)}M`;
+  if (x >= 1e3) return `${(x / 1e3).toFixed(x >= 1e4 ? 0 : 1)}k`;
+  return String(x);
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    progress.end();
+    console.error(err instanceof Error ? err.stack : err);
+    process.exitCode = 1;
+  },
+);
