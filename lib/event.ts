@@ -24,7 +24,8 @@ export const MAX_U64 = 18_446_744_073_709_551_615n;
 export const MAX_PAYLOAD_BYTES = 4096;
 /** Timestamps outside 1970…2999 are typos, not clock skew. */
 const MAX_AT_MS = Date.UTC(3000, 0, 1);
-const ISO_8601 = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$/;
+// A date alone is UTC midnight; a date-time must carry its zone, since "local time" on a server is a guess.
+const ISO_8601 = /^(\d{4})-(\d{2})-(\d{2})(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2}))?$/;
 const EVENT_FIELDS = new Set(['userId', 'actionId', 'value', 'at', 'payload']);
 
 export function parseUserId(raw: unknown, field = 'userId'): UserId {
@@ -57,13 +58,20 @@ export function parseValue(raw: unknown, field = 'value'): number {
   throw new InputError(field, `must be an integer from 0 to 2^53-1, got ${excerpt(raw)}`);
 }
 
-/** `at` as epoch ms; `acceptedAt` when absent. */
+function daysIn(year: number, month: number): number {
+  return new Date(Date.UTC(year, month, 0)).getUTCDate();
+}
+
+/** `at` as epoch ms (a fractional number is floored); `acceptedAt` when absent. */
 export function parseAt(raw: unknown, acceptedAt: number, field = 'at'): number {
   if (raw === undefined || raw === null) return acceptedAt;
   if (typeof raw === 'number' && Number.isFinite(raw) && raw >= 0 && raw < MAX_AT_MS) return Math.floor(raw);
-  if (typeof raw === 'string' && ISO_8601.test(raw)) {
-    const ms = Date.parse(raw);
-    if (Number.isFinite(ms) && ms >= 0 && ms < MAX_AT_MS) return ms;
+  const iso = typeof raw === 'string' ? ISO_8601.exec(raw) : null;
+  if (iso) {
+    // Date.parse rolls 2026-02-30 over to March 2; a typo in a date must not move an event.
+    const [year, month, day] = [Number(iso[1]), Number(iso[2]), Number(iso[3])];
+    const ms = Date.parse(raw as string);
+    if (month >= 1 && month <= 12 && day >= 1 && day <= daysIn(year, month) && Number.isFinite(ms) && ms >= 0 && ms < MAX_AT_MS) return ms;
   }
   throw new InputError(field, `must be epoch milliseconds or an ISO-8601 date-time between 1970 and 3000, got ${excerpt(raw)}`);
 }
@@ -207,9 +215,10 @@ export function decodeBatch(data: Buffer, receivedAt: number): LogEvent[] {
 export function excerpt(value: unknown, max = 80): string {
   let s: string;
   try {
-    s = typeof value === 'string' ? JSON.stringify(value) : value === undefined ? 'undefined' : JSON.stringify(value) ?? String(value);
+    s = value === undefined ? 'undefined' : JSON.stringify(value) ?? typeof value;
   } catch {
-    s = String(value);
+    // Too deep to stringify (or a cycle): never let describing bad input become a second failure.
+    s = Array.isArray(value) ? `[array of ${value.length}]` : `[${typeof value}]`;
   }
   return s.length > max ? `${s.slice(0, max)}…` : s;
 }

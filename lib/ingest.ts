@@ -24,10 +24,10 @@ export interface IngestResponse {
 export async function ingest(req: IngestRequest, deps: { config: Config; client: OffLogClient; log: Logger; now?: number }): Promise<IngestResponse> {
   const { config, client, log } = deps;
   if (config.ingestToken !== undefined && !tokenMatches(req.headers.authorization, config.ingestToken)) {
-    return reply(401, { error: 'authorization: missing or wrong bearer token' });
+    return reply(401, { error: 'authorization: missing or wrong bearer token', field: 'authorization' });
   }
   const size = Buffer.byteLength(req.body);
-  if (size > config.maxBodyBytes) return reply(413, { error: `body: ${size} bytes is over the limit of ${config.maxBodyBytes}` });
+  if (size > config.maxBodyBytes) return reply(413, { error: `body: ${size} bytes is over the limit of ${config.maxBodyBytes}`, field: 'body' });
   let events;
   try {
     events = parseBody(req.body, deps.now ?? Date.now(), config.maxBatchEvents);
