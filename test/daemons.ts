@@ -90,9 +90,11 @@ export class Proxy {
   }
 
   async cut(): Promise<void> {
-    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+    // close() only calls back once every connection is gone, so destroy them first.
+    const server = this.server;
     this.server = undefined;
     for (const s of this.sockets) s.destroy();
+    await new Promise<void>((r) => (server ? server.close(() => r()) : r()));
   }
 
   heal(): Promise<void> {
