@@ -1,8 +1,8 @@
 /**
  * `npm run bench` — OffLog's benchmark (issue 5).
  *
- *   node --import tsx bench/run.ts [--quick] [--runs N] [--only uniform,zipf,statsd,cost]
- *        [--no-naive] [--no-statsd] [--no-cost] [--profile] [--keep] [--strict] [--out FILE]
+ *   node --import tsx bench/run.ts [--quick] [--runs N] [--only uniform,zipf,statsd,cost,memory]
+ *        [--no-naive] [--no-statsd] [--no-cost] [--no-memory] [--profile] [--keep] [--strict] [--out FILE]
  *        [--batch-size N] [--max-jobs-per-fold N]   (tuning experiments; default: the library's defaults)
  *
  * For each workload (bench/workloads.ts), each run:
@@ -20,7 +20,8 @@
  *      however fast it was;
  *   5. the naive baseline: one autocommitted upsert per event, 8 connections.
  * Then StatsD (loss at OffLog's rate and at 10,000/s) and the client's cost
- * per call and event-loop delay. Results: a table on stdout, everything in
+ * per call and event-loop delay, and the client's heap while logging 10M events
+ * with no server up (bench/roles/client-memory.ts). Results: a table on stdout, everything in
  * bench/results.json (medians, min, max over the runs, and the machine).
  *
  * Exit status: 0 when every total was exact (targets missed are reported,
@@ -37,6 +38,7 @@ import {
 } from './report.ts';
 import { checkCounts, cpuDelta, drainQueue, dropTables, flushMemcached, machine, memcachedStats, REPO, serverCpuMs, serverRss, servicesDown, servicesUp, stackEnv, udpReceiveBufferErrors, type Machine } from './stack.ts';
 import { findStatsd, StatsdDaemon } from './statsd.ts';
+import type { MemoryResult } from './roles/client-memory.ts';
 import { expectedTotals, generate, workloadSpecs, type Expected, type WorkloadName, type WorkloadSpec } from './workloads.ts';
 
 // ── options ──
@@ -49,6 +51,8 @@ interface Options {
   naive: boolean;
   statsd: boolean;
   cost: boolean;
+  /** The client's memory bound with every server down. */
+  memory: boolean;
   profile: boolean;
   keep: boolean;
   strict: boolean;
@@ -59,7 +63,7 @@ interface Options {
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { quick: false, runs: 0, only: null, naive: true, statsd: true, cost: true, profile: false, keep: false, strict: false, out: join(REPO, 'bench/results.json'), batchSize: null, maxJobsPerFold: null };
+  const o: Options = { quick: false, runs: 0, only: null, naive: true, statsd: true, cost: true, memory: true, profile: false, keep: false, strict: false, out: join(REPO, 'bench/results.json'), batchSize: null, maxJobsPerFold: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = (): string => {
@@ -73,6 +77,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--no-naive') o.naive = false;
     else if (a === '--no-statsd') o.statsd = false;
     else if (a === '--no-cost') o.cost = false;
+    else if (a === '--no-memory') o.memory = false;
     else if (a === '--profile') o.profile = true;
     else if (a === '--keep') o.keep = true;
     else if (a === '--strict') o.strict = true;
@@ -80,14 +85,15 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--batch-size') o.batchSize = Number(value());
     else if (a === '--max-jobs-per-fold') o.maxJobsPerFold = Number(value());
     else if (a === '-h' || a === '--help') {
-      console.log('usage: npm run bench -- [--quick] [--runs N] [--only uniform,zipf,statsd,cost] [--no-naive] [--no-statsd] [--no-cost] [--profile] [--keep] [--strict] [--out FILE] [--batch-size N] [--max-jobs-per-fold N]');
+      console.log('usage: npm run bench -- [--quick] [--runs N] [--only uniform,zipf,statsd,cost,memory] [--no-naive] [--no-statsd] [--no-cost] [--no-memory] [--profile] [--keep] [--strict] [--out FILE] [--batch-size N] [--max-jobs-per-fold N]');
       process.exit(0);
     } else throw new Error(`unknown option ${a} (try --help)`);
   }
   if (o.only) {
-    for (const part of o.only) if (!['uniform', 'zipf', 'statsd', 'cost'].includes(part)) throw new Error(`--only: unknown part ${part} (uniform, zipf, statsd, cost)`);
+    for (const part of o.only) if (!['uniform', 'zipf', 'statsd', 'cost', 'memory'].includes(part)) throw new Error(`--only: unknown part ${part} (uniform, zipf, statsd, cost, memory)`);
     o.statsd &&= o.only.includes('statsd');
     o.cost &&= o.only.includes('cost');
+    o.memory &&= o.only.includes('memory');
   }
   // Quick is CI-sized: one run. Full: medians need at least three.
   if (o.runs === 0) o.runs = o.quick ? 1 : 3;
@@ -102,6 +108,10 @@ const SLICE_MS = SLICE_SECONDS * 1000;
 const NAIVE = opts.quick ? { maxEvents: 5_000, maxSeconds: 10 } : { maxEvents: 50_000, maxSeconds: 30 };
 const STATSD = { flushIntervalMs: 2_000, seconds: opts.quick ? 3 : 10, port: Number(process.env.OFFLOG_BENCH_STATSD_PORT ?? 8135), prefix: 'offlog.' };
 const COST = opts.quick ? { calls: 200_000, rounds: 4, eldSeconds: 3, eldRate: 100_000 } : { calls: 1_000_000, rounds: 10, eldSeconds: 10, eldRate: 100_000 };
+/** Client memory bound: a cap far below the events logged, so nearly all of them must be dropped (and counted). */
+const MEMORY = { events: opts.quick ? 1_000_000 : 10_000_000, maxBufferedEvents: 100_000 };
+/** What the cap may cost in heap: generous bytes per buffered event (its share of a JSON batch string), plus a constant. */
+const MEMORY_ALLOWANCE = { bytesPerEvent: 100, constantMb: 16 };
 const progress = new Progress();
 const env = stackEnv();
 const profileDir = join(env.OFFLOG_DATA_DIR!, 'profiles');
@@ -420,6 +430,33 @@ async function costRuns(cfg: Config, statsdPort: number): Promise<CostResult[]> 
   return out;
 }
 
+// ── client memory bound ──
+
+async function memoryRun(): Promise<MemoryResult> {
+  const role = new Role<MemoryResult>('client-memory', MEMORY, env, ['--expose-gc']);
+  const result = await withRoles([role], async () => {
+    await role.ready;
+    progress.start(`client memory: ${fmt(MEMORY.events)} events, no server up`);
+    role.onProgress = (m) => progress.update(Number(m.done) / Number(m.total), `${fmt(Number(m.done))} logged`);
+    role.go();
+    return role.done;
+  });
+  progress.end();
+  return result;
+}
+
+function memoryTarget(r: MemoryResult): Target {
+  const allowedMb = (r.maxBufferedEvents * MEMORY_ALLOWANCE.bytesPerEvent) / (1024 * 1024) + MEMORY_ALLOWANCE.constantMb;
+  const growth = r.heapMaxMb - r.heapBeforeMb;
+  return {
+    name: `client heap, ${fmtShort(r.events)} events, no server`,
+    actual: `+${fmt(growth, 1)} MB (${fmt(r.buffered)} buffered, ${fmt(r.dropped)} dropped${r.droppedExact ? ', exact' : ', NOT exact'})`,
+    goal: `≤ cap ${fmt(r.maxBufferedEvents)} × ${MEMORY_ALLOWANCE.bytesPerEvent} B + ${MEMORY_ALLOWANCE.constantMb} MB = ${fmt(allowedMb, 1)} MB`,
+    ratio: growth > 0 ? allowedMb / growth : null,
+    pass: growth <= allowedMb && r.droppedExact,
+  };
+}
+
 // ── main ──
 
 interface WorkloadReport {
@@ -501,8 +538,10 @@ async function main(): Promise<number> {
     await daemon?.stop();
     daemon = null;
     await drainQueue(cfg);
+    const memory = opts.memory ? await memoryRun() : null;
 
     const targets = judge(workloads, statsd?.runs ?? [], cost);
+    if (memory) targets.push(memoryTarget(memory));
     const failures = [
       ...workloads.flatMap((w) => w.runs.flatMap((r) => [
         ...r.problems.map((p) => `${w.spec.name} run ${r.run}: ${p}`),
@@ -515,7 +554,7 @@ async function main(): Promise<number> {
       finishedAt: new Date().toISOString(),
       mode: opts.quick ? 'quick' : 'full',
       runs: opts.runs,
-      settings: { batchSize: opts.batchSize ?? 'library default', maxJobsPerFold: opts.maxJobsPerFold ?? 'library default', sliceSeconds: SLICE_SECONDS, naive: NAIVE, statsd: STATSD, cost: COST, stack: { gearman: env.OFFLOG_GEARMAN_SERVERS, memcached: env.OFFLOG_MEMCACHED_SERVERS, mysqlPort: env.OFFLOG_MYSQL_PORT, memcachedMb: mc.limitMb } },
+      settings: { batchSize: opts.batchSize ?? 'library default', maxJobsPerFold: opts.maxJobsPerFold ?? 'library default', sliceSeconds: SLICE_SECONDS, naive: NAIVE, statsd: STATSD, cost: COST, memory: { ...MEMORY, allowance: MEMORY_ALLOWANCE }, stack: { gearman: env.OFFLOG_GEARMAN_SERVERS, memcached: env.OFFLOG_MEMCACHED_SERVERS, mysqlPort: env.OFFLOG_MYSQL_PORT, memcachedMb: mc.limitMb } },
       machine: m,
       correct: failures.length === 0,
       failures,
@@ -523,6 +562,7 @@ async function main(): Promise<number> {
       workloads: Object.fromEntries(workloads.map((w) => [w.spec.name, { spec: w.spec, pairs: w.pairs, pairsPerSlice: w.pairsPerSlice, summary: w.summary, runs: w.runs }])),
       statsd: statsd && { ...statsd, summary: statsdSummary(statsd.runs) },
       clientCost: cost.length > 0 ? { summary: costSummary(cost), runs: cost } : null,
+      clientMemory: memory,
     };
     writeFileSync(opts.out, `${JSON.stringify(results, null, 2)}\n`);
     console.log(render(m, workloads, statsd, cost, targets, failures));
