@@ -2,11 +2,9 @@
 import { randomBytes } from 'node:crypto';
 import type { RowDataPacket } from 'mysql2/promise';
 import { loadConfig, type Config } from '../lib/config.ts';
-import { GearmanConnection } from '../lib/gearman.ts';
 import { createLogger } from '../lib/log.ts';
 import { Runtime } from '../lib/runtime.ts';
 import { sliceStartMs, type SliceId } from '../lib/slice.ts';
-import { FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE } from '../lib/worker.ts';
 
 /** Config from the environment `npm test` sets, with key and table prefixes of the test's own. */
 export function testConfig(overrides: Record<string, string> = {}): Config {
@@ -26,20 +24,10 @@ export function futureSlice(sliceSeconds: number, ahead = 3): SliceId {
 
 export const startOf = (s: SliceId, sliceSeconds: number): number => sliceStartMs(s, sliceSeconds);
 
-/** Empties the queues a worker reads, so jobs left by an earlier, aborted run cannot leak into a count. */
-export async function drainQueues(config: Config): Promise<number> {
-  let drained = 0;
-  for (const server of config.gearmanServers) {
-    const conn = await GearmanConnection.connect(server);
-    for (const fn of [FN_BATCH, FN_LOG_SIMPLE, FN_DEAD_LETTER]) conn.canDo(fn);
-    for (let job = await conn.grab(); job !== null; job = await conn.grab()) {
-      conn.complete(job.handle);
-      drained++;
-    }
-    conn.close();
-  }
-  return drained;
-}
+// Shared with the benchmark: emptying the queues a worker reads (so jobs left by an
+// aborted run cannot leak into a count), and the seeded PRNG.
+export { drainQueue as drainQueues } from '../bench/stack.ts';
+export { prng } from '../bench/workloads.ts';
 
 export interface CountRow { slice: number; userId: string; actionId: number; count: string; valueSum: string }
 
@@ -64,14 +52,3 @@ export class Expected {
   }
 }
 
-/** A deterministic PRNG (mulberry32): the same seed gives the same events. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
