@@ -3,9 +3,14 @@
  * MySQL, one transaction per slice, under a lock so that two flushes never
  * interleave. Slices that left the ring before being flushed are recorded as
  * lost, never skipped silently.
+ *
+ * A slice is streamed, not loaded: batches of store.rowsPerStatement pairs go
+ * from memcached into the slice's open transaction, each read overlapping the
+ * previous batch's upsert, so memory stays at a couple of batches whatever
+ * the slice's size.
  */
 import type { Logger } from './log.ts';
-import type { Ring, SliceContents } from './ring.ts';
+import type { CountRows, Ring, SliceReader, SliceTotals } from './ring.ts';
 import { flushableRange, sliceOf, sliceStartMs, type SliceId } from './slice.ts';
 import type { SliceRecord, Store } from './store.ts';
 
@@ -62,22 +67,27 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
       const note = `${count} slice(s) from ${iso(next, sliceSeconds)} to ${iso((oldest - 1) as SliceId, sliceSeconds)} left the ring before they were flushed`;
       log.error({ lostSlices: count }, note);
       const last = (oldest - 1) as SliceId;
-      await store.writeSlice(new Date(sliceStartMs(last, sliceSeconds)), null, record('lost', null, note));
-      result.slices.push(report(last, 'lost', null, note, sliceSeconds));
+      const lost = await store.writeSlice(new Date(sliceStartMs(last, sliceSeconds)), async () => record('lost', null, note));
+      result.slices.push(report(last, lost, sliceSeconds));
       result.lostSlices += count;
       next = oldest;
     }
 
     const restartedAt = await memcachedRestart(ring, store, log);
     for (let s = next; s <= newest; s = (s + 1) as SliceId) {
-      const contents = await ring.read(s);
-      const { status, note } = judge(contents, restartedAt !== null && restartedAt * 1000 > sliceStartMs(s, sliceSeconds), restartedAt);
-      await store.writeSlice(new Date(sliceStartMs(s, sliceSeconds)), contents, record(status, contents, note));
-      const r = report(s, status, contents, note, sliceSeconds);
+      const restarted = restartedAt !== null && restartedAt * 1000 > sliceStartMs(s, sliceSeconds);
+      const written = await store.writeSlice(new Date(sliceStartMs(s, sliceSeconds)), async (write) => {
+        const reader = await ring.openSlice(s, store.rowsPerStatement);
+        await copyRows(reader, write);
+        const totals = reader.totals();
+        const { status, note } = judge(totals, restarted, restartedAt);
+        return record(status, totals, note);
+      });
+      const r = report(s, written, sliceSeconds);
       result.slices.push(r);
       result.rows += r.rows;
       result.pairsMissing += r.pairsMissing;
-      if (status !== 'flushed') log.error(r, `slice ${r.sliceStart} is incomplete: ${note}`);
+      if (r.status !== 'flushed') log.error(r, `slice ${r.sliceStart} is incomplete: ${r.note}`);
     }
     await rememberBootTimes(ring, store);
     return true;
@@ -91,13 +101,33 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
   return result;
 }
 
-function judge(c: SliceContents, restarted: boolean, restartedAt: number | null): { status: SliceRecord['status']; note: string } {
+/**
+ * Moves a slice's rows from the reader to the writer, reading the next batch
+ * from memcached while the current one is being written, so neither server
+ * waits for the other.
+ */
+async function copyRows(reader: SliceReader, write: (rows: CountRows) => Promise<void>): Promise<void> {
+  let pending = reader.next();
+  for (;;) {
+    const rows = await pending;
+    if (rows === null) return;
+    pending = reader.next();
+    try {
+      await write(rows);
+    } catch (err) {
+      // The read ahead is abandoned; its failure, if any, must not surface as an unhandled rejection.
+      pending.catch(() => undefined);
+      throw err;
+    }
+  }
+}
+
+function judge(t: SliceTotals, restarted: boolean, restartedAt: number | null): { status: SliceRecord['status']; note: string } {
   const notes: string[] = [];
   if (restarted) notes.push(`memcached restarted at ${new Date(restartedAt! * 1000).toISOString()}, after this slice began: earlier counts are gone`);
-  if (c.missingPairs > 0) notes.push(`${c.missingPairs} pair(s) listed but their counters are gone (evicted or restarted)`);
-  if (c.missingChunks > 0) notes.push(`${c.missingChunks} register chunk(s) gone: their pairs cannot be found`);
-  const counted = c.rows.reduce((n, r) => n + r.count, 0n);
-  if (c.events !== null && counted < c.events) notes.push(`rows hold ${counted} events but workers counted ${c.events}`);
+  if (t.missingPairs > 0) notes.push(`${t.missingPairs} pair(s) listed but their counters are gone (evicted or restarted)`);
+  if (t.missingChunks > 0) notes.push(`${t.missingChunks} register chunk(s) gone: their pairs cannot be found`);
+  if (t.events !== null && t.counted < t.events) notes.push(`rows hold ${t.counted} events but workers counted ${t.events}`);
   return { status: notes.length > 0 ? 'incomplete' : 'flushed', note: notes.join('; ') };
 }
 
@@ -118,29 +148,29 @@ async function rememberBootTimes(ring: Ring, store: Store): Promise<void> {
   for (const b of await ring.bootTimes()) await store.setState(`memcached_boot:${b.server}`, `${b.pid}@${b.bootedAt}`);
 }
 
-function record(status: SliceRecord['status'], c: SliceContents | null, note: string): SliceRecord {
+function record(status: SliceRecord['status'], t: SliceTotals | null, note: string): SliceRecord {
   return {
     status,
-    rows: c?.rows.length ?? 0,
-    pairsMissing: c?.missingPairs ?? 0,
-    chunksMissing: c?.missingChunks ?? 0,
-    events: c?.events ?? null,
-    late: c?.late ?? 0n,
+    rows: t?.rows ?? 0,
+    pairsMissing: t?.missingPairs ?? 0,
+    chunksMissing: t?.missingChunks ?? 0,
+    events: t?.events ?? null,
+    late: t?.late ?? 0n,
     note,
   };
 }
 
-function report(slice: SliceId, status: SliceRecord['status'], c: SliceContents | null, note: string, sliceSeconds: number): SliceReport {
+function report(slice: SliceId, r: SliceRecord, sliceSeconds: number): SliceReport {
   return {
     slice,
     sliceStart: iso(slice, sliceSeconds),
-    status,
-    rows: c?.rows.length ?? 0,
-    pairsMissing: c?.missingPairs ?? 0,
-    chunksMissing: c?.missingChunks ?? 0,
-    events: c?.events?.toString() ?? null,
-    late: (c?.late ?? 0n).toString(),
-    note,
+    status: r.status,
+    rows: r.rows,
+    pairsMissing: r.pairsMissing,
+    chunksMissing: r.chunksMissing,
+    events: r.events?.toString() ?? null,
+    late: r.late.toString(),
+    note: r.note,
   };
 }
 

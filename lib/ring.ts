@@ -21,6 +21,8 @@ import type { Deltas, PairDelta } from './aggregate.ts';
 import { MemcacheConnection, type MemcacheOp, type MemcacheReply } from './memcache.ts';
 import type { SliceId } from './slice.ts';
 import type { ActionId, UserId } from './event.ts';
+import { PairSet } from './pairset.ts';
+import { isU64Decimal, U64Sum } from './u64.ts';
 
 export interface RingOptions {
   servers: HostPort[];
@@ -43,12 +45,59 @@ export interface SliceContents {
   late: bigint;
 }
 
+/**
+ * A batch of a slice's rows as the flush writes them: parallel arrays, row i
+ * being (users[i], actions[i], counts[i], valueSums[i]). Ids and totals stay
+ * decimal text, as memcached holds them and SQL wants them: no BigInt per pair.
+ */
+export interface CountRows {
+  length: number;
+  /** Unsigned 64-bit decimals. */
+  users: string[];
+  actions: number[];
+  /** Unsigned 64-bit decimals. */
+  counts: string[];
+  /** Unsigned 64-bit decimals. */
+  valueSums: string[];
+}
+
+/** A slice's head: read once, before its pairs. */
+export interface SliceHead {
+  slice: SliceId;
+  /** Register chunks reserved by the writers (some may be gone). */
+  chunks: number;
+  /** Events the workers counted into this slice (null when the counter itself is gone). */
+  events: bigint | null;
+  late: bigint;
+}
+
+/** What a SliceReader found, once it has read the whole slice. */
+export interface SliceTotals extends SliceHead {
+  /** Distinct pairs whose counters were read. */
+  rows: number;
+  /** Sum of the rows' counts, to compare with `events`. */
+  counted: bigint;
+  missingPairs: number;
+  missingChunks: number;
+  /** Pairs listed more than once (two workers raced to create them); read once. */
+  duplicates: number;
+}
+
+/** memcached holds something in a ring key that is not what OffLog writes there. */
+export class RingDataError extends Error {
+  override name = 'RingDataError';
+}
+
 export interface ApplyStats { ops: number; newPairs: number }
 
 const ENTRY_BYTES = 10;
 /** 50,000 pairs × 10 bytes: well under memcached's 1 MB item limit. */
 const CHUNK_PAIRS = 50_000;
 const MAX_RACE_RETRIES = 5;
+/** Register chunks fetched per round trip while reading: at most 16 × 500 KB in memory at once. */
+const REGISTER_CHUNKS_PER_GET = 16;
+/** Batch size for Ring.read, which keeps everything anyway. */
+const READ_BATCH_PAIRS = 5000;
 
 export class Ring {
   private readonly conns: MemcacheConnection[];
@@ -123,49 +172,49 @@ export class Ring {
     await Promise.all([...byServer].map(([s, ops]) => this.exec(s, ops)));
   }
 
-  /** Reads a finished slice: the register, then every listed pair's count and value sum. */
-  async read(slice: SliceId): Promise<SliceContents> {
+  /**
+   * Opens a finished slice for reading in batches of at most `batchPairs`
+   * pairs (see SliceReader): only the slice's head is read here.
+   */
+  async openSlice(slice: SliceId, batchPairs: number): Promise<SliceReader> {
     const home = this.sliceServer(slice);
-    const head = await this.exec(home, [
+    const [rn, n, late] = await this.exec(home, [
       { kind: 'get', key: this.sliceKey(slice, 'rn') },
       { kind: 'get', key: this.sliceKey(slice, 'n') },
       { kind: 'get', key: this.sliceKey(slice, 'late') },
     ]);
-    const chunkCount = head[0] ? Number(head[0].toString()) : 0;
-    const chunkKeys = Array.from({ length: chunkCount }, (_, i) => this.sliceKey(slice, `r:${i + 1}`));
-    const chunks = await this.getAll(chunkKeys.map((key) => ({ key, server: home })));
-    // De-duplicate: two workers that raced to create a pair both listed it.
-    const listed = new Map<string, { userId: UserId; actionId: ActionId }>();
-    for (const buf of chunks.values()) {
-      for (let o = 0; o + ENTRY_BYTES <= buf.length; o += ENTRY_BYTES) {
-        const userId = buf.readBigUInt64BE(o).toString();
-        const actionId = buf.readUInt16BE(o + 8);
-        listed.set(`${userId}:${actionId}`, { userId, actionId });
+    const head: SliceHead = {
+      slice,
+      chunks: rn ? Number(counterText(this.sliceKey(slice, 'rn'), rn as Buffer)) : 0,
+      events: n ? BigInt(counterText(this.sliceKey(slice, 'n'), n as Buffer)) : null,
+      late: late ? BigInt(counterText(this.sliceKey(slice, 'late'), late as Buffer)) : 0n,
+    };
+    return new SliceReader(head, batchPairs, {
+      keyPrefix: `${this.p}${slice}:`,
+      home,
+      getMulti: (server, keys) => {
+        this.ops += keys.length;
+        return this.conns[server]!.getMulti(keys);
+      },
+      pairServer: (userId, actionId) => this.serverOf(`${userId}:${actionId}`),
+      servers: this.conns.length,
+    });
+  }
+
+  /**
+   * Reads a whole finished slice into memory. For small slices and the status
+   * command; the flush streams with openSlice instead.
+   */
+  async read(slice: SliceId): Promise<SliceContents> {
+    const reader = await this.openSlice(slice, READ_BATCH_PAIRS);
+    const rows: SliceContents['rows'] = [];
+    for (let batch = await reader.next(); batch !== null; batch = await reader.next()) {
+      for (let i = 0; i < batch.length; i++) {
+        rows.push({ userId: batch.users[i]!, actionId: batch.actions[i]!, count: BigInt(batch.counts[i]!), valueSum: BigInt(batch.valueSums[i]!) });
       }
     }
-    const pairs = [...listed.values()];
-    const keys: { key: string; server: number }[] = [];
-    for (const { userId, actionId } of pairs) {
-      const server = this.serverOf(`${userId}:${actionId}`);
-      keys.push({ key: this.pairKeyOf(slice, userId, actionId, 'c'), server }, { key: this.pairKeyOf(slice, userId, actionId, 'v'), server });
-    }
-    const values = await this.getAll(keys);
-    const rows: SliceContents['rows'] = [];
-    let missingPairs = 0;
-    for (let i = 0; i < pairs.length; i++) {
-      const c = values.get(keys[2 * i]!.key);
-      const v = values.get(keys[2 * i + 1]!.key);
-      if (c === undefined || v === undefined) missingPairs++;
-      else rows.push({ userId: pairs[i]!.userId, actionId: pairs[i]!.actionId, count: BigInt(c.toString()), valueSum: BigInt(v.toString()) });
-    }
-    return {
-      slice,
-      rows,
-      missingPairs,
-      missingChunks: chunkCount - chunks.size,
-      events: head[1] ? BigInt(head[1].toString()) : null,
-      late: head[2] ? BigInt(head[2].toString()) : 0n,
-    };
+    const t = reader.totals();
+    return { slice, rows, missingPairs: t.missingPairs, missingChunks: t.missingChunks, events: t.events, late: t.late };
   }
 
   /** Each server's identity (pid, and start time = time − uptime): a change means it restarted and lost its items. */
@@ -317,6 +366,166 @@ export class Ring {
   private serverOf(shardKey: string): number {
     return this.conns.length === 1 ? 0 : fnv1a(shardKey) % this.conns.length;
   }
+}
+
+/** What a SliceReader needs from its Ring (whose connections and key layout stay private). */
+interface ReaderAccess {
+  /** `{prefix}{slice}:` — the start of every key of this slice. */
+  keyPrefix: string;
+  /** The server holding the slice's head and register. */
+  home: number;
+  servers: number;
+  getMulti(server: number, keys: string[]): Promise<Map<string, Buffer>>;
+  pairServer(userId: string, actionId: number): number;
+}
+
+/**
+ * Streams one finished slice out of memcached in batches, so the flush holds
+ * one batch (plus the register chunks it is walking through) rather than the
+ * whole slice: `next()` walks the register, skips pairs already seen, and
+ * multi-gets the counters of the next `batchPairs` pairs.
+ *
+ * Memory: the batch being read, up to REGISTER_CHUNKS_PER_GET register
+ * chunks, and a PairSet of the pairs seen so far (≤ 40 bytes a pair), which is
+ * what lets a pair listed twice be written and counted once.
+ */
+export class SliceReader {
+  private readonly seen = new PairSet();
+  private readonly counted = new U64Sum();
+  private rows = 0;
+  private missingPairs = 0;
+  private missingChunks = 0;
+  private duplicates = 0;
+  /** Next register chunk number to fetch (chunks are numbered from 1). */
+  private nextChunk = 1;
+  /** Register chunks fetched and not yet walked, and how far into the first one we are. */
+  private chunkBuffers: Buffer[] = [];
+  private offset = 0;
+
+  constructor(
+    readonly head: SliceHead,
+    private readonly batchPairs: number,
+    private readonly access: ReaderAccess,
+  ) {
+    if (!Number.isSafeInteger(batchPairs) || batchPairs < 1) throw new RangeError(`batchPairs must be a whole number >= 1, not ${batchPairs}`);
+  }
+
+  /** The next batch of rows (never empty), or null when the slice is done. One call at a time. */
+  async next(): Promise<CountRows | null> {
+    for (;;) {
+      const pairs = await this.nextPairs();
+      if (pairs.users.length === 0) return null;
+      const rows = await this.readCounters(pairs);
+      if (rows.length > 0) return rows;
+      // Every pair of this batch was gone: read on rather than hand back nothing.
+    }
+  }
+
+  /** Valid once next() has returned null. */
+  totals(): SliceTotals {
+    return {
+      ...this.head,
+      rows: this.rows,
+      counted: this.counted.value,
+      missingPairs: this.missingPairs,
+      missingChunks: this.missingChunks,
+      duplicates: this.duplicates,
+    };
+  }
+
+  /** Up to batchPairs pairs not seen before, from the register. */
+  private async nextPairs(): Promise<{ users: string[]; actions: number[] }> {
+    const users: string[] = [];
+    const actions: number[] = [];
+    while (users.length < this.batchPairs) {
+      const buf = this.chunkBuffers[0];
+      if (buf === undefined) {
+        if (this.nextChunk > this.head.chunks) break;
+        await this.fetchChunks();
+        continue;
+      }
+      let o = this.offset;
+      for (; o + ENTRY_BYTES <= buf.length && users.length < this.batchPairs; o += ENTRY_BYTES) {
+        const hi = buf.readUInt32BE(o);
+        const lo = buf.readUInt32BE(o + 4);
+        const actionId = buf.readUInt16BE(o + 8);
+        if (!this.seen.add(hi, lo, actionId)) {
+          this.duplicates++;
+          continue;
+        }
+        // Below 2^53 a user id is an exact number, and String() of it is cheaper than a BigInt's.
+        users.push(hi < 0x20_0000 ? String(hi * 0x1_0000_0000 + lo) : buf.readBigUInt64BE(o).toString());
+        actions.push(actionId);
+      }
+      if (o + ENTRY_BYTES <= buf.length) this.offset = o;
+      else {
+        this.chunkBuffers.shift();
+        this.offset = 0;
+      }
+    }
+    return { users, actions };
+  }
+
+  private async fetchChunks(): Promise<void> {
+    const keys: string[] = [];
+    for (; keys.length < REGISTER_CHUNKS_PER_GET && this.nextChunk <= this.head.chunks; this.nextChunk++) {
+      keys.push(`${this.access.keyPrefix}r:${this.nextChunk}`);
+    }
+    const found = await this.access.getMulti(this.access.home, keys);
+    for (const key of keys) {
+      const buf = found.get(key);
+      if (buf === undefined) this.missingChunks++;
+      else if (buf.length > 0) this.chunkBuffers.push(buf);
+    }
+  }
+
+  private async readCounters(pairs: { users: string[]; actions: number[] }): Promise<CountRows> {
+    const { users, actions } = pairs;
+    const n = users.length;
+    const prefix = this.access.keyPrefix;
+    const countKeys = new Array<string>(n);
+    const valueKeys = new Array<string>(n);
+    const serverOf = this.access.servers === 1 ? null : new Array<number>(n);
+    const keysByServer: string[][] = Array.from({ length: this.access.servers }, () => []);
+    for (let i = 0; i < n; i++) {
+      const pair = `${users[i]}:${actions[i]}`;
+      const server = serverOf === null ? 0 : (serverOf[i] = this.access.pairServer(users[i]!, actions[i]!));
+      keysByServer[server]!.push((countKeys[i] = `${prefix}c:${pair}`), (valueKeys[i] = `${prefix}v:${pair}`));
+    }
+    const found = await Promise.all(keysByServer.map((keys, s) => (keys.length === 0 ? new Map<string, Buffer>() : this.access.getMulti(s, keys))));
+    const rows: CountRows = { length: 0, users: [], actions: [], counts: [], valueSums: [] };
+    for (let i = 0; i < n; i++) {
+      const values = found[serverOf === null ? 0 : serverOf[i]!]!;
+      const c = values.get(countKeys[i]!);
+      const v = values.get(valueKeys[i]!);
+      if (c === undefined || v === undefined) {
+        this.missingPairs++;
+        continue;
+      }
+      const count = counterText(countKeys[i]!, c);
+      rows.users.push(users[i]!);
+      rows.actions.push(actions[i]!);
+      rows.counts.push(count);
+      rows.valueSums.push(counterText(valueKeys[i]!, v));
+      this.counted.add(count);
+    }
+    rows.length = rows.users.length;
+    this.rows += rows.length;
+    return rows;
+  }
+}
+
+/**
+ * A counter's value as decimal text. memcached keeps incr'd values as ASCII
+ * digits, possibly padded with trailing spaces (it pads in place when a
+ * number gets shorter); anything else means someone else wrote the key.
+ */
+function counterText(key: string, value: Buffer): string {
+  let end = value.length;
+  while (end > 0 && value[end - 1] === 0x20) end--;
+  const text = value.toString('latin1', 0, end);
+  if (!isU64Decimal(text)) throw new RingDataError(`memcached key ${key} holds ${JSON.stringify(text.slice(0, 40))}, not an unsigned 64-bit counter`);
+  return text;
 }
 
 interface Bump {

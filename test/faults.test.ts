@@ -214,8 +214,9 @@ test('MySQL lost mid-flush: the watermark stays; the next flush catches up exact
   const write = store.writeSlice.bind(store);
   let writes = 0;
   store.writeSlice = async (...args) => {
-    await write(...args);
+    const record = await write(...args);
     if (++writes === 1) await proxy.cut();
+    return record;
   };
   const now = new Date(startOf((base + 3) as SliceId, SLICE));
   await assert.rejects(flush(flushDeps(rt, rt.ring, store), now));
