@@ -38,11 +38,18 @@ export type MemcacheReply = bigint | boolean | Buffer | null;
 type Expect = 'incr' | 'store' | 'delete' | 'get' | 'stats' | 'ok';
 
 interface Pending {
-  readonly expects: Expect[];
-  /** Each command and its key, so a server error can name them. */
-  readonly what: string[];
-  /** One per expect; its length is how far the replies have got. */
+  /** Replies expected. */
+  readonly count: number;
+  /** What reply i answers: one Expect per reply, or one for all of them (incrMany, addMany). */
+  readonly expects: readonly Expect[] | Expect;
+  /** Names command i and its key, so a server error can say which; built only when one happens. */
+  readonly what: (i: number) => string;
+  /** Replies so far (exec, getMulti, stats). */
   readonly replies: MemcacheReply[];
+  /** incrMany / addMany: byte i is 1 when command i found (incr) or stored (add) its key, else 0. */
+  readonly flags: Uint8Array | null;
+  /** Replies in so far. */
+  done: number;
   /** getMulti collects here; exec's single-key get replies in `replies`. */
   readonly found: Map<string, Buffer> | null;
   readonly stats: Record<string, string>;
@@ -51,6 +58,9 @@ interface Pending {
   resolve(p: Pending): void;
   reject(e: Error): void;
 }
+
+/** The parts of a request `send` needs; the rest of a Pending is its state. */
+type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'found'>;
 
 const MAX_U64 = 2n ** 64n - 1n;
 // memcached caps a command line at 2048 bytes; beyond ~100 keys a line only delays the first reply.
@@ -86,11 +96,9 @@ export class MemcacheConnection {
     // Validation throws before anything is written, so a bad op never half-applies a batch.
     const parts: (string | Buffer)[] = [];
     const expects: Expect[] = [];
-    const what: string[] = [];
     let text = '';
     for (const op of ops) {
       checkKey(op.key);
-      what.push(`${op.kind} ${op.key}`);
       switch (op.kind) {
         case 'incr':
           text += `incr ${op.key} ${checkAmount(op.key, op.amount)}\r\n`;
@@ -123,14 +131,61 @@ export class MemcacheConnection {
       }
     }
     parts.push(text);
-    return (await this.send(parts, expects, what, null)).replies;
+    const what = (i: number): string => `${ops[i]!.kind} ${ops[i]!.key}`;
+    return (await this.send(parts, { count: expects.length, expects, what, flags: null, found: null })).replies;
+  }
+
+  /**
+   * `incr` each key by its amount, in one pipelined batch. Resolves to one
+   * byte per key: 1 when the key existed (and was incremented), 0 when it did
+   * not (NOT_FOUND). Unlike exec it does not build a reply per key, so a batch
+   * of a hundred thousand counters costs one Uint8Array.
+   *
+   * `keysValid: true` skips checking each key: for callers that build keys
+   * from parts they have already checked (the Ring: a validated prefix and
+   * decimal numbers). A key with a space or a line break would desynchronise
+   * the stream, so anything else must leave it false.
+   */
+  async incrMany(keys: readonly string[], amounts: readonly (number | bigint)[], options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
+    if (keys.length !== amounts.length) throw new MemcacheError(`incrMany: ${keys.length} keys but ${amounts.length} amounts`);
+    if (keys.length === 0) return new Uint8Array(0);
+    let text = '';
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      if (options.keysValid !== true) checkKey(key);
+      text += `incr ${key} ${checkAmount(key, amounts[i]!)}\r\n`;
+    }
+    const flags = new Uint8Array(keys.length);
+    await this.send([text], { count: keys.length, expects: 'incr', what: (i) => `incr ${keys[i]}`, flags, found: null });
+    return flags;
+  }
+
+  /**
+   * `add` each key with its value (decimal text, such as a counter's first
+   * value) and `ttl`, in one pipelined batch. Resolves to one byte per key: 1
+   * when stored, 0 when the key already existed (NOT_STORED). `keysValid` as
+   * for incrMany.
+   */
+  async addMany(keys: readonly string[], values: readonly string[], ttl: number, options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
+    if (keys.length !== values.length) throw new MemcacheError(`addMany: ${keys.length} keys but ${values.length} values`);
+    if (keys.length === 0) return new Uint8Array(0);
+    let text = '';
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      if (options.keysValid !== true) checkKey(key);
+      checkTtl(key, ttl);
+      const v = values[i]!;
+      text += `add ${key} 0 ${ttl} ${Buffer.byteLength(v)}\r\n${v}\r\n`;
+    }
+    const flags = new Uint8Array(keys.length);
+    await this.send([text], { count: keys.length, expects: 'store', what: (i) => `add ${keys[i]}`, flags, found: null });
+    return flags;
   }
 
   async getMulti(keys: readonly string[]): Promise<Map<string, Buffer>> {
     const found = new Map<string, Buffer>();
     const unique = [...new Set(keys)];
     if (unique.length === 0) return found;
-    const expects: Expect[] = [];
     const what: string[] = [];
     let text = '';
     for (let i = 0; i < unique.length; ) {
@@ -146,19 +201,18 @@ export class MemcacheConnection {
         line += ` ${key}`;
       }
       text += `${line}\r\n`;
-      expects.push('get');
       what.push(n > 1 ? `get ${first} and ${n - 1} more` : `get ${first}`);
     }
-    await this.send([text], expects, what, found);
+    await this.send([text], { count: what.length, expects: 'get', what: (i) => what[i]!, flags: null, found });
     return found;
   }
 
   async stats(): Promise<Record<string, string>> {
-    return (await this.send(['stats\r\n'], ['stats'], ['stats'], null)).stats;
+    return (await this.send(['stats\r\n'], { count: 1, expects: 'stats', what: () => 'stats', flags: null, found: null })).stats;
   }
 
   async flushAll(): Promise<void> {
-    await this.send(['flush_all\r\n'], ['ok'], ['flush_all'], null);
+    await this.send(['flush_all\r\n'], { count: 1, expects: 'ok', what: () => 'flush_all', flags: null, found: null });
   }
 
   /** Lets requests already sent finish (each within its timeout), then closes for good. */
@@ -173,7 +227,7 @@ export class MemcacheConnection {
     await Promise.all(closing);
   }
 
-  private send(parts: (string | Buffer)[], expects: Expect[], what: string[], found: Map<string, Buffer> | null): Promise<Pending> {
+  private send(parts: (string | Buffer)[], request: Request): Promise<Pending> {
     if (this.closed) return Promise.reject(new MemcacheError(`${this.label}: connection was closed by close()`));
     const socket = this.socket ?? this.connect();
     return new Promise<Pending>((resolve, reject) => {
@@ -181,7 +235,7 @@ export class MemcacheConnection {
         this.fail(socket, new MemcacheUnavailableError(
           `${this.label}: no reply within ${this.opTimeoutMs} ms; connection dropped, writes in flight may or may not have been applied`));
       }, this.opTimeoutMs);
-      this.pending.push({ expects, what, replies: [], found, stats: {}, failure: null, timer, resolve, reject });
+      this.pending.push({ ...request, replies: [], done: 0, stats: {}, failure: null, timer, resolve, reject });
       // Corked, the whole batch leaves in one writev, whatever mix of strings and Buffers it is.
       socket.cork();
       for (const part of parts) socket.write(part);
@@ -243,7 +297,11 @@ export class MemcacheConnection {
     this.buffered = buf.length - used;
   }
 
-  /** Consumes whole replies from `buf`; returns how far it got and leaves `needed` set for the rest. */
+  /**
+   * Consumes whole replies from `buf`; returns how far it got and leaves
+   * `needed` set for the rest. Replies are recognised by their bytes: a
+   * string is made only for a number exec must return, a key, or an error.
+   */
   private parse(buf: Buffer): number {
     let pos = 0;
     this.needed = 0;
@@ -255,21 +313,23 @@ export class MemcacheConnection {
         this.needed = buf.length - pos + 1;
         return pos;
       }
-      if (buf[lf - 1] !== 13 || lf === pos) throw new Error('line not ended by CRLF');
-      const line = buf.toString('utf8', pos, lf - 1);
-      const expect = p.expects[p.replies.length]!;
-      let reply: MemcacheReply | undefined;
-      if (expect === 'get' && line.startsWith('VALUE ')) {
+      const eol = lf - 1; // the CR
+      if (buf[eol] !== 13 || lf === pos) throw new Error('line not ended by CRLF');
+      const expect = typeof p.expects === 'string' ? p.expects : p.expects[p.done]!;
+      const first = buf[pos]!;
+      if (expect === 'get' && first === 0x56 /* V */ && startsWith(buf, pos, eol, VALUE)) {
         // VALUE <key> <flags> <bytes>: the block is taken whole or not at all, so it may split anywhere.
-        const [, key, , size] = line.split(' ');
-        const length = Number(size);
-        if (key === undefined || !Number.isSafeInteger(length) || length < 0) throw new Error(`bad line "${line}"`);
+        const keyEnd = buf.indexOf(0x20, pos + VALUE.length);
+        const flagsEnd = keyEnd < 0 || keyEnd >= eol ? -1 : buf.indexOf(0x20, keyEnd + 1);
+        const length = flagsEnd < 0 || flagsEnd >= eol ? -1 : readDecimal(buf, flagsEnd + 1, eol);
+        if (keyEnd === pos + VALUE.length || length < 0) throw new Error(`bad line "${buf.toString('latin1', pos, Math.min(eol, pos + 100))}"`);
         const start = lf + 1;
         const end = start + length;
         if (end + 2 > buf.length) {
           this.needed = end + 2 - pos;
           return pos;
         }
+        const key = buf.toString('utf8', pos + VALUE.length, keyEnd);
         if (buf[end] !== 13 || buf[end + 1] !== 10) throw new Error(`value of ${key} not ended by CRLF`);
         // A copy, because a slice would pin the whole socket chunk for as long as the caller keeps the value.
         const data = Buffer.from(buf.subarray(start, end));
@@ -278,47 +338,53 @@ export class MemcacheConnection {
         pos = end + 2;
         continue;
       }
-      if (expect === 'stats' && line.startsWith('STAT ')) {
+      if (expect === 'stats' && startsWith(buf, pos, eol, STAT)) {
+        const line = buf.toString('utf8', pos, eol);
         const sp = line.indexOf(' ', 5);
         p.stats[line.slice(5, sp)] = line.slice(sp + 1);
         pos = lf + 1;
         continue;
       }
-      pos = lf + 1;
+      let reply: MemcacheReply | undefined;
       switch (expect) {
         case 'incr':
-          if (line === 'NOT_FOUND') reply = null;
-          else if (isDigit(line.charCodeAt(0))) reply = BigInt(line);
+          if (isDigit(first)) reply = p.flags ? true : BigInt(buf.toString('latin1', pos, eol));
+          else if (is(buf, pos, eol, NOT_FOUND)) reply = null;
           break;
         case 'store':
-          if (line === 'STORED') reply = true;
-          else if (line === 'NOT_STORED') reply = false;
+          if (is(buf, pos, eol, STORED)) reply = true;
+          else if (is(buf, pos, eol, NOT_STORED)) reply = false;
           break;
         case 'delete':
-          if (line === 'DELETED') reply = true;
-          else if (line === 'NOT_FOUND') reply = false;
+          if (is(buf, pos, eol, DELETED)) reply = true;
+          else if (is(buf, pos, eol, NOT_FOUND)) reply = false;
           break;
         case 'get':
-          if (line === 'END') reply = this.value;
+          if (is(buf, pos, eol, END)) reply = this.value;
           break;
         case 'stats':
+          if (is(buf, pos, eol, END)) reply = true;
+          break;
         case 'ok':
-          if (line === (expect === 'ok' ? 'OK' : 'END')) reply = true;
+          if (is(buf, pos, eol, OK)) reply = true;
           break;
       }
       if (reply === undefined) {
         // An error line takes the place of exactly one reply (memcached swallows the
         // data block of a refused store), so the stream stays in step and only this
         // request fails, once all its replies are in.
+        const line = buf.toString('utf8', pos, eol);
         if (line !== 'ERROR' && !line.startsWith('CLIENT_ERROR ') && !line.startsWith('SERVER_ERROR ')) {
           throw new Error(`unexpected reply "${line.slice(0, 100)}" to ${expect}`);
         }
-        p.failure ??= new MemcacheError(`${this.label}: ${line} (${p.what[p.replies.length]})`);
+        p.failure ??= new MemcacheError(`${this.label}: ${line} (${p.what(p.done)})`);
         reply = null;
       }
+      pos = lf + 1;
       this.value = null;
-      p.replies.push(reply);
-      if (p.replies.length === p.expects.length) {
+      if (p.flags) p.flags[p.done] = reply === true ? 1 : 0;
+      else p.replies.push(reply);
+      if (++p.done === p.count) {
         this.pending.shift();
         clearTimeout(p.timer);
         if (p.failure) p.reject(p.failure);
@@ -327,6 +393,41 @@ export class MemcacheConnection {
     }
     return pos;
   }
+}
+
+const VALUE = Buffer.from('VALUE ');
+const STAT = Buffer.from('STAT ');
+const NOT_FOUND = Buffer.from('NOT_FOUND');
+const STORED = Buffer.from('STORED');
+const NOT_STORED = Buffer.from('NOT_STORED');
+const DELETED = Buffer.from('DELETED');
+const END = Buffer.from('END');
+const OK = Buffer.from('OK');
+
+/** Whether the line buf[pos, eol) is exactly `word`. */
+function is(buf: Buffer, pos: number, eol: number, word: Buffer): boolean {
+  if (eol - pos !== word.length) return false;
+  for (let i = 0; i < word.length; i++) if (buf[pos + i] !== word[i]) return false;
+  return true;
+}
+
+/** Whether the line buf[pos, eol) starts with `word`. */
+function startsWith(buf: Buffer, pos: number, eol: number, word: Buffer): boolean {
+  if (eol - pos < word.length) return false;
+  for (let i = 0; i < word.length; i++) if (buf[pos + i] !== word[i]) return false;
+  return true;
+}
+
+/** The decimal number in buf[from, to), or -1 when it is not one (or has more than 15 digits). */
+function readDecimal(buf: Buffer, from: number, to: number): number {
+  if (to <= from || to - from > 15) return -1;
+  let n = 0;
+  for (let i = from; i < to; i++) {
+    const c = buf[i]!;
+    if (!isDigit(c)) return -1;
+    n = n * 10 + (c - 48);
+  }
+  return n;
 }
 
 function isDigit(c: number): boolean {

@@ -237,6 +237,35 @@ describe('MemcacheConnection', () => {
     for (const key of keys) assert.equal(BigInt(final.get(key)!.toString().trim()), expected.get(key));
   });
 
+  test('incrMany and addMany: one flag per key, in order, pipelined with other requests', async () => {
+    await mc.flushAll();
+    const keys = Array.from({ length: 5000 }, (_, i) => `many:${i}`);
+    // Every other key exists.
+    await mc.exec(keys.filter((_, i) => i % 2 === 0).map((key) => ({ kind: 'set', key, value: '10', ttl: 0 })));
+    const [found, got] = await Promise.all([mc.incrMany(keys, keys.map((_, i) => (i % 3 === 0 ? BigInt(i) : i))), mc.getMulti(['many:0', 'many:1'])]);
+    assert.equal(found.length, keys.length);
+    for (let i = 0; i < keys.length; i++) assert.equal(found[i], i % 2 === 0 ? 1 : 0, `incr flag of ${keys[i]}`);
+    assert.equal(String(got.get('many:0')), '10', 'the get sent alongside saw the state before its own turn');
+    const stored = await mc.addMany(keys, keys.map((_, i) => String(i)), 60);
+    for (let i = 0; i < keys.length; i++) assert.equal(stored[i], i % 2 === 0 ? 0 : 1, `add flag of ${keys[i]}`);
+    const final = await mc.getMulti(keys);
+    for (let i = 0; i < keys.length; i++) assert.equal(final.get(keys[i]!)!.toString().trim(), String(i % 2 === 0 ? 10 + i : i), keys[i]);
+    assert.deepEqual([...(await mc.incrMany([], []))], []);
+  });
+
+  test('incrMany and addMany check keys and amounts unless told the keys are valid; a server error fails only that batch', async () => {
+    await assert.rejects(mc.incrMany(['has space'], [1]), (e: Error) => e instanceof MemcacheError && e.message.includes('"has space"'));
+    await assert.rejects(mc.addMany(['nl\n'], ['1'], 60), MemcacheError);
+    await assert.rejects(mc.incrMany(['ok'], [-1]), /not an unsigned 64-bit integer/);
+    await assert.rejects(mc.incrMany(['a', 'b'], [1]), /2 keys but 1 amounts/);
+    await mc.exec([{ kind: 'set', key: 'text', value: 'abc', ttl: 0 }, { kind: 'set', key: 'n', value: '1', ttl: 0 }]);
+    const [bad, good] = await Promise.allSettled([mc.incrMany(['n', 'text', 'n'], [1, 1, 1], { keysValid: true }), mc.incrMany(['n'], [1])]);
+    assert.equal(bad.status, 'rejected');
+    assert.match((bad as PromiseRejectedResult).reason.message, /CLIENT_ERROR .*incr text/);
+    assert.equal(good.status, 'fulfilled');
+    assert.equal(String((await mc.getMulti(['n'])).get('n')).trim(), '4', 'both increments of the failed batch and the next one applied');
+  });
+
   test('invalid keys are refused with their name before anything is written', async () => {
     for (const key of ['has space', '', 'x'.repeat(251), 'ü'.repeat(126), 'tab\there', 'nl\n', 'del\x7f']) {
       await assert.rejects(
