@@ -1,9 +1,14 @@
 /**
  * Pre-aggregation: many events become one delta per (slice, user, action), so
  * memcached sees one increment per pair per fold instead of one per event.
+ *
+ * This runs once per event, so it is built not to allocate per event: pairs
+ * are found by a number (user × 65536 + action, exact while the user id is
+ * below 2^37) in a map per slice, and only a pair seen for the first time
+ * becomes an object. Larger user ids take a string-keyed map.
  */
-import type { ActionId, LogEvent, UserId } from './event.ts';
-import { sliceOf, writeSlice, type SliceId } from './slice.ts';
+import type { ActionId, EventColumns, LogEvent, UserId } from './event.ts';
+import { sliceOf, type SliceId } from './slice.ts';
 
 export interface PairDelta {
   slice: SliceId;
@@ -14,36 +19,97 @@ export interface PairDelta {
   value: number | bigint;
 }
 
+/** Below this a user id and an action id share one exact double: user × 65536 + action < 2^53. */
+const NUMERIC_USER_LIMIT = 2 ** 37;
+
 export class Deltas {
-  /** Keyed by `${slice}:${userId}:${actionId}`. */
-  readonly pairs = new Map<string, PairDelta>();
+  /** Every pair of the fold, in the order first seen. */
+  readonly pairs: PairDelta[] = [];
   /** Late (or clamped future) events, by the slice they were counted into. */
   readonly late = new Map<SliceId, number>();
   events = 0;
+  /** Pairs by user × 65536 + action, one map per slice. */
+  private readonly numeric = new Map<SliceId, Map<number, PairDelta>>();
+  /** Pairs of user ids ≥ 2^37, by `${slice}:${userId}:${actionId}`. */
+  private readonly byString = new Map<string, PairDelta>();
+  // The map of the slice used last: nearly every event of a fold is in the same one or two slices.
+  private lastSlice = Number.NaN;
+  private lastMap: Map<number, PairDelta> | null = null;
 
   /** Folds `event` into the slice the guard allows at `current`. */
   add(event: LogEvent, current: SliceId, sliceSeconds: number): void {
-    const target = writeSlice(sliceOf(event.at, sliceSeconds), current);
-    if (target.late) this.late.set(target.slice, (this.late.get(target.slice) ?? 0) + 1);
-    const key = `${target.slice}:${event.userId}:${event.actionId}`;
-    const pair = this.pairs.get(key);
-    if (pair === undefined) {
-      this.pairs.set(key, { slice: target.slice, userId: event.userId, actionId: event.actionId, count: 1, value: event.value });
-    } else {
-      pair.count += 1;
-      pair.value = addValue(pair.value, event.value);
-    }
-    this.events += 1;
+    const slice = this.targetSlice(sliceOf(event.at, sliceSeconds), current);
+    const id = event.userId;
+    // Canonical ids under 16 digits are exact numbers; the rest are compared as text.
+    const user = id.length < 16 ? Number(id) : NUMERIC_USER_LIMIT;
+    if (user < NUMERIC_USER_LIMIT) this.addNumeric(slice, user, event.actionId, event.value);
+    else this.addByString(slice, id, event.actionId, event.value);
   }
 
   addAll(events: readonly LogEvent[], current: SliceId, sliceSeconds: number): void {
     for (const e of events) this.add(e, current, sliceSeconds);
   }
 
+  /**
+   * Folds `n` events given as columns (a decoded batch): user ids as exact
+   * numbers (below 2^53), action ids already validated, timestamps in epoch ms.
+   */
+  addColumns(cols: EventColumns, current: SliceId, sliceSeconds: number): void {
+    const { user, action, value, at } = cols;
+    for (let i = 0; i < cols.length; i++) {
+      const slice = this.targetSlice(sliceOf(at[i]!, sliceSeconds), current);
+      const u = user[i]!;
+      if (u < NUMERIC_USER_LIMIT) this.addNumeric(slice, u, action[i]!, value[i]!);
+      else this.addByString(slice, String(u), action[i]!, value[i]!);
+    }
+  }
+
   get lateEvents(): number {
     let n = 0;
     for (const v of this.late.values()) n += v;
     return n;
+  }
+
+  /** The slice guard (slice.ts writeSlice), inlined: it runs for every event. */
+  private targetSlice(eventSlice: SliceId, current: SliceId): SliceId {
+    if (eventSlice === current || eventSlice === current - 1) return eventSlice;
+    this.late.set(current, (this.late.get(current) ?? 0) + 1);
+    return current;
+  }
+
+  private addNumeric(slice: SliceId, user: number, actionId: ActionId, value: number): void {
+    let map = this.lastMap;
+    if (slice !== this.lastSlice || map === null) {
+      map = this.numeric.get(slice) ?? null;
+      if (map === null) this.numeric.set(slice, (map = new Map()));
+      this.lastSlice = slice;
+      this.lastMap = map;
+    }
+    const key = user * 65536 + actionId;
+    const pair = map.get(key);
+    if (pair === undefined) {
+      const created: PairDelta = { slice, userId: String(user), actionId, count: 1, value };
+      map.set(key, created);
+      this.pairs.push(created);
+    } else {
+      pair.count += 1;
+      if (value !== 0) pair.value = addValue(pair.value, value);
+    }
+    this.events += 1;
+  }
+
+  private addByString(slice: SliceId, userId: UserId, actionId: ActionId, value: number): void {
+    const key = `${slice}:${userId}:${actionId}`;
+    const pair = this.byString.get(key);
+    if (pair === undefined) {
+      const created: PairDelta = { slice, userId, actionId, count: 1, value };
+      this.byString.set(key, created);
+      this.pairs.push(created);
+    } else {
+      pair.count += 1;
+      if (value !== 0) pair.value = addValue(pair.value, value);
+    }
+    this.events += 1;
   }
 }
 

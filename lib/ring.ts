@@ -107,6 +107,11 @@ export class Ring {
   ops = 0;
 
   constructor(private readonly options: RingOptions) {
+    // apply() builds keys from this prefix and numbers and has memcache skip re-checking each
+    // one, so the prefix is checked here (config.ts holds OFFLOG_KEY_PREFIX to the same rule).
+    if (!/^[!-~]{0,64}$/.test(options.keyPrefix)) {
+      throw new RangeError(`keyPrefix must be printable ASCII without spaces, at most 64 characters, got ${JSON.stringify(options.keyPrefix)}`);
+    }
     this.conns = options.servers.map((s) => new MemcacheConnection(s, { opTimeoutMs: options.opTimeoutMs ?? 5000 }));
     this.p = options.keyPrefix;
     this.ttl = options.ringSlices * options.sliceSeconds;
@@ -119,33 +124,43 @@ export class Ring {
   /**
    * Stores a fold's deltas. Resolves once every increment is in memcached; a
    * rejection means some may be, which is why jobs are acknowledged only after.
+   *
+   * Round trips: one batch of increments per server (every pair's counters
+   * and the slice totals together); then, only for what did not exist yet,
+   * the register (per slice, in parallel) and one batch of `add`s per server.
    */
   async apply(deltas: Deltas): Promise<ApplyStats> {
-    const pairs = [...deltas.pairs.values()];
+    const pairs = deltas.pairs;
     const before = this.ops;
-    // 1. Increment existing counters, one pipelined batch per server.
-    const stage1: Bump[] = [];
-    for (const d of pairs) {
-      stage1.push({ key: this.pairKey(d, 'c'), server: this.pairServer(d), amount: d.count, pair: d });
-      if (d.value !== 0) stage1.push({ key: this.pairKey(d, 'v'), server: this.pairServer(d), amount: d.value, pair: d });
+    // 1. Increment the counters that exist, tagging each pair's with its index (×2, +1 for the value sum).
+    const bumps = this.bumpsPerServer();
+    for (let i = 0; i < pairs.length; i++) {
+      const d = pairs[i]!;
+      const to = bumps[this.pairServer(d)]!;
+      to.push(this.pairKey(d, 'c'), d.count, 2 * i);
+      if (d.value !== 0) to.push(this.pairKey(d, 'v'), d.value, 2 * i + 1);
     }
-    const missing = await this.incr(stage1);
-    // 2. Pairs new to this slice: list them in the register first, then create their counters.
-    const created = new Set<PairDelta>();
-    for (const b of missing) if (b.key.includes(':c:')) created.add(b.pair!);
-    if (created.size > 0) await this.register([...created]);
-    const toCreate = missing;
-    for (const d of created) {
-      if (d.value === 0) toCreate.push({ key: this.pairKey(d, 'v'), server: this.pairServer(d), amount: 0, pair: d });
-    }
-    // 3. Slice totals: events counted and how many of them were late.
     const perSlice = new Map<SliceId, number>();
     for (const d of pairs) perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + d.count);
-    const totals: Bump[] = [];
-    for (const [slice, n] of perSlice) totals.push({ key: this.sliceKey(slice, 'n'), server: this.sliceServer(slice), amount: n });
-    for (const [slice, n] of deltas.late) totals.push({ key: this.sliceKey(slice, 'late'), server: this.sliceServer(slice), amount: n });
-    await this.ensure([...toCreate, ...(await this.incr(totals))]);
-    return { ops: this.ops - before, newPairs: created.size };
+    for (const [slice, n] of perSlice) bumps[this.sliceServer(slice)]!.push(this.sliceKey(slice, 'n'), n, NOT_A_PAIR);
+    for (const [slice, n] of deltas.late) bumps[this.sliceServer(slice)]!.push(this.sliceKey(slice, 'late'), n, NOT_A_PAIR);
+    const missing = await this.incr(bumps);
+    // 2. Pairs new to this slice (their count was missing): list them in the
+    // register first, then create their counters, the value sum too even when 0.
+    const created: PairDelta[] = [];
+    for (const m of missing) {
+      const found = m.keys.length;
+      for (let j = 0; j < found; j++) {
+        const tag = m.tags[j]!;
+        if (tag === NOT_A_PAIR || tag % 2 === 1) continue;
+        const d = pairs[tag / 2]!;
+        created.push(d);
+        if (d.value === 0) m.push(this.pairKey(d, 'v'), 0, tag + 1);
+      }
+    }
+    if (created.length > 0) await this.register(created);
+    await this.ensure(missing);
+    return { ops: this.ops - before, newPairs: created.length };
   }
 
   /** Which of these jobs (by unique id) were already applied. */
@@ -247,22 +262,31 @@ export class Ring {
       if (!list) bySlice.set(d.slice, (list = []));
       list.push(d);
     }
-    for (const [slice, list] of bySlice) {
-      const chunkCount = Math.ceil(list.length / CHUNK_PAIRS);
-      // Reserve chunk numbers first: incr is atomic, so concurrent workers never share one.
-      const last = await this.reserve(this.sliceKey(slice, 'rn'), this.sliceServer(slice), chunkCount);
-      const ops: MemcacheOp[] = [];
-      for (let i = 0; i < chunkCount; i++) {
-        const part = list.slice(i * CHUNK_PAIRS, (i + 1) * CHUNK_PAIRS);
-        const buf = Buffer.allocUnsafe(part.length * ENTRY_BYTES);
-        part.forEach((d, j) => {
-          buf.writeBigUInt64BE(BigInt(d.userId), j * ENTRY_BYTES);
-          buf.writeUInt16BE(d.actionId, j * ENTRY_BYTES + 8);
-        });
-        ops.push({ kind: 'set', key: this.sliceKey(slice, `r:${last - chunkCount + i + 1}`), value: buf, ttl: this.ttl });
+    await Promise.all([...bySlice].map(([slice, list]) => this.registerSlice(slice, list)));
+  }
+
+  private async registerSlice(slice: SliceId, list: PairDelta[]): Promise<void> {
+    const chunkCount = Math.ceil(list.length / CHUNK_PAIRS);
+    // Reserve chunk numbers first: incr is atomic, so concurrent workers never share one.
+    const last = await this.reserve(this.sliceKey(slice, 'rn'), this.sliceServer(slice), chunkCount);
+    const ops: MemcacheOp[] = [];
+    for (let i = 0; i < chunkCount; i++) {
+      const part = list.slice(i * CHUNK_PAIRS, (i + 1) * CHUNK_PAIRS);
+      const buf = Buffer.allocUnsafe(part.length * ENTRY_BYTES);
+      for (let j = 0; j < part.length; j++) {
+        const d = part[j]!;
+        const o = j * ENTRY_BYTES;
+        // Ids under 16 digits are exact numbers: two 32-bit halves, no BigInt.
+        if (d.userId.length < 16) {
+          const u = Number(d.userId);
+          buf.writeUInt32BE(Math.floor(u / 0x1_0000_0000), o);
+          buf.writeUInt32BE(u % 0x1_0000_0000, o + 4);
+        } else buf.writeBigUInt64BE(BigInt(d.userId), o);
+        buf.writeUInt16BE(d.actionId, o + 8);
       }
-      await this.exec(this.sliceServer(slice), ops);
+      ops.push({ kind: 'set', key: this.sliceKey(slice, `r:${last - chunkCount + i + 1}`), value: buf, ttl: this.ttl });
     }
+    await this.exec(this.sliceServer(slice), ops);
   }
 
   /** incr-or-create a counter and return its new value. */
@@ -276,41 +300,45 @@ export class Ring {
     throw new Error(`memcached: could not create ${key} after ${MAX_RACE_RETRIES} attempts`);
   }
 
-  /** Increments each key; returns the ones that do not exist yet. */
-  private async incr(bumps: Bump[]): Promise<Bump[]> {
-    const replies = await this.execRouted(bumps.map((b) => ({ server: b.server, op: { kind: 'incr', key: b.key, amount: b.amount } })));
-    return bumps.filter((_, i) => replies[i] === null);
+  private bumpsPerServer(): Bumps[] {
+    return this.conns.map(() => new Bumps());
+  }
+
+  /** Increments each key, every server's batch at once; returns, per server, the ones that do not exist yet. */
+  private async incr(bumps: Bumps[]): Promise<Bumps[]> {
+    return Promise.all(
+      bumps.map(async (b, server) => {
+        const missing = new Bumps();
+        if (b.keys.length === 0) return missing;
+        this.ops += b.keys.length;
+        // Keys built here from the checked prefix and numbers: memcache need not check them again.
+        const found = await this.conns[server]!.incrMany(b.keys, b.amounts, { keysValid: true });
+        for (let i = 0; i < found.length; i++) if (found[i] === 0) missing.push(b.keys[i]!, b.amounts[i]!, b.tags[i]!);
+        return missing;
+      }),
+    );
   }
 
   /** Creates missing counters with `add`; a key someone else created meanwhile is incremented instead. */
-  private async ensure(bumps: Bump[]): Promise<void> {
+  private async ensure(bumps: Bumps[]): Promise<void> {
     let pending = bumps;
-    for (let attempt = 0; pending.length > 0; attempt++) {
-      if (attempt === MAX_RACE_RETRIES) throw new Error(`memcached: ${pending.length} counters kept racing (first ${pending[0]!.key})`);
-      const replies = await this.execRouted(
-        pending.map((b) => ({ server: b.server, op: { kind: 'add', key: b.key, value: String(b.amount), ttl: this.ttl } })),
+    for (let attempt = 0; pending.some((b) => b.keys.length > 0); attempt++) {
+      if (attempt === MAX_RACE_RETRIES) {
+        const left = pending.reduce((n, b) => n + b.keys.length, 0);
+        throw new Error(`memcached: ${left} counters kept racing (first ${pending.find((b) => b.keys.length > 0)!.keys[0]})`);
+      }
+      const raced = await Promise.all(
+        pending.map(async (b, server) => {
+          const lost = new Bumps();
+          if (b.keys.length === 0) return lost;
+          this.ops += b.keys.length;
+          const stored = await this.conns[server]!.addMany(b.keys, b.amounts.map(String), this.ttl, { keysValid: true });
+          for (let i = 0; i < stored.length; i++) if (stored[i] === 0 && b.amounts[i] !== 0) lost.push(b.keys[i]!, b.amounts[i]!, b.tags[i]!);
+          return lost;
+        }),
       );
-      const raced = pending.filter((b, i) => replies[i] === false && b.amount !== 0);
-      pending = raced.length > 0 ? await this.incr(raced) : [];
+      pending = await this.incr(raced);
     }
-  }
-
-  /** Runs ops on their servers in parallel, one pipelined batch each; replies in input order. */
-  private async execRouted(items: { server: number; op: MemcacheOp }[]): Promise<MemcacheReply[]> {
-    const replies = new Array<MemcacheReply>(items.length);
-    const byServer = new Map<number, number[]>();
-    items.forEach((it, i) => {
-      let idx = byServer.get(it.server);
-      if (!idx) byServer.set(it.server, (idx = []));
-      idx.push(i);
-    });
-    await Promise.all(
-      [...byServer].map(async ([server, idx]) => {
-        const out = await this.exec(server, idx.map((i) => items[i]!.op));
-        idx.forEach((i, j) => (replies[i] = out[j]!));
-      }),
-    );
-    return replies;
   }
 
   private exec(server: number, ops: MemcacheOp[]): Promise<MemcacheReply[]> {
@@ -356,7 +384,7 @@ export class Ring {
 
   /** A pair's counters live together on one server, chosen by hashing the pair: no key ever moves. */
   private pairServer(d: PairDelta): number {
-    return this.serverOf(`${d.userId}:${d.actionId}`);
+    return this.conns.length === 1 ? 0 : this.serverOf(`${d.userId}:${d.actionId}`);
   }
 
   private sliceServer(slice: SliceId): number {
@@ -528,11 +556,21 @@ function counterText(key: string, value: Buffer): string {
   return text;
 }
 
-interface Bump {
-  key: string;
-  server: number;
-  amount: number | bigint;
-  pair?: PairDelta;
+/** Tag of a counter that belongs to no pair (a slice total). */
+const NOT_A_PAIR = -1;
+
+/** Counter increments bound for one server, as parallel arrays: no object per counter. */
+class Bumps {
+  readonly keys: string[] = [];
+  readonly amounts: (number | bigint)[] = [];
+  /** What each counter is, for the caller: see Ring.apply. */
+  readonly tags: number[] = [];
+
+  push(key: string, amount: number | bigint, tag: number): void {
+    this.keys.push(key);
+    this.amounts.push(amount);
+    this.tags.push(tag);
+  }
 }
 
 export function fnv1a(s: string): number {

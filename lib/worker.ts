@@ -3,16 +3,22 @@
  * into one set of deltas, stores them in the ring, and only then acknowledges
  * each job. While memcached is unreachable it holds what it has, takes nothing
  * new and retries; the jobs stay Gearman's until they are acknowledged.
+ *
+ * Two folds overlap: while one is being stored (memcached's time, mostly),
+ * the next is taken from gearmand, decoded and folded (this process's time).
+ * Stores still happen one after the other, each fold's jobs are acknowledged
+ * only after its own counts and marks are in memcached, and at most two folds
+ * are held at once.
  */
 import { Deltas } from './aggregate.ts';
 import { retry, sleep } from './backoff.ts';
 import type { HostPort } from './config.ts';
 import { InputError } from './errors.ts';
-import { decodeBatch, excerpt, parseLogSimple, type LogEvent } from './event.ts';
+import { decodeBatch, decodeBatchColumns, excerpt, newEventColumns, parseLogSimple } from './event.ts';
 import { GearmanConnection, label, type Job } from './gearman.ts';
 import type { Logger } from './log.ts';
 import type { Ring } from './ring.ts';
-import { sliceOf } from './slice.ts';
+import { sliceOf, type SliceId } from './slice.ts';
 
 export const FN_LOG_SIMPLE = 'logSimple';
 export const FN_BATCH = 'offlog.batch';
@@ -52,6 +58,16 @@ export interface RunUntil {
   deadlineMs?: number;
 }
 
+/** A fold between being prepared (decoded, folded) and stored. */
+interface Fold {
+  /** Every job taken: all are acknowledged once the fold is stored. */
+  jobs: Job[];
+  deltas: Deltas;
+  /** Jobs whose events are in `deltas`: marked applied once stored. */
+  applied: Job[];
+  dead: { job: Job; error: string }[];
+}
+
 /** A dead letter as it travels on the `offlog.deadletter` queue. */
 export interface DeadLetterJob {
   fn: string;
@@ -70,6 +86,10 @@ export class Worker {
   private readonly now: () => number;
   private readonly maxJobs: number;
   private readonly perServer: number;
+  /** Unique ids of the fold being stored: a copy of one of them in the next fold waits for it, then is skipped. */
+  private storing = new Set<string>();
+  /** Reused by every batch job: decoding allocates nothing per event. */
+  private readonly columns = newEventColumns();
 
   constructor(private readonly deps: WorkerDeps, options: WorkerOptions = {}) {
     this.now = deps.now ?? Date.now;
@@ -81,23 +101,36 @@ export class Worker {
   async run(until: RunUntil = {}): Promise<WorkerStats> {
     const { log } = this.deps;
     this.stopping = false;
+    // The fold being stored while the next one is prepared.
+    let storing: Promise<void> | null = null;
     try {
       while (!this.stopping && (until.deadlineMs === undefined || Date.now() < until.deadlineMs)) {
         await this.connect();
         if (this.conns.length === 0) {
+          await storing;
+          storing = null;
           if (until.idle) throw new Error(`no Gearman server answers (${this.deps.gearmanServers.map(label).join(', ')})`);
           await sleep(1000);
           continue;
         }
         const jobs = await this.take();
         if (jobs.length > 0) {
-          await this.process(jobs);
+          const fold = await this.prepare(jobs);
+          await storing;
+          storing = this.store(fold);
+          // Awaited before the next store or at the end; until then a failure must not count as unhandled.
+          storing.catch(() => undefined);
           continue;
         }
+        await storing;
+        storing = null;
         if (until.idle) break;
         await this.waitForWork(until.deadlineMs === undefined ? 1000 : Math.max(0, Math.min(1000, until.deadlineMs - Date.now())));
       }
+      await storing;
     } finally {
+      // Whatever happened, a fold being stored finishes (or fails) before its connections close.
+      await storing?.catch(() => undefined);
       for (const c of this.conns) c.close();
       this.conns = [];
     }
@@ -141,33 +174,59 @@ export class Worker {
     await Promise.race(this.conns.map((c) => c.sleep(maxMs).catch(() => undefined)));
   }
 
-  /** Decode, fold, store, then acknowledge. Bad jobs become dead letters and are acknowledged too. */
-  private async process(jobs: Job[]): Promise<void> {
-    const { ring, log, sliceSeconds } = this.deps;
-    const retrying = { stopped: () => false, onError: (err: Error, attempt: number, delayMs: number) => {
-      this.stats.storeRetries++;
-      log.warn({ err: err.message, attempt, delayMs, jobs: jobs.length }, 'memcached unreachable; holding jobs and retrying');
-    } };
-    const already = await retry(() => ring.appliedJobs(jobs.map((j) => j.unique)), retrying);
+  /**
+   * Decodes and folds the jobs not applied before (their marks say so; a
+   * copy of a job of the fold being stored counts as applied, since it will
+   * be before this fold is stored). Bad jobs are set aside as dead letters.
+   */
+  private async prepare(jobs: Job[]): Promise<Fold> {
+    const { ring, sliceSeconds } = this.deps;
+    // Taken before asking memcached: a fold that finishes storing meanwhile has its marks written
+    // before it leaves this set, so each of its jobs is in one or the other.
+    const storing = this.storing;
+    const already = await retry(() => ring.appliedJobs(jobs.map((j) => j.unique)), this.retrying(jobs.length));
     const receivedAt = this.now();
     const current = sliceOf(receivedAt, sliceSeconds);
-    const deltas = new Deltas();
-    const applied: Job[] = [];
-    const dead: { job: Job; error: string }[] = [];
+    const fold: Fold = { jobs, deltas: new Deltas(), applied: [], dead: [] };
+    const seen = new Set<string>();
     for (const job of jobs) {
-      if (job.unique && already.has(job.unique)) {
+      if (job.unique && (already.has(job.unique) || storing.has(job.unique) || seen.has(job.unique))) {
         this.stats.duplicatesSkipped++;
         continue;
       }
       try {
-        deltas.addAll(decode(job, receivedAt), current, sliceSeconds);
-        applied.push(job);
+        this.fold(job, fold.deltas, receivedAt, current);
+        fold.applied.push(job);
+        if (job.unique) seen.add(job.unique);
       } catch (err) {
         const error = err instanceof InputError ? err.message : `unexpected: ${(err as Error).message}`;
-        dead.push({ job, error });
+        fold.dead.push({ job, error });
       }
     }
-    if (deltas.pairs.size > 0) {
+    return fold;
+  }
+
+  /** Decodes one job and adds its events to `deltas`: all of them, or (it throws) none. */
+  private fold(job: Job, deltas: Deltas, receivedAt: number, current: SliceId): void {
+    const { sliceSeconds } = this.deps;
+    if (job.fn === FN_BATCH) {
+      // The fast path reads what OffLogClient writes; anything else is decoded (and judged) by decodeBatch.
+      if (decodeBatchColumns(job.data, this.columns)) deltas.addColumns(this.columns, current, sliceSeconds);
+      else deltas.addAll(decodeBatch(job.data, receivedAt), current, sliceSeconds);
+    } else if (job.fn === FN_LOG_SIMPLE) {
+      deltas.add(parseLogSimple(job.data, receivedAt), current, sliceSeconds);
+    } else {
+      throw new InputError('function', `unknown function ${excerpt(job.fn)}`);
+    }
+  }
+
+  /** Stores a fold's counts, dead-letters its bad jobs, marks its jobs applied, then acknowledges every one. */
+  private async store(fold: Fold): Promise<void> {
+    const { ring, log } = this.deps;
+    const { jobs, deltas, applied, dead } = fold;
+    this.storing = new Set(applied.map((j) => j.unique).filter(Boolean));
+    const retrying = this.retrying(jobs.length);
+    if (deltas.pairs.length > 0) {
       const before = ring.ops;
       await retry(() => ring.apply(deltas), retrying);
       this.stats.memcachedOps += ring.ops - before;
@@ -175,11 +234,23 @@ export class Worker {
     for (const { job, error } of dead) await this.deadLetter(job, error);
     await retry(() => ring.markApplied(applied.map((j) => j.unique)), retrying);
     for (const job of jobs) job.conn.complete(job.handle);
+    this.storing = new Set();
     this.stats.folds++;
     this.stats.jobs += jobs.length;
     this.stats.events += deltas.events;
     this.stats.late += deltas.lateEvents;
     if (deltas.lateEvents > 0) log.warn({ late: deltas.lateEvents }, 'late or future-dated events counted into the current slice');
+  }
+
+  /** Retry policy for memcached: forever, with backoff, holding the jobs. */
+  private retrying(jobs: number): Parameters<typeof retry>[1] {
+    return {
+      stopped: () => false,
+      onError: (err: Error, attempt: number, delayMs: number) => {
+        this.stats.storeRetries++;
+        this.deps.log.warn({ err: err.message, attempt, delayMs, jobs }, 'memcached unreachable; holding jobs and retrying');
+      },
+    };
   }
 
   /**
@@ -197,10 +268,4 @@ export class Worker {
       this.deps.log.warn({ err: (err as Error).message }, 'could not queue the dead letter; the job will be redelivered');
     }
   }
-}
-
-function decode(job: Job, receivedAt: number): LogEvent[] {
-  if (job.fn === FN_BATCH) return decodeBatch(job.data, receivedAt);
-  if (job.fn === FN_LOG_SIMPLE) return [parseLogSimple(job.data, receivedAt)];
-  throw new InputError('function', `unknown function ${excerpt(job.fn)}`);
 }

@@ -4,7 +4,7 @@ import { describe, test } from 'node:test';
 import { Deltas, addValue } from '../lib/aggregate.ts';
 import { loadConfig } from '../lib/config.ts';
 import { ConfigError, InputError } from '../lib/errors.ts';
-import { decodeBatch, encodeBatch, parseBody, parseLogSimple, type LogEvent } from '../lib/event.ts';
+import { decodeBatch, decodeBatchColumns, encodeBatch, newEventColumns, parseBody, parseLogSimple, type LogEvent } from '../lib/event.ts';
 import { flushableRange, sliceOf, sliceStartMs, writeSlice, type SliceId } from '../lib/slice.ts';
 import { fnv1a } from '../lib/ring.ts';
 
@@ -89,6 +89,47 @@ describe('event parsing', () => {
   });
 });
 
+describe('offlog.batch fast path', () => {
+  const now = Date.UTC(2026, 0, 1);
+  const fast = (text: string): LogEvent[] | null => {
+    const cols = newEventColumns(2);
+    if (!decodeBatchColumns(Buffer.from(text), cols)) return null;
+    return Array.from({ length: cols.length }, (_, i) => ({ userId: String(cols.user[i]), actionId: cols.action[i]!, value: cols.value[i]!, at: cols.at[i]! }));
+  };
+  test('reads what OffLogClient writes exactly as decodeBatch does', () => {
+    const events: LogEvent[] = [];
+    for (let i = 0; i < 1000; i++) events.push({ userId: String(i * 7919), actionId: 1 + (i % 65535), value: i % 3 === 0 ? 0 : i * 1_000_003, at: now + i });
+    events.push({ userId: '999999999999999', actionId: 65535, value: 999999999999999, at: Date.UTC(2999, 11, 31) });
+    const text = encodeBatch(events);
+    assert.deepEqual(fast(text), decodeBatch(Buffer.from(text), 0));
+    assert.deepEqual(fast('{"v":1,"e":[]}'), []);
+  });
+  test('anything else is left to decodeBatch, which accepts or names the field', () => {
+    const cases = [
+      '{"v":1,"e":[[1,1,0,1]] }', // whitespace: valid JSON
+      '{"e":[[1,1,0,1]],"v":1}', // other key order: valid JSON
+      '{"v":1,"e":[["1",1,0,1]]}', // user id as a string
+      '{"v":1,"e":[[1,1,0,1,"payload"]]}', // payload
+      '{"v":1,"e":[[1234567890123456,1,0,1]]}', // 16 digits: may not be exact
+      '{"v":1,"e":[[1,1,0,1.5]]}', // fraction
+      '{"v":1,"e":[[1,1,0,-1]]}', // negative
+      '{"v":1,"e":[[1,0,0,1]]}', // action 0
+      '{"v":1,"e":[[1,65536,0,1]]}', // action too large
+      '{"v":1,"e":[[1,1,0,32503680000000]]}', // year 3000
+      '{"v":1,"e":[[01,1,0,1]]}', // leading zero: not JSON
+      '{"v":1,"e":[[1,1,0]]}', // three fields
+      '{"v":1,"e":[[1,1,0,1,2,3]]}', // six fields
+      '{"v":1,"e":[[1,1,0,1]]', // cut short
+      '{"v":1,"e":[[1,1,0,1]]}x', // trailing bytes
+      '{"v":1,"e":[[1,1,0,1],]}', // trailing comma
+      '{"v":2,"e":[[1,1,0,1]]}', // version
+      '{"v":1,"e":[[1,1,null,1]]}', // null value
+      '',
+    ];
+    for (const text of cases) assert.equal(fast(text), null, `fast path must refuse ${text}`);
+  });
+});
+
 describe('pre-aggregation', () => {
   test('one delta per (slice, user, action); late events go to the current slice', () => {
     const d = new Deltas();
@@ -108,8 +149,30 @@ describe('pre-aggregation', () => {
     );
     assert.equal(d.events, 6);
     assert.equal(d.lateEvents, 2);
-    assert.deepEqual([...d.pairs.keys()].sort(), ['100:1:1', '100:2:1', '99:1:1']);
-    assert.deepEqual(d.pairs.get('100:1:1'), { slice: 100, userId: '1', actionId: 1, count: 4, value: 7 });
+    assert.deepEqual(
+      d.pairs.map((p) => `${p.slice}:${p.userId}:${p.actionId}`).sort(),
+      ['100:1:1', '100:2:1', '99:1:1'],
+    );
+    assert.deepEqual(d.pairs.find((p) => p.slice === 100 && p.userId === '1'), { slice: 100, userId: '1', actionId: 1, count: 4, value: 7 });
+  });
+  test('user ids of every size fold apart, and columns fold like events', () => {
+    const cur = S(100);
+    const at = 100 * 60_000 + 5;
+    const users = ['0', '1', '137438953471', '137438953472', '999999999999999', '9007199254740993', '18446744073709551615', '18446744073709551614'];
+    const events: LogEvent[] = [];
+    for (const userId of users) for (const actionId of [1, 65535]) events.push({ userId, actionId, value: 1, at }, { userId, actionId, value: 2, at });
+    const d = new Deltas();
+    d.addAll(events, cur, 60);
+    assert.equal(d.pairs.length, users.length * 2);
+    for (const p of d.pairs) assert.ok(p.count === 2 && p.value === 3, `${p.userId}:${p.actionId} folded to ${p.count}/${p.value}`);
+    // The same events (those with ids below 2^53) as columns give the same deltas.
+    const small = events.filter((e) => e.userId.length < 16);
+    const cols = newEventColumns(1);
+    assert.ok(decodeBatchColumns(Buffer.from(encodeBatch(small)), cols), 'the fast path reads encodeBatch output');
+    const c = new Deltas();
+    c.addColumns(cols, cur, 60);
+    assert.deepEqual(c.pairs, d.pairs.filter((p) => p.userId.length < 16));
+    assert.equal(c.events, small.length);
   });
   test('value sums stay exact past 2^53', () => {
     assert.equal(addValue(Number.MAX_SAFE_INTEGER, 2), 9007199254740993n);

@@ -7,11 +7,12 @@
  * Two throughputs come out of it:
  *  - wall: events / (last fold stored − first job taken). While the client is
  *    slower this is the client's pace, not the worker's;
- *  - busy: events / time spent inside folds (decode + fold + memcached +
- *    acknowledge). That is what one worker could do if never starved.
+ *  - busy: events / time when a fold was being prepared (decode + fold) or
+ *    stored (memcached + acknowledge) — the two overlap, and overlapping time
+ *    counts once. That is what one worker could do if never starved.
  * `busy` needs the time of each fold, which Worker does not expose, so the
- * instance's private `process` method is wrapped (bench only; if it is ever
- * renamed the busy figure reads null and nothing else changes).
+ * instance's private `prepare` and `store` methods are wrapped (bench only;
+ * if they are ever renamed the busy figure reads null and nothing else changes).
  */
 import { Ring } from '../../lib/ring.ts';
 import { Worker } from '../../lib/worker.ts';
@@ -37,28 +38,37 @@ runRole(async () => {
   const worker = new Worker({ gearmanServers: cfg.gearmanServers, sliceSeconds: p.sliceSeconds, ring, log, now: () => p.nowMs }, p.maxJobsPerFold ? { maxJobsPerFold: p.maxJobsPerFold } : {});
 
   // Where the worker's time goes, fold by fold: taking jobs from gearmand,
-  // sleeping for work, the memcached calls, and (the rest of a fold) decoding,
-  // folding and acknowledging.
+  // sleeping for work, preparing folds (decode, fold), the memcached calls,
+  // and storing (memcached, dead letters, acknowledging).
   const spent: Record<string, number> = {};
   let firstFoldAt: number | null = null;
   let t0 = 0;
-  const timed = (target: object, method: string, bucket: string, onStart?: (at: number) => void): boolean => {
+  // Busy time: while at least one fold is being prepared or stored.
+  let active = 0;
+  let activeSince = 0;
+  let busy = 0;
+  const timed = (target: object, method: string, bucket: string, foldStage = false): boolean => {
     const obj = target as Record<string, unknown>;
     const original = obj[method];
     if (typeof original !== 'function') return false;
     spent[bucket] = 0;
     obj[method] = async (...args: unknown[]) => {
       const start = performance.now();
-      onStart?.(start);
+      if (foldStage) {
+        firstFoldAt ??= start - t0;
+        if (active++ === 0) activeSince = start;
+      }
       try {
         return await (original as (...a: unknown[]) => Promise<unknown>).apply(target, args);
       } finally {
-        spent[bucket]! += performance.now() - start;
+        const end = performance.now();
+        spent[bucket]! += end - start;
+        if (foldStage && --active === 0) busy += end - activeSince;
       }
     };
     return true;
   };
-  const hasBusy = timed(worker, 'process', 'foldMs', (at) => (firstFoldAt ??= at - t0));
+  const hasBusy = timed(worker, 'prepare', 'prepareMs', true) && timed(worker, 'store', 'storeMs', true);
   timed(worker, 'take', 'takeMs');
   timed(worker, 'waitForWork', 'sleepMs');
   timed(ring, 'appliedJobs', 'memcachedAppliedJobsMs');
@@ -93,6 +103,7 @@ runRole(async () => {
       doneAt = now;
       // What was spent up to here: stopping afterwards (a last sleep) is not the run's.
       Object.assign(atDone, spent);
+      atDone.busyMs = busy + (active > 0 ? now - activeSince : 0);
       // Said at once: the flush may start now. Stopping (which can wait out a
       // sleeping grab for up to a second) is not the pipeline's time.
       send({ type: 'counted', events });
@@ -111,10 +122,11 @@ runRole(async () => {
   await ring.close();
   const first = firstFoldAt ?? 0;
   const wallMs = doneAt - t0 - first;
-  const busyMs = hasBusy ? atDone.foldMs! : null;
+  const busyMs = hasBusy ? atDone.busyMs! : null;
   const memcachedMs = (atDone.memcachedAppliedJobsMs ?? 0) + (atDone.memcachedApplyMs ?? 0) + (atDone.memcachedMarkAppliedMs ?? 0);
   const breakdown = Object.fromEntries(Object.entries(atDone).map(([k, v]) => [k, Math.round(v)]));
-  if (busyMs !== null) breakdown.decodeFoldAckMs = Math.round(busyMs - memcachedMs);
+  // Decode and fold (prepare) plus the store's own work (acknowledging, dead letters): the fold time that is not memcached's.
+  if (hasBusy) breakdown.decodeFoldAckMs = Math.round(atDone.prepareMs! + atDone.storeMs! - memcachedMs);
   return {
     stats,
     ringOps: ring.ops,
