@@ -1,8 +1,9 @@
 /**
  * OffLogClient: the application's side. `log()` validates, appends to an
- * in-memory batch and returns — no I/O on the caller's stack. Batches go out
- * as `offlog.batch` background jobs, spread over the Gearman servers, each
- * kept until gearmand answers JOB_CREATED; a server that fails is rested with
+ * in-memory batch and returns — no I/O on the caller's stack. Batches (5000
+ * events, 1 MiB or 20 ms, whichever comes first) go out as `offlog.batch`
+ * background jobs, spread over the Gearman servers, each kept until gearmand
+ * answers JOB_CREATED; a server that fails is rested with
  * backoff and its unacknowledged batches move to another. Memory is bounded:
  * past the cap the oldest batches are dropped and counted.
  *
@@ -20,8 +21,14 @@ import { FN_BATCH } from './worker.ts';
 
 export interface OffLogClientOptions {
   servers: HostPort[];
-  /** Events per job. */
+  /**
+   * Events per job (default 5000). Big jobs matter: gearmand's persistent
+   * queue costs about a millisecond per job (an sqlite insert, then a delete),
+   * whatever its size.
+   */
   batchSize?: number;
+  /** Bytes of JSON per job at most (default 1 MiB): events with big payloads go out in smaller batches. */
+  maxBatchBytes?: number;
   /** How long a partly filled batch may wait, ms. */
   lingerMs?: number;
   /** Cap on events held (buffered + sent but not acknowledged). */
@@ -82,6 +89,7 @@ const MAX_BACKOFF_MS = 5000;
 
 export class OffLogClient {
   private readonly batchSize: number;
+  private readonly maxBatchBytes: number;
   private readonly lingerMs: number;
   private readonly maxEvents: number;
   private readonly maxBytes: number;
@@ -94,6 +102,8 @@ export class OffLogClient {
   /** Events not yet sealed into a batch, already encoded as tuples. */
   private normal: string[] = [];
   private high: string[] = [];
+  /** Bytes of the tuples in `normal` (ASCII but for payloads, whose bytes are counted generously). */
+  private normalBytes = 0;
   private lingerTimer: NodeJS.Timeout | null = null;
   /** Sealed batches waiting for a server, oldest first. */
   private readonly queue: Batch[] = [];
@@ -108,7 +118,8 @@ export class OffLogClient {
 
   constructor(options: OffLogClientOptions) {
     if (options.servers.length === 0) throw new TypeError('servers: at least one Gearman server is needed');
-    this.batchSize = options.batchSize ?? 500;
+    this.batchSize = options.batchSize ?? 5000;
+    this.maxBatchBytes = options.maxBatchBytes ?? 1024 * 1024;
     this.lingerMs = options.lingerMs ?? 20;
     this.maxEvents = options.maxBufferedEvents ?? 1_000_000;
     this.maxBytes = options.maxBufferedBytes ?? 64 * 1024 * 1024;
@@ -260,7 +271,9 @@ export class OffLogClient {
     this.counters.accepted++;
     const buf = priority === 'high' ? this.high : this.normal;
     buf.push(tuple);
-    if (buf.length >= this.batchSize || priority === 'high') this.seal();
+    // A tuple's length in UTF-16 units, ×3 when a payload may hold non-ASCII: an upper bound on its bytes, without encoding it.
+    if (priority === 'normal') this.normalBytes += o?.payload === undefined ? tuple.length + 1 : tuple.length * 3 + 1;
+    if (buf.length >= this.batchSize || this.normalBytes >= this.maxBatchBytes || priority === 'high') this.seal();
     else if (this.lingerTimer === null) {
       this.lingerTimer = setTimeout(() => this.seal(), this.lingerMs);
       this.lingerTimer.unref();
@@ -282,6 +295,7 @@ export class OffLogClient {
         this.queue.unshift(batch);
       } else {
         this.normal = [];
+        this.normalBytes = 0;
         this.queue.push(batch);
       }
       this.heldEvents += batch.events;

@@ -45,7 +45,8 @@ test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounde
   const rt = fresh();
   await rt.store.migrate();
   const env = { ...process.env, OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_TABLE_PREFIX: rt.config.tablePrefix, OFFLOG_LOG_LEVEL: 'error' };
-  const client = new OffLogClient({ servers: rt.config.gearmanServers });
+  // 500-event jobs: 400 of them, so the worker can be killed mid-stream, and the bound below is in jobs of 500.
+  const client = new OffLogClient({ servers: rt.config.gearmanServers, batchSize: 500 });
   const expected = new Expected();
   const events = 200_000;
   for (let i = 0; i < events; i++) {
@@ -94,7 +95,8 @@ test('gearmand restarted with jobs queued: the queue survives, the client and in
   const base = futureSlice(SLICE);
   const at = startOf(base, SLICE) + 10;
   const expected = new Expected();
-  const client = new OffLogClient({ servers: [local(4771)] });
+  // 500-event jobs: the queue counts below are in jobs.
+  const client = new OffLogClient({ servers: [local(4771)], batchSize: 500 });
   for (let i = 0; i < 50_000; i++) {
     client.log(i % 1000, 2, { at, value: 3 });
     expected.add(startOf(base, SLICE), i % 1000, 2, 3);
@@ -132,7 +134,8 @@ test('memcached unreachable: the worker holds its jobs, retries, and resumes; to
   const base = futureSlice(SLICE);
   const at = startOf(base, SLICE) + 10;
   const expected = new Expected();
-  const client = new OffLogClient({ servers: rt.config.gearmanServers });
+  // 500-event jobs: the queue count below is in jobs.
+  const client = new OffLogClient({ servers: rt.config.gearmanServers, batchSize: 500 });
   for (let i = 0; i < 20_000; i++) {
     client.log(i % 100, 1, { at });
     expected.add(startOf(base, SLICE), i % 100, 1);
