@@ -46,8 +46,9 @@ interface Pending {
   readonly what: (i: number) => string;
   /** Replies so far (exec, getMulti, stats). */
   readonly replies: MemcacheReply[];
-  /** incrMany / addMany: byte i is 1 when command i found (incr) or stored (add) its key, else 0. */
+  /** incrMany / addMany: byte flagsAt + i is 1 when command i found (incr) or stored (add) its key, else 0. */
   readonly flags: Uint8Array | null;
+  readonly flagsAt: number;
   /** Replies in so far. */
   done: number;
   /** getMulti collects here; exec's single-key get replies in `replies`. */
@@ -60,12 +61,14 @@ interface Pending {
 }
 
 /** The parts of a request `send` needs; the rest of a Pending is its state. */
-type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'found'>;
+type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found'>;
 
 const MAX_U64 = 2n ** 64n - 1n;
 // memcached caps a command line at 2048 bytes; beyond ~100 keys a line only delays the first reply.
 const GET_MAX_KEYS = 100;
 const GET_MAX_BYTES = 2000;
+/** Commands per write in incrMany/addMany: ~200 KB, enough to keep memcached busy while the next is built. */
+const BULK_CHUNK = 4096;
 
 export class MemcacheConnection {
   readonly address: MemcacheAddress;
@@ -132,14 +135,15 @@ export class MemcacheConnection {
     }
     parts.push(text);
     const what = (i: number): string => `${ops[i]!.kind} ${ops[i]!.key}`;
-    return (await this.send(parts, { count: expects.length, expects, what, flags: null, found: null })).replies;
+    return (await this.send(parts, { count: expects.length, expects, what, flags: null, flagsAt: 0, found: null })).replies;
   }
 
   /**
-   * `incr` each key by its amount, in one pipelined batch. Resolves to one
-   * byte per key: 1 when the key existed (and was incremented), 0 when it did
-   * not (NOT_FOUND). Unlike exec it does not build a reply per key, so a batch
-   * of a hundred thousand counters costs one Uint8Array.
+   * `incr` each key by its amount, pipelined. Resolves to one byte per key: 1
+   * when the key existed (and was incremented), 0 when it did not
+   * (NOT_FOUND). Unlike exec it makes no reply object per key, and it writes
+   * in pieces of BULK_CHUNK commands, so memcached is already working through
+   * the first while the next is being built.
    *
    * `keysValid: true` skips checking each key: for callers that build keys
    * from parts they have already checked (the Ring: a validated prefix and
@@ -148,37 +152,41 @@ export class MemcacheConnection {
    */
   async incrMany(keys: readonly string[], amounts: readonly (number | bigint)[], options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
     if (keys.length !== amounts.length) throw new MemcacheError(`incrMany: ${keys.length} keys but ${amounts.length} amounts`);
-    if (keys.length === 0) return new Uint8Array(0);
-    let text = '';
+    // Everything is checked before anything is written, so a bad key or amount never half-applies a batch.
     for (let i = 0; i < keys.length; i++) {
-      const key = keys[i]!;
-      if (options.keysValid !== true) checkKey(key);
-      text += `incr ${key} ${checkAmount(key, amounts[i]!)}\r\n`;
+      if (options.keysValid !== true) checkKey(keys[i]!);
+      checkAmount(keys[i]!, amounts[i]!);
     }
-    const flags = new Uint8Array(keys.length);
-    await this.send([text], { count: keys.length, expects: 'incr', what: (i) => `incr ${keys[i]}`, flags, found: null });
-    return flags;
+    return this.sendBulk(keys, 'incr', (key, i) => `incr ${key} ${amounts[i]}\r\n`);
   }
 
   /**
    * `add` each key with its value (decimal text, such as a counter's first
-   * value) and `ttl`, in one pipelined batch. Resolves to one byte per key: 1
-   * when stored, 0 when the key already existed (NOT_STORED). `keysValid` as
-   * for incrMany.
+   * value) and `ttl`, pipelined as incrMany is. Resolves to one byte per key:
+   * 1 when stored, 0 when the key already existed (NOT_STORED). `keysValid`
+   * as for incrMany.
    */
   async addMany(keys: readonly string[], values: readonly string[], ttl: number, options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
     if (keys.length !== values.length) throw new MemcacheError(`addMany: ${keys.length} keys but ${values.length} values`);
-    if (keys.length === 0) return new Uint8Array(0);
-    let text = '';
     for (let i = 0; i < keys.length; i++) {
-      const key = keys[i]!;
-      if (options.keysValid !== true) checkKey(key);
-      checkTtl(key, ttl);
-      const v = values[i]!;
-      text += `add ${key} 0 ${ttl} ${Buffer.byteLength(v)}\r\n${v}\r\n`;
+      if (options.keysValid !== true) checkKey(keys[i]!);
+      checkTtl(keys[i]!, ttl);
     }
+    return this.sendBulk(keys, 'store', (key, i) => `add ${key} 0 ${ttl} ${Buffer.byteLength(values[i]!)}\r\n${values[i]}\r\n`, 'add');
+  }
+
+  /** One request per BULK_CHUNK commands, all sent now; resolves once every reply is in. */
+  private async sendBulk(keys: readonly string[], expects: 'incr' | 'store', command: (key: string, i: number) => string, name: string = expects): Promise<Uint8Array> {
     const flags = new Uint8Array(keys.length);
-    await this.send([text], { count: keys.length, expects: 'store', what: (i) => `add ${keys[i]}`, flags, found: null });
+    const requests: Promise<Pending>[] = [];
+    for (let from = 0; from < keys.length; from += BULK_CHUNK) {
+      const to = Math.min(keys.length, from + BULK_CHUNK);
+      let text = '';
+      for (let i = from; i < to; i++) text += command(keys[i]!, i);
+      const what = (i: number): string => `${name} ${keys[from + i]}`;
+      requests.push(this.send([text], { count: to - from, expects, what, flags, flagsAt: from, found: null }));
+    }
+    await Promise.all(requests);
     return flags;
   }
 
@@ -203,16 +211,16 @@ export class MemcacheConnection {
       text += `${line}\r\n`;
       what.push(n > 1 ? `get ${first} and ${n - 1} more` : `get ${first}`);
     }
-    await this.send([text], { count: what.length, expects: 'get', what: (i) => what[i]!, flags: null, found });
+    await this.send([text], { count: what.length, expects: 'get', what: (i) => what[i]!, flags: null, flagsAt: 0, found });
     return found;
   }
 
   async stats(): Promise<Record<string, string>> {
-    return (await this.send(['stats\r\n'], { count: 1, expects: 'stats', what: () => 'stats', flags: null, found: null })).stats;
+    return (await this.send(['stats\r\n'], { count: 1, expects: 'stats', what: () => 'stats', flags: null, flagsAt: 0, found: null })).stats;
   }
 
   async flushAll(): Promise<void> {
-    await this.send(['flush_all\r\n'], { count: 1, expects: 'ok', what: () => 'flush_all', flags: null, found: null });
+    await this.send(['flush_all\r\n'], { count: 1, expects: 'ok', what: () => 'flush_all', flags: null, flagsAt: 0, found: null });
   }
 
   /** Lets requests already sent finish (each within its timeout), then closes for good. */
@@ -382,7 +390,7 @@ export class MemcacheConnection {
       }
       pos = lf + 1;
       this.value = null;
-      if (p.flags) p.flags[p.done] = reply === true ? 1 : 0;
+      if (p.flags) p.flags[p.flagsAt + p.done] = reply === true ? 1 : 0;
       else p.replies.push(reply);
       if (++p.done === p.count) {
         this.pending.shift();

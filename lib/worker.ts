@@ -66,6 +66,8 @@ interface Fold {
   /** Jobs whose events are in `deltas`: marked applied once stored. */
   applied: Job[];
   dead: { job: Job; error: string }[];
+  /** Jobs left out as already applied (or copies of another job of the fold). */
+  skipped: number;
 }
 
 /** A dead letter as it travels on the `offlog.deadletter` queue. */
@@ -178,20 +180,35 @@ export class Worker {
    * Decodes and folds the jobs not applied before (their marks say so; a
    * copy of a job of the fold being stored counts as applied, since it will
    * be before this fold is stored). Bad jobs are set aside as dead letters.
+   *
+   * The marks are read after folding: that read waits behind the fold being
+   * stored on the same memcached connection, and folding meanwhile is the
+   * point of the overlap. A job found applied (rare: after a crash or a
+   * client's re-send) means folding again without it.
    */
   private async prepare(jobs: Job[]): Promise<Fold> {
-    const { ring, sliceSeconds } = this.deps;
+    const { ring } = this.deps;
+    const receivedAt = this.now();
+    let fold = this.foldAll(jobs, receivedAt, this.storing);
     // Taken before asking memcached: a fold that finishes storing meanwhile has its marks written
     // before it leaves this set, so each of its jobs is in one or the other.
     const storing = this.storing;
-    const already = await retry(() => ring.appliedJobs(jobs.map((j) => j.unique)), this.retrying(jobs.length));
-    const receivedAt = this.now();
-    const current = sliceOf(receivedAt, sliceSeconds);
-    const fold: Fold = { jobs, deltas: new Deltas(), applied: [], dead: [] };
+    const already = await retry(() => ring.appliedJobs(fold.applied.map((j) => j.unique)), this.retrying(jobs.length));
+    if (fold.applied.some((j) => j.unique && (already.has(j.unique) || storing.has(j.unique)))) {
+      fold = this.foldAll(jobs, receivedAt, new Set([...already, ...storing]));
+    }
+    this.stats.duplicatesSkipped += fold.skipped;
+    return fold;
+  }
+
+  /** Folds every job whose unique id is not in `skip` (nor met earlier in `jobs`) into a new Fold. */
+  private foldAll(jobs: Job[], receivedAt: number, skip: ReadonlySet<string>): Fold {
+    const current = sliceOf(receivedAt, this.deps.sliceSeconds);
+    const fold: Fold = { jobs, deltas: new Deltas(), applied: [], dead: [], skipped: 0 };
     const seen = new Set<string>();
     for (const job of jobs) {
-      if (job.unique && (already.has(job.unique) || storing.has(job.unique) || seen.has(job.unique))) {
-        this.stats.duplicatesSkipped++;
+      if (job.unique && (skip.has(job.unique) || seen.has(job.unique))) {
+        fold.skipped++;
         continue;
       }
       try {
