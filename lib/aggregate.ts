@@ -4,8 +4,8 @@
  *
  * This runs once per event, so it is built not to allocate per event: pairs
  * are found by a number (user × 65536 + action, exact while the user id is
- * below 2^37) in a map per slice, and only a pair seen for the first time
- * becomes an object. Larger user ids take a string-keyed map.
+ * below 2^37) in a typed-array hash table per slice, and only a pair seen for
+ * the first time becomes an object. Larger user ids take a string-keyed map.
  */
 import type { ActionId, EventColumns, LogEvent, UserId } from './event.ts';
 import { sliceOf, type SliceId } from './slice.ts';
@@ -28,13 +28,13 @@ export class Deltas {
   /** Late (or clamped future) events, by the slice they were counted into. */
   readonly late = new Map<SliceId, number>();
   events = 0;
-  /** Pairs by user × 65536 + action, one map per slice. */
-  private readonly numeric = new Map<SliceId, Map<number, PairDelta>>();
+  /** Indexes into `pairs` by user × 65536 + action, one table per slice. */
+  private readonly numeric = new Map<SliceId, PairIndex>();
   /** Pairs of user ids ≥ 2^37, by `${slice}:${userId}:${actionId}`. */
   private readonly byString = new Map<string, PairDelta>();
   // The map of the slice used last: nearly every event of a fold is in the same one or two slices.
   private lastSlice = Number.NaN;
-  private lastMap: Map<number, PairDelta> | null = null;
+  private lastTable: PairIndex | null = null;
 
   /** Folds `event` into the slice the guard allows at `current`. */
   add(event: LogEvent, current: SliceId, sliceSeconds: number): void {
@@ -78,20 +78,18 @@ export class Deltas {
   }
 
   private addNumeric(slice: SliceId, user: number, actionId: ActionId, value: number): void {
-    let map = this.lastMap;
-    if (slice !== this.lastSlice || map === null) {
-      map = this.numeric.get(slice) ?? null;
-      if (map === null) this.numeric.set(slice, (map = new Map()));
+    let table = this.lastTable;
+    if (slice !== this.lastSlice || table === null) {
+      table = this.numeric.get(slice) ?? null;
+      if (table === null) this.numeric.set(slice, (table = new PairIndex()));
       this.lastSlice = slice;
-      this.lastMap = map;
+      this.lastTable = table;
     }
-    const key = user * 65536 + actionId;
-    const pair = map.get(key);
-    if (pair === undefined) {
-      const created: PairDelta = { slice, userId: String(user), actionId, count: 1, value };
-      map.set(key, created);
-      this.pairs.push(created);
+    const index = table.indexOrAdd(user * 65536 + actionId, this.pairs.length);
+    if (index < 0) {
+      this.pairs.push({ slice, userId: String(user), actionId, count: 1, value });
     } else {
+      const pair = this.pairs[index]!;
       pair.count += 1;
       if (value !== 0) pair.value = addValue(pair.value, value);
     }
@@ -111,6 +109,65 @@ export class Deltas {
     }
     this.events += 1;
   }
+}
+
+/**
+ * Open-addressing hash table from a pair's number (an integer below 2^53) to
+ * its index in Deltas.pairs: two typed arrays, so no heap number per key and
+ * no Map entry per pair. Linear probing, at most half full.
+ */
+export class PairIndex {
+  private keys: Float64Array;
+  /** Index + 1; 0 marks an empty slot. */
+  private slots: Int32Array;
+  private mask: number;
+  private size = 0;
+
+  constructor(capacity = 1024) {
+    const n = 2 ** Math.ceil(Math.log2(Math.max(16, capacity * 2)));
+    this.keys = new Float64Array(n);
+    this.slots = new Int32Array(n);
+    this.mask = n - 1;
+  }
+
+  /** The index stored for `key`; if there is none, stores `index` and returns -1. */
+  indexOrAdd(key: number, index: number): number {
+    let i = hash(key) & this.mask;
+    for (;;) {
+      const slot = this.slots[i]!;
+      if (slot === 0) break;
+      if (this.keys[i] === key) return slot - 1;
+      i = (i + 1) & this.mask;
+    }
+    this.keys[i] = key;
+    this.slots[i] = index + 1;
+    if (++this.size * 2 > this.slots.length) this.grow();
+    return -1;
+  }
+
+  private grow(): void {
+    const { keys, slots } = this;
+    this.keys = new Float64Array(keys.length * 2);
+    this.slots = new Int32Array(slots.length * 2);
+    this.mask = this.slots.length - 1;
+    for (let j = 0; j < slots.length; j++) {
+      if (slots[j] === 0) continue;
+      let i = hash(keys[j]!) & this.mask;
+      while (this.slots[i] !== 0) i = (i + 1) & this.mask;
+      this.keys[i] = keys[j]!;
+      this.slots[i] = slots[j]!;
+    }
+  }
+}
+
+/** Mixes both 32-bit halves of an integer below 2^53 (murmur3's finaliser), so every bit counts. */
+function hash(key: number): number {
+  let h = (key >>> 0) ^ Math.imul(Math.floor(key / 0x1_0000_0000), 0x9e3779b1);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return h ^ (h >>> 16);
 }
 
 export function addValue(sum: number | bigint, value: number): number | bigint {

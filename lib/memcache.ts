@@ -32,6 +32,12 @@ export type MemcacheOp =
   | { kind: 'delete'; key: string }
   | { kind: 'get'; key: string };
 
+/** Keys for incrMany/addMany: an array, or an object that makes key i when asked. */
+export interface KeyList {
+  readonly length: number;
+  at(i: number): string | undefined;
+}
+
 /** incr: new value or null (NOT_FOUND); add/set/append/delete: done or not; get: value or null. */
 export type MemcacheReply = bigint | boolean | Buffer | null;
 
@@ -145,46 +151,53 @@ export class MemcacheConnection {
    * in pieces of BULK_CHUNK commands, so memcached is already working through
    * the first while the next is being built.
    *
+   * `keys` is an array, or anything that can make key i on demand (`at(i)`):
+   * a caller with a hundred thousand counters need not hold their keys.
    * `keysValid: true` skips checking each key: for callers that build keys
-   * from parts they have already checked (the Ring: a validated prefix and
-   * decimal numbers). A key with a space or a line break would desynchronise
-   * the stream, so anything else must leave it false.
+   * from parts they have already checked (the Ring: a validated ASCII prefix
+   * and decimal numbers). A key with a space or a line break would
+   * desynchronise the stream, so anything else must leave it false.
    */
-  async incrMany(keys: readonly string[], amounts: readonly (number | bigint)[], options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
+  async incrMany(keys: KeyList, amounts: readonly (number | bigint)[], options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
     if (keys.length !== amounts.length) throw new MemcacheError(`incrMany: ${keys.length} keys but ${amounts.length} amounts`);
     // Everything is checked before anything is written, so a bad key or amount never half-applies a batch.
     for (let i = 0; i < keys.length; i++) {
-      if (options.keysValid !== true) checkKey(keys[i]!);
-      checkAmount(keys[i]!, amounts[i]!);
+      if (options.keysValid !== true) checkKey(keys.at(i)!);
+      if (!isU64(amounts[i]!)) checkAmount(keys.at(i)!, amounts[i]!);
     }
-    return this.sendBulk(keys, 'incr', (key, i) => `incr ${key} ${amounts[i]}\r\n`);
+    return this.sendBulk(keys, 'incr', (key, i) => `incr ${key} ${amounts[i]}\r\n`, options.keysValid === true);
   }
 
   /**
    * `add` each key with its value (decimal text, such as a counter's first
    * value) and `ttl`, pipelined as incrMany is. Resolves to one byte per key:
-   * 1 when stored, 0 when the key already existed (NOT_STORED). `keysValid`
-   * as for incrMany.
+   * 1 when stored, 0 when the key already existed (NOT_STORED). `keys` and
+   * `keysValid` as for incrMany; values must be ASCII when keysValid is set.
    */
-  async addMany(keys: readonly string[], values: readonly string[], ttl: number, options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
+  async addMany(keys: KeyList, values: KeyList, ttl: number, options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
     if (keys.length !== values.length) throw new MemcacheError(`addMany: ${keys.length} keys but ${values.length} values`);
-    for (let i = 0; i < keys.length; i++) {
-      if (options.keysValid !== true) checkKey(keys[i]!);
-      checkTtl(keys[i]!, ttl);
-    }
-    return this.sendBulk(keys, 'store', (key, i) => `add ${key} 0 ${ttl} ${Buffer.byteLength(values[i]!)}\r\n${values[i]}\r\n`, 'add');
+    for (let i = 0; i < keys.length && options.keysValid !== true; i++) checkKey(keys.at(i)!);
+    checkTtl('addMany', ttl);
+    return this.sendBulk(keys, 'store', (key, i) => {
+      const v = values.at(i)!;
+      return `add ${key} 0 ${ttl} ${options.keysValid === true ? v.length : Buffer.byteLength(v)}\r\n${v}\r\n`;
+    }, options.keysValid === true, 'add');
   }
 
-  /** One request per BULK_CHUNK commands, all sent now; resolves once every reply is in. */
-  private async sendBulk(keys: readonly string[], expects: 'incr' | 'store', command: (key: string, i: number) => string, name: string = expects): Promise<Uint8Array> {
+  /**
+   * One request per BULK_CHUNK commands, all sent now; resolves once every
+   * reply is in. `ascii`: every command is one byte per character, so it is
+   * written as latin1, a plain copy, rather than encoded as UTF-8.
+   */
+  private async sendBulk(keys: KeyList, expects: 'incr' | 'store', command: (key: string, i: number) => string, ascii: boolean, name: string = expects): Promise<Uint8Array> {
     const flags = new Uint8Array(keys.length);
     const requests: Promise<Pending>[] = [];
     for (let from = 0; from < keys.length; from += BULK_CHUNK) {
       const to = Math.min(keys.length, from + BULK_CHUNK);
       let text = '';
-      for (let i = from; i < to; i++) text += command(keys[i]!, i);
-      const what = (i: number): string => `${name} ${keys[from + i]}`;
-      requests.push(this.send([text], { count: to - from, expects, what, flags, flagsAt: from, found: null }));
+      for (let i = from; i < to; i++) text += command(keys.at(i)!, i);
+      const what = (i: number): string => `${name} ${keys.at(from + i)}`;
+      requests.push(this.send([text], { count: to - from, expects, what, flags, flagsAt: from, found: null }, ascii ? 'latin1' : 'utf8'));
     }
     await Promise.all(requests);
     return flags;
@@ -235,7 +248,7 @@ export class MemcacheConnection {
     await Promise.all(closing);
   }
 
-  private send(parts: (string | Buffer)[], request: Request): Promise<Pending> {
+  private send(parts: (string | Buffer)[], request: Request, encoding: BufferEncoding = 'utf8'): Promise<Pending> {
     if (this.closed) return Promise.reject(new MemcacheError(`${this.label}: connection was closed by close()`));
     const socket = this.socket ?? this.connect();
     return new Promise<Pending>((resolve, reject) => {
@@ -246,7 +259,10 @@ export class MemcacheConnection {
       this.pending.push({ ...request, replies: [], done: 0, stats: {}, failure: null, timer, resolve, reject });
       // Corked, the whole batch leaves in one writev, whatever mix of strings and Buffers it is.
       socket.cork();
-      for (const part of parts) socket.write(part);
+      for (const part of parts) {
+        if (typeof part === 'string') socket.write(part, encoding);
+        else socket.write(part);
+      }
       socket.uncork();
     });
   }
@@ -453,6 +469,10 @@ function checkKey(key: string): void {
   if (!ok) {
     throw new MemcacheError(`invalid memcached key ${JSON.stringify(key)}: must be 1-250 bytes with no spaces or control characters`);
   }
+}
+
+function isU64(amount: number | bigint): boolean {
+  return typeof amount === 'number' ? Number.isSafeInteger(amount) && amount >= 0 : amount >= 0n && amount <= MAX_U64;
 }
 
 function checkAmount(key: string, amount: number | bigint): string {

@@ -132,30 +132,37 @@ export class Ring {
   async apply(deltas: Deltas): Promise<ApplyStats> {
     const pairs = deltas.pairs;
     const before = this.ops;
-    // 1. Increment the counters that exist, tagging each pair's with its index (×2, +1 for the value sum).
-    const bumps = this.bumpsPerServer();
+    // Counters are named by tags, their keys made only while a command is written (see Counters).
+    const totals: string[] = [];
+    const counters = new Counters((tag) => (tag >= 0 ? this.pairKey(pairs[tag >> 1]!, (tag & 1) === 0 ? 'c' : 'v') : totals[-tag - 1]!));
+    // 1. Increment the counters that exist: every pair's count (tag 2i) and value sum (2i + 1), and the slice totals.
+    const bumps = this.conns.map(() => counters.list());
     for (let i = 0; i < pairs.length; i++) {
       const d = pairs[i]!;
       const to = bumps[this.pairServer(d)]!;
-      to.push(this.pairKey(d, 'c'), d.count, 2 * i);
-      if (d.value !== 0) to.push(this.pairKey(d, 'v'), d.value, 2 * i + 1);
+      to.push(2 * i, d.count);
+      if (d.value !== 0) to.push(2 * i + 1, d.value);
     }
     const perSlice = new Map<SliceId, number>();
     for (const d of pairs) perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + d.count);
-    for (const [slice, n] of perSlice) bumps[this.sliceServer(slice)]!.push(this.sliceKey(slice, 'n'), n, NOT_A_PAIR);
-    for (const [slice, n] of deltas.late) bumps[this.sliceServer(slice)]!.push(this.sliceKey(slice, 'late'), n, NOT_A_PAIR);
+    const total = (slice: SliceId, name: string, n: number): void => {
+      totals.push(this.sliceKey(slice, name));
+      bumps[this.sliceServer(slice)]!.push(-totals.length, n);
+    };
+    for (const [slice, n] of perSlice) total(slice, 'n', n);
+    for (const [slice, n] of deltas.late) total(slice, 'late', n);
     const missing = await this.incr(bumps);
     // 2. Pairs new to this slice (their count was missing): list them in the
     // register first, then create their counters, the value sum too even when 0.
     const created: PairDelta[] = [];
     for (const m of missing) {
-      const found = m.keys.length;
+      const found = m.tags.length;
       for (let j = 0; j < found; j++) {
         const tag = m.tags[j]!;
-        if (tag === NOT_A_PAIR || tag % 2 === 1) continue;
-        const d = pairs[tag / 2]!;
+        if (tag < 0 || (tag & 1) === 1) continue;
+        const d = pairs[tag >> 1]!;
         created.push(d);
-        if (d.value === 0) m.push(this.pairKey(d, 'v'), 0, tag + 1);
+        if (d.value === 0) m.push(tag + 1, 0);
       }
     }
     if (created.length > 0) await this.register(created);
@@ -300,40 +307,37 @@ export class Ring {
     throw new Error(`memcached: could not create ${key} after ${MAX_RACE_RETRIES} attempts`);
   }
 
-  private bumpsPerServer(): Bumps[] {
-    return this.conns.map(() => new Bumps());
-  }
-
-  /** Increments each key, every server's batch at once; returns, per server, the ones that do not exist yet. */
-  private async incr(bumps: Bumps[]): Promise<Bumps[]> {
+  /** Increments each counter, every server's batch at once; returns, per server, the ones that do not exist yet. */
+  private async incr(bumps: CounterList[]): Promise<CounterList[]> {
     return Promise.all(
       bumps.map(async (b, server) => {
-        const missing = new Bumps();
-        if (b.keys.length === 0) return missing;
-        this.ops += b.keys.length;
+        const missing = b.counters.list();
+        if (b.length === 0) return missing;
+        this.ops += b.length;
         // Keys built here from the checked prefix and numbers: memcache need not check them again.
-        const found = await this.conns[server]!.incrMany(b.keys, b.amounts, { keysValid: true });
-        for (let i = 0; i < found.length; i++) if (found[i] === 0) missing.push(b.keys[i]!, b.amounts[i]!, b.tags[i]!);
+        const found = await this.conns[server]!.incrMany(b, b.amounts, { keysValid: true });
+        for (let i = 0; i < found.length; i++) if (found[i] === 0) missing.push(b.tags[i]!, b.amounts[i]!);
         return missing;
       }),
     );
   }
 
   /** Creates missing counters with `add`; a key someone else created meanwhile is incremented instead. */
-  private async ensure(bumps: Bumps[]): Promise<void> {
+  private async ensure(bumps: CounterList[]): Promise<void> {
     let pending = bumps;
-    for (let attempt = 0; pending.some((b) => b.keys.length > 0); attempt++) {
+    for (let attempt = 0; pending.some((b) => b.length > 0); attempt++) {
       if (attempt === MAX_RACE_RETRIES) {
-        const left = pending.reduce((n, b) => n + b.keys.length, 0);
-        throw new Error(`memcached: ${left} counters kept racing (first ${pending.find((b) => b.keys.length > 0)!.keys[0]})`);
+        const left = pending.reduce((n, b) => n + b.length, 0);
+        throw new Error(`memcached: ${left} counters kept racing (first ${pending.find((b) => b.length > 0)!.at(0)})`);
       }
       const raced = await Promise.all(
         pending.map(async (b, server) => {
-          const lost = new Bumps();
-          if (b.keys.length === 0) return lost;
-          this.ops += b.keys.length;
-          const stored = await this.conns[server]!.addMany(b.keys, b.amounts.map(String), this.ttl, { keysValid: true });
-          for (let i = 0; i < stored.length; i++) if (stored[i] === 0 && b.amounts[i] !== 0) lost.push(b.keys[i]!, b.amounts[i]!, b.tags[i]!);
+          const lost = b.counters.list();
+          if (b.length === 0) return lost;
+          this.ops += b.length;
+          const values = { length: b.length, at: (i: number) => String(b.amounts[i]) };
+          const stored = await this.conns[server]!.addMany(b, values, this.ttl, { keysValid: true });
+          for (let i = 0; i < stored.length; i++) if (stored[i] === 0 && b.amounts[i] !== 0) lost.push(b.tags[i]!, b.amounts[i]!);
           return lost;
         }),
       );
@@ -556,20 +560,39 @@ function counterText(key: string, value: Buffer): string {
   return text;
 }
 
-/** Tag of a counter that belongs to no pair (a slice total). */
-const NOT_A_PAIR = -1;
+/**
+ * The counters of one apply, named by number (tag) rather than by key: a
+ * fold may touch a million counters, and holding a key string for each while
+ * memcached answers made them live long enough to be expensive garbage.
+ * `keyOf` makes a tag's key when a command is written, or an error named.
+ */
+class Counters {
+  constructor(readonly keyOf: (tag: number) => string) {}
 
-/** Counter increments bound for one server, as parallel arrays: no object per counter. */
-class Bumps {
-  readonly keys: string[] = [];
-  readonly amounts: (number | bigint)[] = [];
-  /** What each counter is, for the caller: see Ring.apply. */
+  list(): CounterList {
+    return new CounterList(this);
+  }
+}
+
+/** Counters bound for one server, with their amounts; a KeyList for MemcacheConnection's bulk calls. */
+class CounterList {
   readonly tags: number[] = [];
+  readonly amounts: (number | bigint)[] = [];
 
-  push(key: string, amount: number | bigint, tag: number): void {
-    this.keys.push(key);
-    this.amounts.push(amount);
+  constructor(readonly counters: Counters) {}
+
+  get length(): number {
+    return this.tags.length;
+  }
+
+  at(i: number): string | undefined {
+    const tag = this.tags[i];
+    return tag === undefined ? undefined : this.counters.keyOf(tag);
+  }
+
+  push(tag: number, amount: number | bigint): void {
     this.tags.push(tag);
+    this.amounts.push(amount);
   }
 }
 

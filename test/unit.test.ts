@@ -1,7 +1,7 @@
 /** Pure logic: no servers. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { Deltas, addValue } from '../lib/aggregate.ts';
+import { Deltas, PairIndex, addValue } from '../lib/aggregate.ts';
 import { loadConfig } from '../lib/config.ts';
 import { ConfigError, InputError } from '../lib/errors.ts';
 import { decodeBatch, decodeBatchColumns, encodeBatch, newEventColumns, parseBody, parseLogSimple, type LogEvent } from '../lib/event.ts';
@@ -173,6 +173,14 @@ describe('pre-aggregation', () => {
     c.addColumns(cols, cur, 60);
     assert.deepEqual(c.pairs, d.pairs.filter((p) => p.userId.length < 16));
     assert.equal(c.events, small.length);
+  });
+  test('PairIndex finds every key it was given, across growth, up to 2^53', () => {
+    const index = new PairIndex(4);
+    const keys: number[] = [];
+    for (let i = 0; i < 50_000; i++) keys.push(i * 65536 + 1, 2 ** 53 - 1 - i * 4_294_967_296, i);
+    const unique = [...new Set(keys)];
+    unique.forEach((k, i) => assert.equal(index.indexOrAdd(k, i), -1, `new key ${k}`));
+    unique.forEach((k, i) => assert.equal(index.indexOrAdd(k, 10_000_000), i, `key ${k} found`));
   });
   test('value sums stay exact past 2^53', () => {
     assert.equal(addValue(Number.MAX_SAFE_INTEGER, 2), 9007199254740993n);
