@@ -24,6 +24,14 @@ export const FN_LOG_SIMPLE = 'logSimple';
 export const FN_BATCH = 'offlog.batch';
 export const FN_DEAD_LETTER = 'offlog.deadletter';
 
+/**
+ * Jobs folded together at most. A fold is what a crash between storing it and
+ * marking its jobs can count twice, and two folds (one stored, one prepared)
+ * are what the worker holds in memory: 16 × 5,000-event jobs keeps both small
+ * (80,000 events; ~220 MB peak RSS in the bench) for ~10 % less throughput than 64.
+ */
+export const DEFAULT_MAX_JOBS_PER_FOLD = 16;
+
 export interface WorkerDeps {
   gearmanServers: HostPort[];
   sliceSeconds: number;
@@ -95,7 +103,7 @@ export class Worker {
 
   constructor(private readonly deps: WorkerDeps, options: WorkerOptions = {}) {
     this.now = deps.now ?? Date.now;
-    this.maxJobs = options.maxJobsPerFold ?? 64;
+    this.maxJobs = options.maxJobsPerFold ?? DEFAULT_MAX_JOBS_PER_FOLD;
     this.perServer = options.connectionsPerServer ?? 1;
   }
 

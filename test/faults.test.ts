@@ -17,7 +17,7 @@ import { ingest } from '../lib/ingest.ts';
 import { Ring } from '../lib/ring.ts';
 import { sliceOf, sliceStartMs, type SliceId } from '../lib/slice.ts';
 import { Store } from '../lib/store.ts';
-import { FN_BATCH, Worker } from '../lib/worker.ts';
+import { DEFAULT_MAX_JOBS_PER_FOLD, FN_BATCH, Worker } from '../lib/worker.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import { gearmand, memcached, Proxy } from './daemons.ts';
 import { drainQueues, Expected, futureSlice, readCounts, startOf, testRuntime } from './support.ts';
@@ -80,8 +80,8 @@ test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounde
     total += got;
     over += got - BigInt(count);
   }
-  // The bound: one fold in flight — at most 64 jobs × 500 events applied but not yet marked.
-  const bound = 64n * 500n;
+  // The bound: one fold in flight — at most DEFAULT_MAX_JOBS_PER_FOLD jobs × 500 events applied but not yet marked.
+  const bound = BigInt(DEFAULT_MAX_JOBS_PER_FOLD) * 500n;
   process.stdout.write(`# events counted twice after SIGKILL: ${over} of ${events} (bound ${bound})\n`);
   assert.ok(over <= bound, `${over} duplicates`);
   assert.equal(total, BigInt(events) + over);
