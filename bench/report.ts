@@ -39,7 +39,7 @@ export interface WorkerResult {
   doneAtMs: number;
   wallMs: number;
   busyMs: number | null;
-  /** ms spent in: takeMs, sleepMs, foldMs (= memcached* + decodeFoldAckMs), memcachedApplyMs, … */
+  /** ms spent in: takeMs, sleepMs, prepareMs (take, decode, fold), storeMs (memcached, marks, acks), busyMs, memcachedApplyMs, … */
   breakdown: Record<string, number>;
   eventsPerSecondWall: number;
   eventsPerSecondBusy: number | null;
