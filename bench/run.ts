@@ -542,6 +542,10 @@ async function main(): Promise<number> {
 
     const targets = judge(workloads, statsd?.runs ?? [], cost);
     if (memory) targets.push(memoryTarget(memory));
+    if (opts.quick) {
+      // 100k–200k events are a few dozen jobs: start-up and the last partial fold dominate, so the rates say nothing.
+      for (const t of targets) if (/^(end to end|speed-up|flush rows)/.test(t.name)) Object.assign(t, { pass: null, note: 'quick mode: too short to judge a rate' });
+    }
     const failures = [
       ...workloads.flatMap((w) => w.runs.flatMap((r) => [
         ...r.problems.map((p) => `${w.spec.name} run ${r.run}: ${p}`),
