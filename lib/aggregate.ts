@@ -8,7 +8,7 @@
  * the first time becomes an object. Larger user ids take a string-keyed map.
  */
 import type { ActionId, EventColumns, LogEvent, UserId } from './event.ts';
-import { sliceOf, type SliceId } from './slice.ts';
+import { guardedSlice, sliceOf, type SliceId } from './slice.ts';
 
 export interface PairDelta {
   slice: SliceId;
@@ -70,11 +70,11 @@ export class Deltas {
     return n;
   }
 
-  /** The slice guard (slice.ts writeSlice), inlined: it runs for every event. */
+  /** The slice guard (slice.ts), counting what it moves as late. */
   private targetSlice(eventSlice: SliceId, current: SliceId): SliceId {
-    if (eventSlice === current || eventSlice === current - 1) return eventSlice;
-    this.late.set(current, (this.late.get(current) ?? 0) + 1);
-    return current;
+    const slice = guardedSlice(eventSlice, current);
+    if (slice !== eventSlice) this.late.set(slice, (this.late.get(slice) ?? 0) + 1);
+    return slice;
   }
 
   private addNumeric(slice: SliceId, user: number, actionId: ActionId, value: number): void {

@@ -21,8 +21,13 @@ export function sliceStartMs(slice: SliceId, sliceSeconds: number): number {
  * into the current slice and are reported as late.
  */
 export function writeSlice(eventSlice: SliceId, current: SliceId): { slice: SliceId; late: boolean } {
-  if (eventSlice === current || eventSlice === current - 1) return { slice: eventSlice, late: false };
-  return { slice: current, late: true };
+  const slice = guardedSlice(eventSlice, current);
+  return { slice, late: slice !== eventSlice };
+}
+
+/** The guard's slice alone (late ⇔ it differs from `eventSlice`): allocation-free, for the per-event fold. */
+export function guardedSlice(eventSlice: SliceId, current: SliceId): SliceId {
+  return eventSlice === current || eventSlice === current - 1 ? eventSlice : current;
 }
 
 /**
