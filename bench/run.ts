@@ -30,7 +30,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadConfig, type Config } from '../lib/config.ts';
+import { loadConfig, type Config } from '../lib/base/config.ts';
 import { Progress } from './progress.ts';
 import {
   atLeast, below, fmt, rssGrowth, spread, spreadCells, table, thin,

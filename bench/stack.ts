@@ -10,11 +10,12 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import mysql from 'mysql2';
-import type { Config } from '../lib/config.ts';
-import { GearmanConnection } from '../lib/gearman.ts';
-import { MemcacheConnection } from '../lib/memcache.ts';
-import { FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE } from '../lib/worker.ts';
+import type { Config } from '../lib/base/config.ts';
+import { GearmanConnection } from '../lib/wire/gearman.ts';
+import { MemcacheConnection } from '../lib/wire/memcache.ts';
+import { FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE } from '../lib/domain/contract.ts';
 import { pairKey, type Expected } from './workloads.ts';
+import { purgeQueues } from '../lib/pipeline/queues.ts';
 
 export const REPO = resolve(import.meta.dirname, '..');
 
@@ -105,19 +106,7 @@ export async function machine(cfg: Config): Promise<Machine> {
 }
 
 /** Completes every queued job without doing it: leftovers of an aborted run, or the client-cost events. */
-export async function drainQueue(cfg: Config): Promise<number> {
-  let drained = 0;
-  for (const server of cfg.gearmanServers) {
-    const conn = await GearmanConnection.connect(server);
-    for (const fn of [FN_BATCH, FN_LOG_SIMPLE, FN_DEAD_LETTER]) conn.canDo(fn);
-    for (let job = await conn.grab(); job !== null; job = await conn.grab()) {
-      conn.complete(job.handle);
-      drained++;
-    }
-    conn.close();
-  }
-  return drained;
-}
+export const drainQueue = (cfg: Config): Promise<number> => purgeQueues(cfg.gearmanServers);
 
 /**
  * Empties the bench memcached between runs. Each run has its own key prefix

@@ -57,17 +57,8 @@ export interface Workload {
   offsetMs: Uint32Array;
 }
 
-/** mulberry32: tiny, fast, and good enough for load generation; same seed, same stream. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from '../lib/base/prng.ts';
+export { prng };
 
 /**
  * Zipf(n, s) sampler: the CDF is computed once (O(n)), each draw is one binary

@@ -1,12 +1,10 @@
-// EventBridge schedule: the event's `time` is "now". By hand: {"now": "<ISO-8601>"} or nothing.
-import { flush } from '../lib/flush.ts';
+// EventBridge schedule: the event's `time` is "now". By hand: {"now": "<ISO-8601>", "force": true?} or nothing.
+import { checkFlushTime } from '../lib/pipeline/flush.ts';
 import { getRuntime } from './runtime.ts';
 
-export async function handler(event: { time?: string; now?: string } | null) {
-  const rt = getRuntime();
+export async function handler(event: { time?: string; now?: string; force?: boolean } | null) {
   const given = event?.now ?? event?.time;
   const now = given === undefined ? new Date() : new Date(given);
-  if (Number.isNaN(now.getTime())) throw new Error(`now: ${JSON.stringify(given)} is not an ISO-8601 time`);
-  const { config: c, ring, store, log } = rt;
-  return flush({ ring, store, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices, log }, now);
+  checkFlushTime(now, Date.now(), event?.force === true);
+  return getRuntime().flush(now);
 }

@@ -1,5 +1,5 @@
 // One Runtime per Lambda container, built from the environment at cold start.
-import { loadConfig } from '../lib/config.ts';
+import { loadConfig } from '../lib/base/config.ts';
 import { Runtime } from '../lib/runtime.ts';
 
 let runtime: Runtime | undefined;

@@ -1,5 +1,5 @@
 // The package's public surface: the client SDK and the types it speaks.
-export { OffLogClient, type OffLogClientOptions, type LogOptions, type ClientStats } from './client.ts';
-export { loadConfig, type Config } from './config.ts';
-export { InputError, ConfigError, GearmanUnavailableError } from './errors.ts';
-export type { LogEvent, UserId, ActionId } from './event.ts';
+export { OffLogClient, type OffLogClientOptions, type LogOptions, type ClientStats } from './pipeline/client.ts';
+export { loadConfig, type Config } from './base/config.ts';
+export { InputError, ConfigError, GearmanUnavailableError } from './base/errors.ts';
+export type { LogEvent, UserId, ActionId } from './domain/contract.ts';

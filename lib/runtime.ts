@@ -1,12 +1,16 @@
 /**
- * Builds the long-lived parts from a Config, once per process (a Lambda
- * container reuses them across invocations), each created on first use.
+ * The wiring: builds the long-lived parts from a Config once per process (a
+ * Lambda container reuses them across invocations), each on first use, and
+ * is the one place that knows what the worker and the flush are made of.
+ * Handlers, the CLI and the tests all get them from here.
  */
-import { OffLogClient } from './client.ts';
-import type { Config } from './config.ts';
-import { createLogger, type Logger } from './log.ts';
-import { Ring } from './ring.ts';
-import { Store } from './store.ts';
+import type { Config } from './base/config.ts';
+import { createLogger, type Logger } from './base/log.ts';
+import { OffLogClient } from './pipeline/client.ts';
+import { flush, type FlushDeps, type FlushResult } from './pipeline/flush.ts';
+import { Ring } from './pipeline/ring.ts';
+import { Store } from './pipeline/store.ts';
+import { Worker, type WorkerDeps, type WorkerOptions } from './pipeline/worker.ts';
 
 export class Runtime {
   readonly log: Logger;
@@ -20,7 +24,9 @@ export class Runtime {
 
   get ring(): Ring {
     const c = this.config;
-    return (this.ring_ ??= new Ring({ servers: c.memcachedServers, keyPrefix: c.keyPrefix, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices }));
+    return (this.ring_ ??= new Ring({
+      servers: c.memcachedServers, previousServers: c.previousMemcachedServers, keyPrefix: c.keyPrefix, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices,
+    }));
   }
 
   get store(): Store {
@@ -29,6 +35,22 @@ export class Runtime {
 
   get client(): OffLogClient {
     return (this.client_ ??= new OffLogClient({ servers: this.config.gearmanServers, logger: this.log }));
+  }
+
+  /** A worker on this runtime's ring and Gearman servers; `deps` overrides (a test's clock, say). */
+  worker(options: WorkerOptions = {}, deps: Partial<WorkerDeps> = {}): Worker {
+    const c = this.config;
+    return new Worker({ gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring: this.ring, log: this.log, ...deps }, options);
+  }
+
+  get flushDeps(): FlushDeps {
+    const c = this.config;
+    return { ring: this.ring, store: this.store, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices, log: this.log };
+  }
+
+  /** Flushes every finished slice as of `now`. */
+  flush(now: Date, options: { lockWaitSeconds?: number } = {}): Promise<FlushResult> {
+    return flush(this.flushDeps, now, options);
   }
 
   async close(): Promise<void> {

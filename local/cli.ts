@@ -1,25 +1,26 @@
 /**
  * `offlog` — the operator's command line.
  *   offlog services up|down|status     local gearmand, memcached, MariaDB (native, loopback)
- *   offlog migrate                     create the tables (idempotent)
+ *   offlog migrate                     apply the schema migrations not applied yet
  *   offlog worker [--until-idle]       run a worker (long-lived unless --until-idle)
- *   offlog flush [--now ISO-8601]      flush finished slices to MySQL
+ *   offlog flush [--now ISO-8601 [--force]]  flush finished slices to MySQL (a --now ahead of the clock needs --force)
  *   offlog status                      queues, ring, watermark and lag
  *   offlog deadletters [--limit N]     move dead letters into MySQL and show the latest
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { loadConfig } from '../lib/config.ts';
-import { ConfigError } from '../lib/errors.ts';
-import { drainDeadLetters } from '../lib/deadletter.ts';
-import { flush } from '../lib/flush.ts';
-import { adminStatus, label } from '../lib/gearman.ts';
+import { loadConfig } from '../lib/base/config.ts';
+import { ConfigError } from '../lib/base/errors.ts';
+import { drainDeadLetters } from '../lib/pipeline/deadletter.ts';
+import { checkFlushTime } from '../lib/pipeline/flush.ts';
+import { adminStatus } from '../lib/wire/gearman.ts';
+import { label } from '../lib/base/config.ts';
 import { Runtime } from '../lib/runtime.ts';
-import { sliceOf, sliceStartMs, type SliceId } from '../lib/slice.ts';
-import { Worker } from '../lib/worker.ts';
+import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
+import { FlushClockError } from '../lib/base/errors.ts';
 
-const USAGE = `usage: offlog services up|down|status | migrate | worker [--until-idle] | flush [--now ISO-8601] | status | deadletters [--limit N]`;
+const USAGE = `usage: offlog services up|down|status | migrate | worker [--until-idle] | flush [--now ISO-8601 [--force]] | status | deadletters [--limit N]`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -29,7 +30,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const { values } = parseArgs({
     args: rest,
-    options: { 'until-idle': { type: 'boolean' }, now: { type: 'string' }, limit: { type: 'string' } },
+    options: { 'until-idle': { type: 'boolean' }, now: { type: 'string' }, force: { type: 'boolean' }, limit: { type: 'string' } },
     strict: true,
   });
   const rt = new Runtime(loadConfig(process.env));
@@ -37,11 +38,10 @@ async function main(argv: string[]): Promise<number> {
   try {
     switch (command) {
       case 'migrate':
-        await rt.store.migrate();
-        rt.log.info({ tablePrefix: c.tablePrefix }, 'migrations applied');
+        rt.log.info({ tablePrefix: c.tablePrefix, applied: await rt.store.migrate() }, 'schema up to date');
         return 0;
       case 'worker': {
-        const worker = new Worker({ gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring: rt.ring, log: rt.log });
+        const worker = rt.worker();
         for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.stop());
         print(await worker.run({ idle: values['until-idle'] === true }));
         return 0;
@@ -49,7 +49,8 @@ async function main(argv: string[]): Promise<number> {
       case 'flush': {
         const now = values.now === undefined ? new Date() : new Date(values.now);
         if (Number.isNaN(now.getTime())) throw new ConfigError(`--now: ${JSON.stringify(values.now)} is not an ISO-8601 time`);
-        const result = await flush({ ring: rt.ring, store: rt.store, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices, log: rt.log }, now);
+        checkFlushTime(now, Date.now(), values.force === true);
+        const result = await rt.flush(now);
         print(result);
         return result.ran ? 0 : 75; // EX_TEMPFAIL: another flush held the lock
       }
@@ -71,6 +72,8 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+const STATUS_BATCH_PAIRS = 5000;
+
 async function status(rt: Runtime) {
   const c = rt.config;
   const now = Date.now();
@@ -89,8 +92,14 @@ async function status(rt: Runtime) {
     memcached = await rt.ring.bootTimes();
     const current = sliceOf(now, c.sliceSeconds);
     for (let s = current - c.ringSlices + 1; s <= current; s++) {
-      const contents = await rt.ring.read(s as SliceId);
-      slices.push({ slice: s, start: new Date(sliceStartMs(s as SliceId, c.sliceSeconds)).toISOString(), pairs: contents.rows.length, events: contents.events?.toString() ?? '0', late: contents.late.toString(), pairsMissing: contents.missingPairs });
+      // Streamed a batch at a time and only counted: memory stays at one batch whatever the slice's size.
+      const reader = await rt.ring.openSlice(s as SliceId, STATUS_BATCH_PAIRS);
+      while ((await reader.next()) !== null);
+      const t = reader.totals();
+      slices.push({
+        slice: s, start: new Date(sliceStartMs(s as SliceId, c.sliceSeconds)).toISOString(), pairs: t.rows, events: t.events?.toString() ?? '0',
+        late: t.late.toString(), pairsMissing: t.missingPairs, sumsSaturated: t.saturated.toString(), corrupt: t.corrupt,
+      });
     }
   } catch (err) {
     memcached = { error: (err as Error).message };
@@ -115,7 +124,8 @@ const print = (value: unknown): void => {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: Error) => {
-    process.stderr.write(`offlog: ${err instanceof ConfigError ? err.message : err.stack ?? err.message}\n`);
-    process.exit(err instanceof ConfigError ? 78 : 1);
+    const plain = err instanceof ConfigError || err instanceof FlushClockError;
+    process.stderr.write(`offlog: ${plain ? err.message : err.stack ?? err.message}\n`);
+    process.exit(plain ? 78 : 1);
   },
 );

@@ -339,8 +339,8 @@ mysql_provision() {
 CREATE DATABASE IF NOT EXISTS offlog CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
 CREATE USER IF NOT EXISTS 'offlog'@'127.0.0.1' IDENTIFIED BY 'offlog';
 CREATE USER IF NOT EXISTS 'offlog'@'localhost' IDENTIFIED BY 'offlog';
-GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON offlog.* TO 'offlog'@'127.0.0.1';
-GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON offlog.* TO 'offlog'@'localhost';
+GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP ON offlog.* TO 'offlog'@'127.0.0.1';
+GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP ON offlog.* TO 'offlog'@'localhost';
 SQL
 }
 

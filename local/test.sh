@@ -4,10 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d node_modules ] || npm install
+gearman_port=${OFFLOG_TEST_GEARMAN_PORT:-4740}
+memcached_port=${OFFLOG_TEST_MEMCACHED_PORT:-11221}
+mysql_port=${OFFLOG_TEST_MYSQL_PORT:-3316}
+# The tests must not depend on the caller's shell: every OFFLOG_* it exported is dropped here.
+for v in $(compgen -e | grep '^OFFLOG_' || true); do unset "$v"; done
 export OFFLOG_DATA_DIR="$PWD/.data/test"
-export OFFLOG_GEARMAN_PORT=${OFFLOG_TEST_GEARMAN_PORT:-4740}
-export OFFLOG_MEMCACHED_PORT=${OFFLOG_TEST_MEMCACHED_PORT:-11221}
-export OFFLOG_MYSQL_PORT=${OFFLOG_TEST_MYSQL_PORT:-3316}
+export OFFLOG_GEARMAN_PORT=$gearman_port
+export OFFLOG_MEMCACHED_PORT=$memcached_port
+export OFFLOG_MYSQL_PORT=$mysql_port
 export OFFLOG_GEARMAN_SERVERS="127.0.0.1:$OFFLOG_GEARMAN_PORT"
 export OFFLOG_MEMCACHED_SERVERS="127.0.0.1:$OFFLOG_MEMCACHED_PORT"
 export OFFLOG_MYSQL_URL="mysql://offlog:offlog@127.0.0.1:$OFFLOG_MYSQL_PORT/offlog"

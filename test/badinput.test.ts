@@ -19,16 +19,17 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
-import type { Config } from '../lib/config.ts';
-import { drainDeadLetters } from '../lib/deadletter.ts';
-import { InputError } from '../lib/errors.ts';
-import { decodeBatch, encodeBatch, MAX_U64, parseBody, parseLogSimple, parseUserId, type LogEvent } from '../lib/event.ts';
-import { flush } from '../lib/flush.ts';
-import { GearmanConnection } from '../lib/gearman.ts';
-import { ingest } from '../lib/ingest.ts';
+import type { Config } from '../lib/base/config.ts';
+import { drainDeadLetters } from '../lib/pipeline/deadletter.ts';
+import { InputError } from '../lib/base/errors.ts';
+import { decodeBatch, encodeBatch, MAX_U64, parseBody, parseLogSimple, parseUserId, type LogEvent } from '../lib/domain/contract.ts';
+import { flush } from '../lib/pipeline/flush.ts';
+import { GearmanConnection } from '../lib/wire/gearman.ts';
+import { ingest } from '../lib/pipeline/ingest.ts';
 import type { Runtime } from '../lib/runtime.ts';
-import { sliceOf, type SliceId } from '../lib/slice.ts';
-import { FN_BATCH, FN_LOG_SIMPLE, Worker, type WorkerOptions } from '../lib/worker.ts';
+import { sliceOf, type SliceId } from '../lib/domain/slice.ts';
+import { FN_BATCH, FN_LOG_SIMPLE } from '../lib/domain/contract.ts';
+import { Worker, type WorkerOptions } from '../lib/pipeline/worker.ts';
 import { drainQueues, Expected, futureSlice, prng, readCounts, startOf, testConfig, testRuntime } from './support.ts';
 
 const SLICE = 600;
@@ -75,13 +76,13 @@ async function post(
 }
 
 async function runWorker(rt: Runtime, options: WorkerOptions = {}): Promise<Worker> {
-  const worker = new Worker({ gearmanServers: rt.config.gearmanServers, sliceSeconds: SLICE, ring: rt.ring, log: rt.log, now: () => workerNow }, options);
+  const worker = rt.worker(options, { now: () => workerNow });
   await worker.run({ idle: true });
   return worker;
 }
 
 async function flushAndRead(rt: Runtime): Promise<Map<string, [string, string]>> {
-  const result = await flush({ ring: rt.ring, store: rt.store, sliceSeconds: SLICE, ringSlices: rt.config.ringSlices, log: rt.log }, flushNow);
+  const result = await rt.flush(flushNow);
   assert.equal(result.ran, true);
   for (const s of result.slices) assert.equal(s.status, 'flushed', `slice ${s.sliceStart}: ${s.note}`);
   return readCounts(rt);

@@ -4,13 +4,15 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { OffLogClient } from '../lib/client.ts';
-import type { HostPort } from '../lib/config.ts';
-import { decodeBatch } from '../lib/event.ts';
-import { flush } from '../lib/flush.ts';
-import { GearmanConnection } from '../lib/gearman.ts';
-import type { SliceId } from '../lib/slice.ts';
-import { FN_BATCH, Worker } from '../lib/worker.ts';
+import { OffLogClient } from '../lib/pipeline/client.ts';
+import type { HostPort } from '../lib/base/config.ts';
+import { decodeBatch } from '../lib/domain/contract.ts';
+import { InputError } from '../lib/base/errors.ts';
+import { flush } from '../lib/pipeline/flush.ts';
+import { GearmanConnection } from '../lib/wire/gearman.ts';
+import type { SliceId } from '../lib/domain/slice.ts';
+import { FN_BATCH } from '../lib/domain/contract.ts';
+import { Worker } from '../lib/pipeline/worker.ts';
 import { gearmand } from './daemons.ts';
 import { drainQueues, Expected, futureSlice, prng, readCounts, startOf, testRuntime } from './support.ts';
 
@@ -45,19 +47,19 @@ test('200,000 events through the client, the worker and the flush: exact totals'
   }
   const stats = await client.close({ timeoutMs: 60_000 });
   assert.deepEqual([stats.accepted, stats.acknowledged, stats.dropped, stats.buffered], [200_000, 200_000, 0, 0]);
-  const worker = new Worker({ gearmanServers: rt.config.gearmanServers, sliceSeconds: SLICE, ring: rt.ring, log: rt.log, now: () => at });
+  const worker = rt.worker({}, { now: () => at });
   await worker.run({ idle: true });
   assert.equal(worker.stats.events, 200_000);
   assert.ok(worker.stats.jobs <= 200_000 / 500 + 5, `one job per batch, not per event (${worker.stats.jobs} jobs)`);
-  await flush({ ring: rt.ring, store: rt.store, sliceSeconds: SLICE, ringSlices: rt.config.ringSlices, log: rt.log }, flushNow);
+  await rt.flush(flushNow);
   assert.deepEqual(await readCounts(rt), expected.asStrings());
 });
 
-test('gearmand down: log() keeps returning at once; once it is back every event arrives exactly once', async () => {
-  const g = gearmand(4761);
+test('gearmand down: log() keeps returning at once; once it is back every event arrives exactly once', async (t) => {
+  const g = await gearmand(t);
   const { rt: mine } = isolate();
   await mine.store.migrate();
-  const client = new OffLogClient({ servers: [local(4761)] });
+  const client = new OffLogClient({ servers: [local(g.port)] });
   const expected = new Expected();
   let slowest = 0n;
   for (let i = 0; i < 30_000; i++) {
@@ -87,21 +89,21 @@ test('gearmand down: log() keeps returning at once; once it is back every event 
   assert.equal(stats.dropped, 0);
   assert.ok(stats.reconnects >= 1, 'reconnected by itself');
 
-  const worker = new Worker({ gearmanServers: [local(4761)], sliceSeconds: SLICE, ring: mine.ring, log: mine.log, now: () => at });
+  const worker = mine.worker({}, { gearmanServers: [local(g.port)], now: () => at });
   await worker.run({ idle: true });
-  await flush({ ring: mine.ring, store: mine.store, sliceSeconds: SLICE, ringSlices: 6, log: mine.log }, flushNow);
+  await mine.flush(flushNow);
   assert.deepEqual(await readCounts(mine), expected.asStrings());
   await g.kill();
   await mine.close();
 });
 
-test('two gearmand servers, one killed mid-stream: every event counted exactly once', async () => {
-  const g1 = gearmand(4762);
-  const g2 = gearmand(4763);
+test('two gearmand servers, one killed mid-stream: every event counted exactly once', async (t) => {
+  const g1 = await gearmand(t);
+  const g2 = await gearmand(t);
   await Promise.all([g1.start(), g2.start()]);
   const { rt: mine } = isolate();
   await mine.store.migrate();
-  const client = new OffLogClient({ servers: [local(4762), local(4763)], batchSize: 200 });
+  const client = new OffLogClient({ servers: [local(g1.port), local(g2.port)], batchSize: 200 });
   const expected = new Expected();
   for (let i = 0; i < 100_000; i++) {
     client.log(i % 997, 1 + (i % 3), { at, value: i % 5 });
@@ -115,22 +117,22 @@ test('two gearmand servers, one killed mid-stream: every event counted exactly o
   assert.equal(await client.flush({ timeoutMs: 30_000 }), true);
   const stats = await client.close();
   assert.equal(stats.acknowledged, 100_000);
-  assert.ok(stats.servers['127.0.0.1:4763']!.acknowledgedJobs > 0);
+  assert.ok(stats.servers[`127.0.0.1:${g2.port}`]!.acknowledgedJobs > 0);
   // What g1 acknowledged before it died is in its queue file: bring it back so the worker can take it.
   await g1.start();
-  const worker = new Worker({ gearmanServers: [local(4762), local(4763)], sliceSeconds: SLICE, ring: mine.ring, log: mine.log, now: () => at });
+  const worker = mine.worker({}, { gearmanServers: [local(g1.port), local(g2.port)], now: () => at });
   await worker.run({ idle: true });
-  await flush({ ring: mine.ring, store: mine.store, sliceSeconds: SLICE, ringSlices: 6, log: mine.log }, flushNow);
+  await mine.flush(flushNow);
   assert.deepEqual(await readCounts(mine), expected.asStrings());
   await Promise.all([g1.kill(), g2.kill()]);
   await mine.close();
 });
 
-test('memory bound with no server up: the oldest are dropped and counted, nothing else is lost', async () => {
-  const g = gearmand(4764);
+test('memory bound with no server up: the oldest are dropped and counted, nothing else is lost', async (t) => {
+  const g = await gearmand(t);
   const { rt: mine } = isolate();
   await mine.store.migrate();
-  const client = new OffLogClient({ servers: [local(4764)], batchSize: 500, maxBufferedEvents: 10_000 });
+  const client = new OffLogClient({ servers: [local(g.port)], batchSize: 500, maxBufferedEvents: 10_000 });
   const logged = 100_000;
   for (let i = 0; i < logged; i++) client.log(i, 1, { at });
   await new Promise((r) => setTimeout(r, 50));
@@ -143,9 +145,9 @@ test('memory bound with no server up: the oldest are dropped and counted, nothin
   const kept = s.buffered;
   const stats = await client.close({ timeoutMs: 30_000 });
   assert.equal(stats.acknowledged, kept);
-  const worker = new Worker({ gearmanServers: [local(4764)], sliceSeconds: SLICE, ring: mine.ring, log: mine.log, now: () => at });
+  const worker = mine.worker({}, { gearmanServers: [local(g.port)], now: () => at });
   await worker.run({ idle: true });
-  await flush({ ring: mine.ring, store: mine.store, sliceSeconds: SLICE, ringSlices: 6, log: mine.log }, flushNow);
+  await mine.flush(flushNow);
   const expected = new Expected();
   for (let i = logged - kept; i < logged; i++) expected.add(startOf(base, SLICE), i, 1);
   assert.deepEqual(await readCounts(mine), expected.asStrings(), 'exactly the newest events survive');
@@ -153,15 +155,15 @@ test('memory bound with no server up: the oldest are dropped and counted, nothin
   await mine.close();
 });
 
-test('logErrorReturn goes out at high priority, ahead of queued work', async () => {
-  const g = gearmand(4765);
+test('logErrorReturn goes out at high priority, ahead of queued work', async (t) => {
+  const g = await gearmand(t);
   await g.start();
-  const client = new OffLogClient({ servers: [local(4765)], batchSize: 100 });
+  const client = new OffLogClient({ servers: [local(g.port)], batchSize: 100 });
   for (let i = 0; i < 1000; i++) client.logSimpleAction(1, 1);
   await client.flush();
   client.logErrorReturn(666, 500, 'checkout failed');
   await client.close();
-  const conn = await GearmanConnection.connect(local(4765));
+  const conn = await GearmanConnection.connect(local(g.port));
   conn.canDo(FN_BATCH);
   const first = await conn.grab();
   assert.ok(first);
@@ -172,12 +174,42 @@ test('logErrorReturn goes out at high priority, ahead of queued work', async () 
 
 test('invalid arguments throw a TypeError naming the argument', () => {
   const client = new OffLogClient({ servers: [local(1)] });
-  assert.throws(() => client.log(-1, 1), /^TypeError: userId: must be an unsigned 64-bit integer/);
-  assert.throws(() => client.log('1 2', 1), /userId/);
-  assert.throws(() => client.log(1, 0), /^TypeError: actionId: must be an integer from 1 to 65535, got 0/);
-  assert.throws(() => client.log(1, 1, { value: 1.5 }), /^TypeError: value/);
-  assert.throws(() => client.log(1, 1, { at: Number.NaN }), /^TypeError: at/);
-  assert.throws(() => client.log(1, 1, { payload: 'x'.repeat(5000) }), /^TypeError: payload/);
+  const refuses = (f: () => void, field: RegExp) =>
+    assert.throws(f, (err: unknown) => err instanceof TypeError && err instanceof InputError && field.test(`${err.field}: ${err.rule}`));
+  refuses(() => client.log(-1, 1), /^userId: must be an unsigned 64-bit integer/);
+  refuses(() => client.log('1 2', 1), /^userId/);
+  refuses(() => client.log(1, 0), /^actionId: must be an integer from 1 to 65535, got 0/);
+  refuses(() => client.log(1, 1, { value: 1.5 }), /^value/);
+  refuses(() => client.log(1, 1, { at: Number.NaN }), /^at/);
+  refuses(() => client.log(1, 1, { payload: 'x'.repeat(5000) }), /^payload/);
   assert.equal(client.stats().accepted, 0);
+  void client.close();
+});
+
+test('the client refuses exactly what the worker would: one contract for both', () => {
+  const client = new OffLogClient({ servers: [local(1)] });
+  const year3000 = Date.UTC(3000, 0, 1);
+  // Once this passed the client and poisoned a whole batch of 5,000 good events at the worker.
+  assert.throws(() => client.log(1, 1, { at: year3000 }), /^InputError: at:/);
+  assert.throws(() => client.log(1, 1, { at: new Date(year3000) }), /^InputError: at:/);
+  const cases: [unknown, unknown, unknown, unknown][] = [
+    [1, 1, 0, 0], [0, 65535, Number.MAX_SAFE_INTEGER, year3000 - 1], ['18446744073709551615', 1, 0, 5], ['18446744073709551616', 1, 0, 5],
+    [1, 1, 0, year3000], [1, 1, 0, -1], [1, 1, 0, 1.5], [1, 1, -1, 0], [1, 1, 2 ** 53, 0], [1, 0, 0, 0], [1, 65536, 0, 0], [-1, 1, 0, 0], [2 ** 53, 1, 0, 0],
+  ];
+  for (const [u, a, v, at] of cases) {
+    let clientOk = true;
+    try {
+      client.log(u as number, a as number, { value: v as number, at: at as number });
+    } catch {
+      clientOk = false;
+    }
+    let workerOk = true;
+    try {
+      decodeBatch(Buffer.from(JSON.stringify({ v: 1, e: [[u, a, v, at]] })), 0);
+    } catch {
+      workerOk = false;
+    }
+    assert.equal(clientOk, workerOk, `client ${clientOk ? 'accepts' : 'refuses'} but worker ${workerOk ? 'accepts' : 'refuses'} [${u}, ${a}, ${v}, ${at}]`);
+  }
   void client.close();
 });

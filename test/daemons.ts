@@ -1,30 +1,67 @@
 /**
- * Daemons a fault test owns: its own gearmand or memcached on a port of its
- * own, killed and restarted at will, and a TCP proxy to cut a connection to a
- * real server mid-stream. Only loopback; everything is stopped by PID.
+ * The one helper for daemons a test owns: its own gearmand or memcached on a
+ * free loopback port, killed and restarted at will, and a TCP proxy to cut a
+ * connection to a real server mid-stream.
+ *
+ * A daemon is stopped by PID when its test ends, pass or fail (`t.after`),
+ * and any still running when the process exits is killed then: a failed run
+ * must not leave a server for the next run to talk to. For the same reason a
+ * daemon refuses to start on a port something already listens on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { sleep } from '../lib/backoff.ts';
+import type { TestContext } from 'node:test';
+import { sleep } from '../lib/base/backoff.ts';
 
 const DATA = join(process.env.OFFLOG_DATA_DIR ?? '.data/test', 'faults');
+
+/** Every child started here and not yet reaped: killed on exit whatever happened. */
+const live = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of live) c.kill('SIGKILL');
+});
+
+/** A port nothing listens on now (the kernel's pick). */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+export async function portInUse(port: number): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port }, () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.on('error', () => resolve(false));
+  });
+}
 
 export class Daemon {
   private child: ChildProcess | undefined;
   constructor(readonly name: string, readonly port: number, private readonly argv: () => string[]) {}
 
   async start(): Promise<void> {
+    if (await portInUse(this.port)) {
+      throw new Error(`${this.name}: port ${this.port} is already in use; an orphan from an earlier run? (ss -ltnp 'sport = :${this.port}' names it)`);
+    }
     const [cmd, ...args] = this.argv();
-    this.child = spawn(cmd!, args, { stdio: 'ignore' });
+    const child = spawn(cmd!, args, { stdio: 'ignore' });
+    this.child = child;
+    live.add(child);
+    child.once('exit', () => live.delete(child));
     await waitForPort(this.port, `${this.name} on ${this.port}`);
   }
 
   /** SIGKILL: no chance to tidy up, like a crash. */
   async kill(): Promise<void> {
     const c = this.child;
-    if (!c || c.exitCode !== null) return;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
     const exited = new Promise((r) => c.once('exit', r));
     c.kill('SIGKILL');
     await exited;
@@ -36,45 +73,52 @@ export class Daemon {
   }
 }
 
-export function gearmand(port: number): Daemon {
+/** A gearmand of the test's own (persistent sqlite queue), on a free port; stopped when the test ends. */
+export async function gearmand(t: TestContext): Promise<Daemon> {
+  const port = await freePort();
   const dir = join(DATA, `gearmand-${port}`);
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'empty.conf'), '');
-  return new Daemon('gearmand', port, () => [
+  const d = new Daemon('gearmand', port, () => [
     'gearmand', `--config-file=${join(dir, 'empty.conf')}`, '--listen=127.0.0.1', `--port=${port}`,
     '--queue-type=libsqlite3', `--libsqlite3-db=${join(dir, 'queue.sqlite')}`, '--hashtable-buckets=100003',
     '--log-file=stderr', '--verbose=ERROR',
   ]);
+  t.after(() => d.kill());
+  return d;
 }
 
-export function memcached(port: number): Daemon {
-  return new Daemon('memcached', port, () => ['memcached', '-u', 'root', '-l', '127.0.0.1', '-p', String(port), '-U', '0', '-m', '256']);
+/** A memcached of the test's own, on a free port; stopped when the test ends. */
+export async function memcached(t: TestContext): Promise<Daemon> {
+  const port = await freePort();
+  const d = new Daemon('memcached', port, () => ['memcached', '-u', 'root', '-l', '127.0.0.1', '-p', String(port), '-U', '0', '-m', '256']);
+  t.after(() => d.kill());
+  return d;
 }
 
 export async function waitForPort(port: number, what: string, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect({ host: '127.0.0.1', port }, () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
+  while (!(await portInUse(port))) {
     if (Date.now() > deadline) throw new Error(`${what} did not start within ${timeoutMs} ms`);
     await sleep(50);
   }
 }
 
-/** A TCP proxy in front of a real server: `cut()` drops every connection and refuses new ones until `heal()`. */
+/** A TCP proxy on a free port in front of a real server: `cut()` drops every connection and refuses new ones until `heal()`. */
 export class Proxy {
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
-  constructor(readonly port: number, private readonly target: number) {}
+  private constructor(readonly port: number, private readonly target: number) {}
 
-  async start(): Promise<void> {
+  static async start(t: TestContext, target: number): Promise<Proxy> {
+    const p = new Proxy(await freePort(), target);
+    await p.start();
+    t.after(() => p.cut());
+    return p;
+  }
+
+  private async start(): Promise<void> {
     this.server = net.createServer((client) => {
       const upstream = net.connect({ host: '127.0.0.1', port: this.target });
       for (const s of [client, upstream]) {

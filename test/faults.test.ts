@@ -8,16 +8,17 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
-import { sleep } from '../lib/backoff.ts';
-import { OffLogClient } from '../lib/client.ts';
-import type { HostPort } from '../lib/config.ts';
-import { flush } from '../lib/flush.ts';
-import { adminStatus } from '../lib/gearman.ts';
-import { ingest } from '../lib/ingest.ts';
-import { Ring } from '../lib/ring.ts';
-import { sliceOf, sliceStartMs, type SliceId } from '../lib/slice.ts';
-import { Store } from '../lib/store.ts';
-import { DEFAULT_MAX_JOBS_PER_FOLD, FN_BATCH, Worker } from '../lib/worker.ts';
+import { sleep } from '../lib/base/backoff.ts';
+import { OffLogClient } from '../lib/pipeline/client.ts';
+import type { HostPort } from '../lib/base/config.ts';
+import { flush } from '../lib/pipeline/flush.ts';
+import { adminStatus } from '../lib/wire/gearman.ts';
+import { ingest } from '../lib/pipeline/ingest.ts';
+import { Ring } from '../lib/pipeline/ring.ts';
+import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
+import { Store } from '../lib/pipeline/store.ts';
+import { FN_BATCH } from '../lib/domain/contract.ts';
+import { DEFAULT_MAX_JOBS_PER_FOLD, Worker } from '../lib/pipeline/worker.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import { gearmand, memcached, Proxy } from './daemons.ts';
 import { drainQueues, Expected, futureSlice, readCounts, startOf, testRuntime } from './support.ts';
@@ -30,9 +31,9 @@ function fresh(overrides: Record<string, string> = {}): Runtime {
   runtimes.push(rt);
   return rt;
 }
-const flushDeps = (rt: Runtime, ring = rt.ring, store = rt.store) => ({ ring, store, sliceSeconds: rt.config.sliceSeconds, ringSlices: rt.config.ringSlices, log: rt.log });
-const worker = (rt: Runtime, servers: HostPort[], now?: () => number, ring = rt.ring) =>
-  new Worker({ gearmanServers: servers, sliceSeconds: rt.config.sliceSeconds, ring, log: rt.log, ...(now ? { now } : {}) });
+// A fault test swaps one part (a ring behind a proxy, a second store) and keeps the rest of its runtime's wiring.
+const flushDeps = (rt: Runtime, ring = rt.ring, store = rt.store) => ({ ...rt.flushDeps, ring, store });
+const worker = (rt: Runtime, servers: HostPort[], now?: () => number, ring = rt.ring) => rt.worker({}, { gearmanServers: servers, ring, ...(now ? { now } : {}) });
 
 before(async () => {
   await drainQueues(fresh().config);
@@ -87,16 +88,16 @@ test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounde
   assert.equal(total, BigInt(events) + over);
 });
 
-test('gearmand restarted with jobs queued: the queue survives, the client and ingest reconnect', async () => {
-  const g = gearmand(4771);
+test('gearmand restarted with jobs queued: the queue survives, the client and ingest reconnect', async (t) => {
+  const g = await gearmand(t);
   await g.start();
-  const rt = fresh({ OFFLOG_GEARMAN_SERVERS: '127.0.0.1:4771' });
+  const rt = fresh({ OFFLOG_GEARMAN_SERVERS: `127.0.0.1:${g.port}` });
   await rt.store.migrate();
   const base = futureSlice(SLICE);
   const at = startOf(base, SLICE) + 10;
   const expected = new Expected();
   // 500-event jobs: the queue counts below are in jobs.
-  const client = new OffLogClient({ servers: [local(4771)], batchSize: 500 });
+  const client = new OffLogClient({ servers: [local(g.port)], batchSize: 500 });
   for (let i = 0; i < 50_000; i++) {
     client.log(i % 1000, 2, { at, value: 3 });
     expected.add(startOf(base, SLICE), i % 1000, 2, 3);
@@ -109,7 +110,7 @@ test('gearmand restarted with jobs queued: the queue survives, the client and in
   await g.kill();
   assert.equal((await post({ userId: 1, actionId: 1, at })).statusCode, 503, 'down: 503, nothing kept');
   await g.start();
-  assert.equal((await adminStatus(local(4771))).get(FN_BATCH)?.queued, 101, 'the persistent queue kept every job');
+  assert.equal((await adminStatus(local(g.port))).get(FN_BATCH)?.queued, 101, 'the persistent queue kept every job');
   for (let i = 0; i < 10_000; i++) {
     client.log(i % 10, 3, { at });
     expected.add(startOf(base, SLICE), i % 10, 3);
@@ -119,18 +120,17 @@ test('gearmand restarted with jobs queued: the queue survives, the client and in
   expected.add(startOf(base, SLICE), 1, 1);
   await client.close();
 
-  await worker(rt, [local(4771)], () => at).run({ idle: true });
+  await worker(rt, [local(g.port)], () => at).run({ idle: true });
   await flush(flushDeps(rt), new Date(startOf((base + 2) as SliceId, SLICE)));
   assert.deepEqual(await readCounts(rt), expected.asStrings());
   await g.kill();
 });
 
-test('memcached unreachable: the worker holds its jobs, retries, and resumes; totals exact', async () => {
+test('memcached unreachable: the worker holds its jobs, retries, and resumes; totals exact', async (t) => {
   const rt = fresh();
   await rt.store.migrate();
-  const proxy = new Proxy(11251, rt.config.memcachedServers[0]!.port);
-  await proxy.start();
-  const ring = new Ring({ servers: [local(11251)], keyPrefix: rt.config.keyPrefix, sliceSeconds: SLICE, ringSlices: 6, opTimeoutMs: 500 });
+  const proxy = await Proxy.start(t, rt.config.memcachedServers[0]!.port);
+  const ring = new Ring({ servers: [local(proxy.port)], keyPrefix: rt.config.keyPrefix, sliceSeconds: SLICE, ringSlices: 6, opTimeoutMs: 500 });
   const base = futureSlice(SLICE);
   const at = startOf(base, SLICE) + 10;
   const expected = new Expected();
@@ -165,10 +165,10 @@ test('memcached unreachable: the worker holds its jobs, retries, and resumes; to
   await proxy.cut();
 });
 
-test('memcached restarted: the flush reports the slice incomplete instead of writing it as whole', async () => {
-  const m = memcached(11252);
+test('memcached restarted: the flush reports the slice incomplete instead of writing it as whole', async (t) => {
+  const m = await memcached(t);
   await m.start();
-  const rt = fresh({ OFFLOG_MEMCACHED_SERVERS: '127.0.0.1:11252' });
+  const rt = fresh({ OFFLOG_MEMCACHED_SERVERS: `127.0.0.1:${m.port}` });
   await rt.store.migrate();
   const later = () => new Date(Date.now() + 3 * SLICE * 1000);
   await flush(flushDeps(rt), new Date()); // remembers which memcached it saw
@@ -194,12 +194,11 @@ test('memcached restarted: the flush reports the slice incomplete instead of wri
   await m.kill();
 });
 
-test('MySQL lost mid-flush: the watermark stays; the next flush catches up exactly once', async () => {
+test('MySQL lost mid-flush: the watermark stays; the next flush catches up exactly once', async (t) => {
   const rt = fresh();
   await rt.store.migrate();
-  const proxy = new Proxy(3346, Number(new URL(rt.config.mysqlUrl).port));
-  await proxy.start();
-  const store = new Store({ url: rt.config.mysqlUrl.replace(/:\d+\//, ':3346/'), tablePrefix: rt.config.tablePrefix });
+  const proxy = await Proxy.start(t, Number(new URL(rt.config.mysqlUrl).port));
+  const store = new Store({ url: rt.config.mysqlUrl.replace(/:\d+\//, `:${proxy.port}/`), tablePrefix: rt.config.tablePrefix });
   const base = futureSlice(SLICE);
   const expected = new Expected();
   const client = new OffLogClient({ servers: rt.config.gearmanServers });

@@ -1,10 +1,10 @@
 /** Pure logic of the flush's write path: no servers. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { PairSet } from '../lib/pairset.ts';
-import type { CountRows } from '../lib/ring.ts';
-import { sqlDateTime, StoreValueError, upsertCountsSql } from '../lib/store.ts';
-import { isU64Decimal, U64Sum } from '../lib/u64.ts';
+import { PairTable } from '../lib/domain/pairtable.ts';
+import type { CountRows } from '../lib/domain/counts.ts';
+import { sqlDateTime, StoreValueError, upsertCountsSql } from '../lib/pipeline/store.ts';
+import { isU64Decimal, U64Sum } from '../lib/domain/u64.ts';
 
 const MAX = '18446744073709551615';
 
@@ -30,9 +30,9 @@ describe('u64 decimals', () => {
   });
 });
 
-describe('PairSet', () => {
+describe('PairTable', () => {
   test('finds a pair added before, whichever half of the user id differs', () => {
-    const s = new PairSet(4);
+    const s = new PairTable(4);
     assert.equal(s.add(0, 1, 1), true);
     assert.equal(s.add(0, 1, 1), false);
     assert.equal(s.add(0, 1, 2), true);
@@ -42,13 +42,18 @@ describe('PairSet', () => {
     assert.equal(s.size, 4);
   });
   test('grows without losing pairs', () => {
-    const s = new PairSet(16);
+    const s = new PairTable(16);
     for (let i = 0; i < 50_000; i++) assert.equal(s.add(i % 7, i, 1 + (i % 3)), true);
     for (let i = 0; i < 50_000; i++) assert.equal(s.add(i % 7, i, 1 + (i % 3)), false);
     assert.equal(s.size, 50_000);
   });
-  test('action 0 (the empty-slot mark) is refused', () => {
-    assert.throws(() => new PairSet().add(0, 1, 0), RangeError);
+  test('keeps the value given with a pair, across growth, for ids up to 2^64 - 1', () => {
+    const t = new PairTable(4);
+    const pairs: [number, number, number][] = [];
+    for (let i = 0; i < 30_000; i++) pairs.push([i % 5, i, 1 + (i % 3)], [0xffffffff, 0xffffffff - i, 65535], [0x1fffff, i * 7, 0]);
+    pairs.forEach(([hi, lo, a], i) => assert.equal(t.getOrAdd(hi, lo, a, i), -1, `new pair ${hi}:${lo}:${a}`));
+    pairs.forEach(([hi, lo, a], i) => assert.equal(t.getOrAdd(hi, lo, a, 99), i, `pair ${hi}:${lo}:${a} found`));
+    assert.equal(t.size, pairs.length);
   });
 });
 

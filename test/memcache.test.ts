@@ -1,4 +1,4 @@
-/** lib/memcache.ts against a real memcached started by this file on a free port. */
+/** lib/wire/memcache.ts against a real memcached started by this file on a free port. */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -11,7 +11,7 @@ import {
   MemcacheError,
   MemcacheUnavailableError,
   type MemcacheOp,
-} from '../lib/memcache.ts';
+} from '../lib/wire/memcache.ts';
 
 const HOST = '127.0.0.1';
 
@@ -381,7 +381,7 @@ describe('close()', () => {
   });
 
   test('leaves nothing keeping the process alive', async () => {
-    const lib = fileURLToPath(new URL('../lib/memcache.ts', import.meta.url));
+    const lib = fileURLToPath(new URL('../lib/wire/memcache.ts', import.meta.url));
     // Long timeouts: if any timer or socket survived close(), the child would outlive the deadline below.
     const script = `
       import { MemcacheConnection } from ${JSON.stringify(lib)};

@@ -8,8 +8,8 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
-import { sliceOf, sliceStartMs } from '../lib/slice.ts';
-import { Worker } from '../lib/worker.ts';
+import { sliceOf, sliceStartMs } from '../lib/domain/slice.ts';
+import { Worker } from '../lib/pipeline/worker.ts';
 import { drainQueues, readCounts, testRuntime } from './support.ts';
 
 const HTTP_PORT = 3190;
@@ -76,7 +76,7 @@ test('POST /events → worker → flush via the Lambda endpoint → rows in ol_c
   assert.match(why.error, /^events\[1\]\.actionId: must be an integer from 1 to 65535, got "one"$/);
   assert.equal((await post('{"userId": 1, "actionId": 1}', 'wrong-token-000000000')).status, 401);
 
-  const worker = new Worker({ gearmanServers: rt.config.gearmanServers, sliceSeconds: rt.config.sliceSeconds, ring: rt.ring, log: rt.log });
+  const worker = rt.worker();
   const stats = await worker.run({ idle: true });
   assert.equal(stats.events, 3, 'the rejected batch enqueued nothing');
 
@@ -84,7 +84,7 @@ test('POST /events → worker → flush via the Lambda endpoint → rows in ol_c
   // Three slices on: the request may have crossed into the next slice after acceptedAt was read.
   const now = new Date(sliceStartMs(slice, rt.config.sliceSeconds) + 3 * rt.config.sliceSeconds * 1000 + 1000);
   const lambda = new LambdaClient({ endpoint: `http://127.0.0.1:${LAMBDA_PORT}`, region: 'eu-west-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
-  const res = await lambda.send(new InvokeCommand({ FunctionName: 'offlog-dev-flush', Payload: Buffer.from(JSON.stringify({ now: now.toISOString() })) }));
+  const res = await lambda.send(new InvokeCommand({ FunctionName: 'offlog-dev-flush', Payload: Buffer.from(JSON.stringify({ now: now.toISOString(), force: true })) }));
   lambda.destroy();
   const result = JSON.parse(Buffer.from(res.Payload!).toString()) as { ran: boolean; rows: number };
   assert.equal(result.ran, true);

@@ -4,15 +4,14 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { OffLogClient } from '../lib/client.ts';
-import { flush } from '../lib/flush.ts';
-import type { SliceId } from '../lib/slice.ts';
-import { Worker } from '../lib/worker.ts';
+import { OffLogClient } from '../lib/pipeline/client.ts';
+import { flush } from '../lib/pipeline/flush.ts';
+import type { SliceId } from '../lib/domain/slice.ts';
+import { Worker } from '../lib/pipeline/worker.ts';
 import { drainQueues, Expected, futureSlice, prng, readCounts, startOf, testRuntime } from './support.ts';
 
 const SLICE = 60;
 const rt = testRuntime({ OFFLOG_SLICE_SECONDS: String(SLICE) });
-const deps = () => ({ ring: rt.ring, store: rt.store, sliceSeconds: SLICE, ringSlices: rt.config.ringSlices, log: rt.log });
 
 before(async () => {
   await drainQueues(rt.config);
@@ -26,7 +25,7 @@ test('100,000 events over 1,000 users × 5 actions and 3 slices arrive exactly, 
   const expected = new Expected();
   const random = prng(42);
   let clock = startOf(base, SLICE) + 1000;
-  const worker = new Worker({ gearmanServers: rt.config.gearmanServers, sliceSeconds: SLICE, ring: rt.ring, log: rt.log, now: () => clock });
+  const worker = rt.worker({}, { now: () => clock });
   const client = new OffLogClient({ servers: rt.config.gearmanServers, logger: rt.log });
 
   // Phase by phase, as time would pass: the worker's clock sits in the newest slice being written.
@@ -53,7 +52,7 @@ test('100,000 events over 1,000 users × 5 actions and 3 slices arrive exactly, 
   assert.equal(worker.stats.events, 100_000);
   assert.equal(worker.stats.late, 0);
 
-  const result = await flush(deps(), new Date(startOf((base + 4) as SliceId, SLICE)));
+  const result = await rt.flush(new Date(startOf((base + 4) as SliceId, SLICE)));
   assert.equal(result.ran, true);
   const flushed = result.slices.filter((s) => slices.includes(s.slice));
   assert.deepEqual(flushed.map((s) => s.status), ['flushed', 'flushed', 'flushed']);
@@ -70,10 +69,10 @@ test('100,000 events over 1,000 users × 5 actions and 3 slices arrive exactly, 
   assert.ok(result.statements <= bound, `${result.statements} statements for ${pairs} pairs (bound ${bound})`);
 
   // A second flush finds nothing new; re-flushing the same slices sets the same totals.
-  const again = await flush(deps(), new Date(startOf((base + 4) as SliceId, SLICE)));
+  const again = await rt.flush(new Date(startOf((base + 4) as SliceId, SLICE)));
   assert.equal(again.slices.length, 0);
   await rt.store.pool.query(`DELETE FROM \`${rt.config.tablePrefix}slices\` WHERE slice_start >= FROM_UNIXTIME(?)`, [startOf(base, SLICE) / 1000]);
-  const redo = await flush(deps(), new Date(startOf((base + 4) as SliceId, SLICE)));
+  const redo = await rt.flush(new Date(startOf((base + 4) as SliceId, SLICE)));
   assert.equal(redo.rows, pairs);
   assert.deepEqual(await readCounts(rt), expected.asStrings());
 });

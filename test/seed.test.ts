@@ -6,9 +6,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
-import { flush } from '../lib/flush.ts';
-import type { SliceId } from '../lib/slice.ts';
-import { Worker } from '../lib/worker.ts';
+import { flush } from '../lib/pipeline/flush.ts';
+import type { SliceId } from '../lib/domain/slice.ts';
+import { Worker } from '../lib/pipeline/worker.ts';
 import { drainQueues, Expected, futureSlice, readCounts, startOf, testRuntime } from './support.ts';
 
 const SLICE = 600;
@@ -48,13 +48,13 @@ test('logSimple from the gearman CLI and from PHP is counted exactly', async () 
   execFileSync('php', ['-r', php]);
   for (let i = 0; i < 200; i++) expected.add(sliceStart, i % 2 ? 5000 + (i % 4) : '18446744073709551610', 7);
 
-  const worker = new Worker({ gearmanServers: rt.config.gearmanServers, sliceSeconds: SLICE, ring: rt.ring, log: rt.log, now: () => sliceStart + 5000 });
+  const worker = rt.worker({}, { now: () => sliceStart + 5000 });
   const stats = await worker.run({ idle: true });
   assert.equal(stats.jobs, 500);
   assert.equal(stats.events, 500);
   assert.equal(stats.deadLetters, 0);
 
-  const result = await flush({ ring: rt.ring, store: rt.store, sliceSeconds: SLICE, ringSlices: rt.config.ringSlices, log: rt.log }, new Date(startOf((base + 2) as SliceId, SLICE)));
+  const result = await rt.flush(new Date(startOf((base + 2) as SliceId, SLICE)));
   assert.equal(result.rows, expected.rows.size);
   assert.deepEqual(await readCounts(rt), expected.asStrings());
 });

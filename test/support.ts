@@ -1,15 +1,24 @@
 /** Shared test helpers: isolated config per test, queue draining, exact-total queries. */
 import { randomBytes } from 'node:crypto';
 import type { RowDataPacket } from 'mysql2/promise';
-import { loadConfig, type Config } from '../lib/config.ts';
-import { createLogger } from '../lib/log.ts';
+import { loadConfig, type Config } from '../lib/base/config.ts';
+import { createLogger } from '../lib/base/log.ts';
 import { Runtime } from '../lib/runtime.ts';
-import { sliceStartMs, type SliceId } from '../lib/slice.ts';
+import { purgeQueues } from '../lib/pipeline/queues.ts';
+import { sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
 
-/** Config from the environment `npm test` sets, with key and table prefixes of the test's own. */
+/** Where `npm test` put its servers: the only OFFLOG_* settings a test takes from its environment. */
+const SERVER_VARS = ['OFFLOG_GEARMAN_SERVERS', 'OFFLOG_MEMCACHED_SERVERS', 'OFFLOG_MYSQL_URL', 'OFFLOG_LOG_LEVEL'] as const;
+
+/**
+ * Config for one test: the test servers, DESIGN.md's defaults for everything
+ * else (whatever OFFLOG_* the caller's shell exports), key and table prefixes
+ * of the test's own, then the test's overrides.
+ */
 export function testConfig(overrides: Record<string, string> = {}): Config {
   const id = randomBytes(4).toString('hex');
-  return loadConfig({ ...process.env, OFFLOG_KEY_PREFIX: `t${id}:`, OFFLOG_TABLE_PREFIX: `t${id}_`, ...overrides });
+  const servers = Object.fromEntries(SERVER_VARS.map((k) => [k, process.env[k]]));
+  return loadConfig({ ...servers, OFFLOG_KEY_PREFIX: `t${id}:`, OFFLOG_TABLE_PREFIX: `t${id}_`, ...overrides });
 }
 
 export function testRuntime(overrides: Record<string, string> = {}): Runtime {
@@ -24,10 +33,9 @@ export function futureSlice(sliceSeconds: number, ahead = 3): SliceId {
 
 export const startOf = (s: SliceId, sliceSeconds: number): number => sliceStartMs(s, sliceSeconds);
 
-// Shared with the benchmark: emptying the queues a worker reads (so jobs left by an
-// aborted run cannot leak into a count), and the seeded PRNG.
-export { drainQueue as drainQueues } from '../bench/stack.ts';
-export { prng } from '../bench/workloads.ts';
+/** Empties the queues a worker reads, so jobs left by an aborted run cannot leak into a count. */
+export const drainQueues = (config: Config): Promise<number> => purgeQueues(config.gearmanServers);
+export { prng } from '../lib/base/prng.ts';
 
 export interface CountRow { slice: number; userId: string; actionId: number; count: string; valueSum: string }
 

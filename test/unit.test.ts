@@ -1,12 +1,12 @@
 /** Pure logic: no servers. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { Deltas, PairIndex, addValue } from '../lib/aggregate.ts';
-import { loadConfig } from '../lib/config.ts';
-import { ConfigError, InputError } from '../lib/errors.ts';
-import { decodeBatch, decodeBatchColumns, encodeBatch, newEventColumns, parseBody, parseLogSimple, type LogEvent } from '../lib/event.ts';
-import { flushableRange, sliceOf, sliceStartMs, writeSlice, type SliceId } from '../lib/slice.ts';
-import { fnv1a } from '../lib/ring.ts';
+import { Deltas, OVERFLOW, addValue } from '../lib/domain/aggregate.ts';
+import { loadConfig } from '../lib/base/config.ts';
+import { ConfigError, InputError } from '../lib/base/errors.ts';
+import { decodeBatch, decodeBatchColumns, encodeBatch, newEventColumns, parseBody, parseLogSimple, type LogEvent } from '../lib/domain/contract.ts';
+import { flushableRange, sliceOf, sliceStartMs, writeSlice, type SliceId } from '../lib/domain/slice.ts';
+import { fnv1a, Placement } from '../lib/pipeline/placement.ts';
 
 const S = (n: number) => n as SliceId;
 
@@ -153,7 +153,7 @@ describe('pre-aggregation', () => {
       d.pairs.map((p) => `${p.slice}:${p.userId}:${p.actionId}`).sort(),
       ['100:1:1', '100:2:1', '99:1:1'],
     );
-    assert.deepEqual(d.pairs.find((p) => p.slice === 100 && p.userId === '1'), { slice: 100, userId: '1', actionId: 1, count: 4, value: 7 });
+    assert.deepEqual(d.pairs.find((p) => p.slice === 100 && p.userId === '1'), { slice: 100, userId: '1', actionId: 1, count: 4, value: 7, saturated: false });
   });
   test('user ids of every size fold apart, and columns fold like events', () => {
     const cur = S(100);
@@ -174,21 +174,43 @@ describe('pre-aggregation', () => {
     assert.deepEqual(c.pairs, d.pairs.filter((p) => p.userId.length < 16));
     assert.equal(c.events, small.length);
   });
-  test('PairIndex finds every key it was given, across growth, up to 2^53', () => {
-    const index = new PairIndex(4);
-    const keys: number[] = [];
-    for (let i = 0; i < 50_000; i++) keys.push(i * 65536 + 1, 2 ** 53 - 1 - i * 4_294_967_296, i);
-    const unique = [...new Set(keys)];
-    unique.forEach((k, i) => assert.equal(index.indexOrAdd(k, i), -1, `new key ${k}`));
-    unique.forEach((k, i) => assert.equal(index.indexOrAdd(k, 10_000_000), i, `key ${k} found`));
-  });
-  test('value sums stay exact past 2^53', () => {
+  test('value sums stay exact past 2^53, up to 2^64 - 1, and overflow is flagged, never wrapped', () => {
     assert.equal(addValue(Number.MAX_SAFE_INTEGER, 2), 9007199254740993n);
     assert.equal(addValue(5, 6), 11);
+    assert.equal(addValue(18446744073709551614n, 1), 18446744073709551615n);
+    assert.equal(addValue(18446744073709551615n, 1), OVERFLOW);
+    // 4,096 events of 2^53 - 1 for one pair pass 2^64: the pair is saturated and flagged.
+    const d = new Deltas();
+    const at = 100 * 60_000;
+    for (let i = 0; i < 4096; i++) d.add({ userId: '7', actionId: 1, value: Number.MAX_SAFE_INTEGER, at }, S(100), 60);
+    assert.equal(d.pairs.length, 1);
+    assert.equal(d.pairs[0]!.count, 4096);
+    assert.equal(d.pairs[0]!.value, 18446744073709551615n);
+    assert.equal(d.pairs[0]!.saturated, true);
+    assert.deepEqual([...d.saturatedBySlice()], [[100, 1]]);
   });
-  test('server choice is a stable hash', () => {
-    assert.equal(fnv1a('1:1'), fnv1a('1:1'));
-    assert.notEqual(fnv1a('1:1'), fnv1a('1:2'));
+  test('FNV-1a matches its published test vectors', () => {
+    // From the FNV reference (32-bit FNV-1a): "" → 0x811c9dc5, "a" → 0xe40c292c, "foobar" → 0xbf9cf968.
+    assert.equal(fnv1a(''), 0x811c9dc5);
+    assert.equal(fnv1a('a'), 0xe40c292c);
+    assert.equal(fnv1a('foobar'), 0xbf9cf968);
+  });
+  test('placement: writers use the current pool, readers also look where the previous pool put a key', () => {
+    const a = { host: '127.0.0.1', port: 1 }, b = { host: '127.0.0.1', port: 2 }, c = { host: '127.0.0.1', port: 3 };
+    const p = new Placement([a, b, c], [a]);
+    assert.deepEqual(p.servers, [a, b, c]);
+    let both = 0;
+    for (let i = 0; i < 300; i++) {
+      const key = `${i}:1`;
+      const w = p.writer(key);
+      assert.equal(w, fnv1a(key) % 3);
+      const r = p.readers(key);
+      assert.equal(r[0], w);
+      assert.deepEqual(r, w === 0 ? [0] : [w, 0], 'the old pool had one server, index 0; a key placed there by both is read once');
+      if (r.length === 2) both++;
+    }
+    assert.ok(both > 150 && both < 250, `about two thirds of keys moved (${both} of 300)`);
+    assert.deepEqual(new Placement([a]).readers('x'), [0]);
   });
 });
 

@@ -13,8 +13,8 @@
  * client and the worker can run on both cores at once as they would in
  * production.
  */
-import { loadConfig, type Config } from '../../lib/config.ts';
-import { createLogger, type Logger } from '../../lib/log.ts';
+import { loadConfig, type Config } from '../../lib/base/config.ts';
+import { createLogger, type Logger } from '../../lib/base/log.ts';
 
 export interface GoMessage {
   type: 'go';

@@ -14,8 +14,8 @@
  * instance's private `prepare` and `store` methods are wrapped (bench only;
  * if they are ever renamed the busy figure reads null and nothing else changes).
  */
-import { Ring } from '../../lib/ring.ts';
-import { Worker } from '../../lib/worker.ts';
+import { Ring } from '../../lib/pipeline/ring.ts';
+import { Worker } from '../../lib/pipeline/worker.ts';
 import { config, cpuMs, logger, params, peakRssMb, round1, RssSampler, runRole, send, sleep, waitForGo } from './common.ts';
 
 export interface WorkerParams {

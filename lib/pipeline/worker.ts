@@ -10,19 +10,21 @@
  * only after its own counts and marks are in memcached, and at most two folds
  * are held at once.
  */
-import { Deltas } from './aggregate.ts';
-import { retry, sleep } from './backoff.ts';
-import type { HostPort } from './config.ts';
-import { InputError } from './errors.ts';
-import { decodeBatch, decodeBatchColumns, excerpt, newEventColumns, parseLogSimple } from './event.ts';
-import { GearmanConnection, label, type Job } from './gearman.ts';
-import type { Logger } from './log.ts';
+import { Deltas } from '../domain/aggregate.ts';
+import { retry, sleep } from '../base/backoff.ts';
+import { label, type HostPort } from '../base/config.ts';
+import { InputError } from '../base/errors.ts';
+import { decodeBatch, decodeBatchColumns, excerpt, FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE, newEventColumns, parseLogSimple, type DeadLetterJob } from '../domain/contract.ts';
+import { GearmanConnection, type Job } from '../wire/gearman.ts';
+import type { Logger } from '../base/log.ts';
+import { MemcacheUnavailableError } from '../wire/memcache.ts';
 import type { Ring } from './ring.ts';
-import { sliceOf, type SliceId } from './slice.ts';
+import { sliceOf, type SliceId } from '../domain/slice.ts';
 
-export const FN_LOG_SIMPLE = 'logSimple';
-export const FN_BATCH = 'offlog.batch';
-export const FN_DEAD_LETTER = 'offlog.deadletter';
+/** The worker was stopped (or reached its deadline) while memcached was unreachable: its jobs stay Gearman's. */
+export class WorkerStoppedError extends Error {
+  override name = 'WorkerStoppedError';
+}
 
 /**
  * Jobs folded together at most. A fold is what a crash between storing it and
@@ -58,6 +60,10 @@ export interface WorkerStats {
   folds: number;
   memcachedOps: number;
   storeRetries: number;
+  /** Events sent to a later slice because the flush had already taken theirs (a clock behind the flush's). */
+  movedPastWatermark: number;
+  /** Counters memcached wrapped past 2^64 − 1, held at 2^64 − 1 instead. */
+  wrapped: number;
 }
 
 /** Stop conditions for `run`: drain until idle, or until a deadline (a Lambda's remaining time). */
@@ -78,21 +84,14 @@ interface Fold {
   skipped: number;
 }
 
-/** A dead letter as it travels on the `offlog.deadletter` queue. */
-export interface DeadLetterJob {
-  fn: string;
-  unique: string;
-  handle: string;
-  error: string;
-  receivedAt: string;
-  /** The job's payload, base64: it may not be valid UTF-8. */
-  payload: string;
-}
-
 export class Worker {
-  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, folds: 0, memcachedOps: 0, storeRetries: 0 };
+  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, folds: 0, memcachedOps: 0, storeRetries: 0, movedPastWatermark: 0, wrapped: 0 };
   private conns: GearmanConnection[] = [];
   private stopping = false;
+  /** The run's deadline (a Lambda's remaining time): retries stop there too. */
+  private deadlineMs = Infinity;
+  /** The highest flush watermark seen: never lowered, so a memcached that lost it cannot send a count back into a flushed slice. */
+  private watermark: SliceId | null = null;
   private readonly now: () => number;
   private readonly maxJobs: number;
   private readonly perServer: number;
@@ -111,6 +110,7 @@ export class Worker {
   async run(until: RunUntil = {}): Promise<WorkerStats> {
     const { log } = this.deps;
     this.stopping = false;
+    this.deadlineMs = until.deadlineMs ?? Infinity;
     // The fold being stored while the next one is prepared.
     let storing: Promise<void> | null = null;
     try {
@@ -138,6 +138,11 @@ export class Worker {
         await this.waitForWork(until.deadlineMs === undefined ? 1000 : Math.max(0, Math.min(1000, until.deadlineMs - Date.now())));
       }
       await storing;
+    } catch (err) {
+      // Stopped (or out of time) while memcached was away: what is held stays Gearman's, and that is a normal end.
+      const stoppedWhileAway = err instanceof WorkerStoppedError || (this.stopped() && err instanceof MemcacheUnavailableError);
+      if (!stoppedWhileAway) throw err;
+      log.warn({ err: (err as Error).message }, 'worker stopped while memcached was unreachable; unacknowledged jobs go back to gearmand');
     } finally {
       // Whatever happened, a fold being stored finishes (or fails) before its connections close.
       await storing?.catch(() => undefined);
@@ -245,19 +250,38 @@ export class Worker {
     }
   }
 
-  /** Stores a fold's counts, dead-letters its bad jobs, marks its jobs applied, then acknowledges every one. */
+  /**
+   * Stores a fold's counts, dead-letters its bad jobs, marks its jobs applied,
+   * then acknowledges every one. memcached being unreachable is retried (the
+   * jobs stay held) until it answers or the worker stops; any other failure
+   * dead-letters the fold's jobs with the reason, so nothing can stall here.
+   */
   private async store(fold: Fold): Promise<void> {
     const { ring, log } = this.deps;
-    const { jobs, deltas, applied, dead } = fold;
+    const { jobs, applied } = fold;
+    let { deltas, dead } = fold;
     this.storing = new Set(applied.map((j) => j.unique).filter(Boolean));
     const retrying = this.retrying(jobs.length);
     if (deltas.pairs.length > 0) {
-      const before = ring.ops;
-      await retry(() => ring.apply(deltas), retrying);
-      this.stats.memcachedOps += ring.ops - before;
+      try {
+        deltas = await retry(() => this.applyOutsideFlushed(deltas), retrying);
+      } catch (err) {
+        if (err instanceof MemcacheUnavailableError || this.stopped()) {
+          this.storing = new Set();
+          throw new WorkerStoppedError(`stopped while memcached was unreachable; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
+        }
+        // Not a memcached outage: retrying would fail the same way forever. Park the jobs, with the reason.
+        log.error({ err: (err as Error).message, jobs: applied.length }, 'storing a fold failed; its jobs are dead-lettered');
+        dead = [...dead, ...applied.map((job) => ({ job, error: `store failed: ${(err as Error).message}` }))];
+        deltas = new Deltas();
+      }
     }
     for (const { job, error } of dead) await this.deadLetter(job, error);
-    await retry(() => ring.markApplied(applied.map((j) => j.unique)), retrying);
+    const stored = applied.filter((j) => !dead.some((d) => d.job === j));
+    await retry(() => ring.markApplied(stored.map((j) => j.unique)), retrying).catch((err: Error) => {
+      this.storing = new Set();
+      throw new WorkerStoppedError(`stopped before the fold's jobs were marked applied (${err.message})`);
+    });
     for (const job of jobs) job.conn.complete(job.handle);
     this.storing = new Set();
     this.stats.folds++;
@@ -267,10 +291,47 @@ export class Worker {
     if (deltas.lateEvents > 0) log.warn({ late: deltas.lateEvents }, 'late or future-dated events counted into the current slice');
   }
 
-  /** Retry policy for memcached: forever, with backoff, holding the jobs. */
+  /**
+   * Applies `deltas`, announced on their slices (see Ring.enter): any slice
+   * the flush has already taken is moved, with its events counted as late,
+   * to the first slice it has not. Returns the deltas as applied.
+   */
+  private async applyOutsideFlushed(deltas: Deltas): Promise<Deltas> {
+    const { ring } = this.deps;
+    const entered: SliceId[] = [];
+    try {
+      for (;;) {
+        const slices = deltas.slices().filter((s) => !entered.includes(s));
+        const wm = await ring.enter(slices);
+        entered.push(...slices);
+        if (wm !== null && (this.watermark === null || wm > this.watermark)) this.watermark = wm;
+        const sealed = this.watermark;
+        if (sealed === null || deltas.slices().every((s) => s > sealed)) break;
+        const to = Math.max(sliceOf(this.now(), this.deps.sliceSeconds), sealed + 1) as SliceId;
+        const moved = deltas.movedAbove(sealed, to);
+        this.stats.movedPastWatermark += moved.lateEvents - deltas.lateEvents;
+        this.deps.log.warn({ watermark: sealed, to, events: moved.lateEvents - deltas.lateEvents }, 'events for slices the flush already took go to the next open slice');
+        deltas = moved;
+      }
+      const before = ring.ops;
+      const result = await ring.apply(deltas);
+      this.stats.memcachedOps += ring.ops - before;
+      this.stats.wrapped += result.wrapped;
+      return deltas;
+    } finally {
+      await ring.leave(entered).catch(() => undefined);
+    }
+  }
+
+  private stopped(): boolean {
+    return this.stopping || Date.now() >= this.deadlineMs;
+  }
+
+  /** Retry policy for memcached: while it is unreachable, with backoff, holding the jobs, until stopped or past the deadline. */
   private retrying(jobs: number): Parameters<typeof retry>[1] {
     return {
-      stopped: () => false,
+      stopped: () => this.stopped(),
+      retryable: (err) => err instanceof MemcacheUnavailableError,
       onError: (err: Error, attempt: number, delayMs: number) => {
         this.stats.storeRetries++;
         this.deps.log.warn({ err: err.message, attempt, delayMs, jobs }, 'memcached unreachable; holding jobs and retrying');

@@ -7,9 +7,14 @@ import { ConfigError } from './errors.ts';
 
 export interface HostPort { host: string; port: number }
 
+/** `host:port`, for logs and messages. */
+export const label = (s: HostPort): string => `${s.host}:${s.port}`;
+
 export interface Config {
   gearmanServers: HostPort[];
   memcachedServers: HostPort[];
+  /** The memcached pool before the last change: read (never written) until its slices have left the ring. */
+  previousMemcachedServers: HostPort[];
   mysqlUrl: string;
   sliceSeconds: number;
   ringSlices: number;
@@ -54,6 +59,7 @@ const int = (min: number, max: number, fallback: number) =>
 const schema = z.object({
   OFFLOG_GEARMAN_SERVERS: hostPort('127.0.0.1:4730', 4730),
   OFFLOG_MEMCACHED_SERVERS: hostPort('127.0.0.1:11211', 11211),
+  OFFLOG_MEMCACHED_PREVIOUS_SERVERS: hostPort('', 11211).optional(),
   OFFLOG_MYSQL_URL: z
     .string()
     .regex(/^mysql:\/\/[^/]+\/\w+/, 'must look like mysql://user:password@host:port/database')
@@ -82,6 +88,7 @@ export function loadConfig(env: Record<string, string | undefined> = {}): Config
   return {
     gearmanServers: e.OFFLOG_GEARMAN_SERVERS,
     memcachedServers: e.OFFLOG_MEMCACHED_SERVERS,
+    previousMemcachedServers: e.OFFLOG_MEMCACHED_PREVIOUS_SERVERS ?? [],
     mysqlUrl: e.OFFLOG_MYSQL_URL,
     sliceSeconds: e.OFFLOG_SLICE_SECONDS,
     ringSlices: e.OFFLOG_RING_SLICES,

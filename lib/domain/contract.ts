@@ -1,8 +1,11 @@
 /**
- * Events and their wire formats, validated at the edges. Every rule of
- * DESIGN.md's event table lives here, with messages that name the field.
+ * The contract: what an event is, how events travel, and what a bad job
+ * becomes. Every rule of DESIGN.md's event table, the `offlog.batch` format,
+ * the Gearman function names and the dead-letter record live here, once, and
+ * OffLogClient, ingest and the worker all use them — so the client refuses
+ * exactly what the worker would, with messages that name the field.
  */
-import { InputError } from './errors.ts';
+import { InputError } from '../base/errors.ts';
 
 /** Canonical decimal form of an unsigned 64-bit user id (no sign, no leading zeros). */
 export type UserId = string;
@@ -18,6 +21,23 @@ export interface LogEvent {
   at: number;
   /** Metadata, kept only for watched events. */
   payload?: string;
+}
+
+/** Gearman functions: the PHP client's job, the SDK's batch, and where bad jobs are parked. */
+export const FN_LOG_SIMPLE = 'logSimple';
+export const FN_BATCH = 'offlog.batch';
+export const FN_DEAD_LETTER = 'offlog.deadletter';
+
+/** A dead letter as it travels on the `offlog.deadletter` queue. */
+export interface DeadLetterJob {
+  fn: string;
+  unique: string;
+  handle: string;
+  error: string;
+  /** When the worker received the bad job (ISO-8601). */
+  receivedAt: string;
+  /** The job's payload, base64: it may not be valid UTF-8. */
+  payload: string;
 }
 
 export const MAX_U64 = 18_446_744_073_709_551_615n;
@@ -165,16 +185,19 @@ export function parseLogSimple(data: Buffer, receivedAt: number): LogEvent {
  */
 export const BATCH_VERSION = 1;
 
+/** One event of a batch, from already-validated fields: `[u,a,v,at]` or `[u,a,v,at,"payload"]`. */
+export function encodeTuple(userId: UserId, actionId: ActionId, value: number, at: number, payload: string | undefined): string {
+  const u = userId.length < 16 ? userId : `"${userId}"`;
+  return payload === undefined ? `[${u},${actionId},${value},${at}]` : `[${u},${actionId},${value},${at},${JSON.stringify(payload)}]`;
+}
+
+/** A batch from encoded tuples. */
+export function batchOf(tuples: readonly string[]): string {
+  return `{"v":${BATCH_VERSION},"e":[${tuples.join(',')}]}`;
+}
+
 export function encodeBatch(events: readonly LogEvent[]): string {
-  const parts = new Array<string>(events.length);
-  for (let i = 0; i < events.length; i++) {
-    const e = events[i]!;
-    const u = e.userId.length < 16 ? e.userId : JSON.stringify(e.userId);
-    parts[i] = e.payload === undefined
-      ? `[${u},${e.actionId},${e.value},${e.at}]`
-      : `[${u},${e.actionId},${e.value},${e.at},${JSON.stringify(e.payload)}]`;
-  }
-  return `{"v":${BATCH_VERSION},"e":[${parts.join(',')}]}`;
+  return batchOf(events.map((e) => encodeTuple(e.userId, e.actionId, e.value, e.at, e.payload)));
 }
 
 export function decodeBatch(data: Buffer, receivedAt: number): LogEvent[] {

@@ -9,9 +9,12 @@
  * previous batch's upsert, so memory stays at a couple of batches whatever
  * the slice's size.
  */
-import type { Logger } from './log.ts';
-import type { CountRows, Ring, SliceReader, SliceTotals } from './ring.ts';
-import { flushableRange, sliceOf, sliceStartMs, type SliceId } from './slice.ts';
+import { FlushClockError } from '../base/errors.ts';
+import type { Logger } from '../base/log.ts';
+import type { CountRows } from '../domain/counts.ts';
+import type { Ring } from './ring.ts';
+import type { SliceReader, SliceTotals } from './slice-reader.ts';
+import { flushableRange, sliceOf, sliceStartMs, type SliceId } from '../domain/slice.ts';
 import type { SliceRecord, Store } from './store.ts';
 
 export interface FlushDeps {
@@ -31,6 +34,8 @@ export interface SliceReport {
   chunksMissing: number;
   events: string | null;
   late: string;
+  sumsSaturated: number;
+  corruptItems: number;
   note: string;
 }
 
@@ -48,6 +53,27 @@ export interface FlushResult {
 
 /** How far two readings of a memcached start time (whole seconds, time − uptime) may differ for the same process. */
 const BOOT_TOLERANCE_S = 3;
+/** How long the flush waits for writers still inside a slice it is about to read (see Ring.seal). */
+const SEAL_WAIT_MS = 10_000;
+/** How far ahead of this machine's clock a flush's "now" may be without --force. */
+const CLOCK_TOLERANCE_MS = 60_000;
+
+/**
+ * A flush "now" ahead of the wall clock takes slices that workers are still
+ * writing: their later events are not lost (the watermark sends them to the
+ * next open slice, counted as late), but they leave the slice of their time.
+ * So it needs `force`.
+ */
+export function checkFlushTime(now: Date, wallClockMs: number, force: boolean): void {
+  if (Number.isNaN(now.getTime())) throw new FlushClockError('now: not a valid time');
+  const ahead = now.getTime() - wallClockMs;
+  if (ahead > CLOCK_TOLERANCE_MS && !force) {
+    throw new FlushClockError(
+      `now: ${now.toISOString()} is ${Math.round(ahead / 1000)} s ahead of this machine's clock. Flushing ahead closes slices that workers are still ` +
+        'writing; their later events then go to the next open slice and are counted as late. Add --force (or "force": true) to do it anyway.',
+    );
+  }
+}
 
 export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSeconds?: number } = {}): Promise<FlushResult> {
   const { ring, store, sliceSeconds, ringSlices, log } = deps;
@@ -60,6 +86,8 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
     const { oldest, newest } = flushableRange(current, ringSlices);
     const watermark = await store.watermark();
     let next = watermark === null ? oldest : ((sliceOf(watermark.getTime(), sliceSeconds) + 1) as SliceId);
+    // Published again at every run: a memcached that restarted has lost it.
+    if (watermark !== null) await ring.seal((next - 1) as SliceId, 0);
 
     if (next < oldest) {
       // Flushes were missed for longer than the ring holds: say so, once, and move on.
@@ -76,6 +104,9 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
     const restartedAt = await memcachedRestart(ring, store, log);
     for (let s = next; s <= newest; s = (s + 1) as SliceId) {
       const restarted = restartedAt !== null && restartedAt * 1000 > sliceStartMs(s, sliceSeconds);
+      // Writers see the slice as taken from here on; those already inside finish first.
+      const inside = await ring.seal(s, SEAL_WAIT_MS);
+      if (inside > 0) log.warn({ slice: iso(s, sliceSeconds), writers: inside }, 'writers still inside the slice after the wait (a worker died mid-store?); reading it anyway');
       const written = await store.writeSlice(new Date(sliceStartMs(s, sliceSeconds)), async (write) => {
         const reader = await ring.openSlice(s, store.rowsPerStatement);
         await copyRows(reader, write);
@@ -87,7 +118,7 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
       result.slices.push(r);
       result.rows += r.rows;
       result.pairsMissing += r.pairsMissing;
-      if (r.status !== 'flushed') log.error(r, `slice ${r.sliceStart} is incomplete: ${r.note}`);
+      if (r.status !== 'flushed') log.error(r, `slice ${r.sliceStart} is ${r.status}: ${r.note}`);
     }
     await rememberBootTimes(ring, store);
     return true;
@@ -121,13 +152,26 @@ async function copyRows(reader: SliceReader, write: (rows: CountRows) => Promise
   }
 }
 
-function judge(t: SliceTotals, restarted: boolean, restartedAt: number | null): { status: SliceRecord['status']; note: string } {
+/** A slice's status: the worst of what was found (corrupt, then incomplete, then saturated), with every finding in the note. */
+export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | null): { status: SliceRecord['status']; note: string } {
   const notes: string[] = [];
-  if (restarted) notes.push(`memcached restarted at ${new Date(restartedAt! * 1000).toISOString()}, after this slice began: earlier counts are gone`);
-  if (t.missingPairs > 0) notes.push(`${t.missingPairs} pair(s) listed but their counters are gone (evicted or restarted)`);
-  if (t.missingChunks > 0) notes.push(`${t.missingChunks} register chunk(s) gone: their pairs cannot be found`);
-  if (t.events !== null && t.counted < t.events) notes.push(`rows hold ${t.counted} events but workers counted ${t.events}`);
-  return { status: notes.length > 0 ? 'incomplete' : 'flushed', note: notes.join('; ') };
+  let status: SliceRecord['status'] = 'flushed';
+  if (t.corrupt > 0) {
+    status = 'corrupt';
+    notes.push(`${t.corrupt} item(s) in memcached are not what OffLog writes and were skipped (first: ${t.corruptNote}); the other rows were written`);
+  }
+  const incomplete: string[] = [];
+  if (restarted) incomplete.push(`memcached restarted at ${new Date(restartedAt! * 1000).toISOString()}, after this slice began: earlier counts are gone`);
+  if (t.missingPairs > 0) incomplete.push(`${t.missingPairs} pair(s) listed but their counters are gone (evicted or restarted)`);
+  if (t.missingChunks > 0) incomplete.push(`${t.missingChunks} register chunk(s) gone: their pairs cannot be found`);
+  if (t.events !== null && t.counted < t.events) incomplete.push(`rows hold ${t.counted} events but workers counted ${t.events}`);
+  if (incomplete.length > 0 && status === 'flushed') status = 'incomplete';
+  notes.push(...incomplete);
+  if (t.saturated > 0n) {
+    if (status === 'flushed') status = 'saturated';
+    notes.push(`${t.saturated} value sum(s) would have passed 2^64-1 (BIGINT UNSIGNED) and are held at 18446744073709551615`);
+  }
+  return { status, note: notes.join('; ') };
 }
 
 /** The newest boot time of a memcached server that restarted since the last flush, or null. */
@@ -155,6 +199,8 @@ function record(status: SliceRecord['status'], t: SliceTotals | null, note: stri
     chunksMissing: t?.missingChunks ?? 0,
     events: t?.events ?? null,
     late: t?.late ?? 0n,
+    sumsSaturated: Number(t?.saturated ?? 0n),
+    corruptItems: t?.corrupt ?? 0,
     note,
   };
 }
@@ -169,6 +215,8 @@ function report(slice: SliceId, r: SliceRecord, sliceSeconds: number): SliceRepo
     chunksMissing: r.chunksMissing,
     events: r.events?.toString() ?? null,
     late: r.late.toString(),
+    sumsSaturated: r.sumsSaturated,
+    corruptItems: r.corruptItems,
     note: r.note,
   };
 }

@@ -26,6 +26,7 @@ export class MemcacheUnavailableError extends MemcacheError {
 
 export type MemcacheOp =
   | { kind: 'incr'; key: string; amount: number | bigint }
+  | { kind: 'decr'; key: string; amount: number | bigint }
   | { kind: 'add'; key: string; value: Buffer | string; ttl: number }
   | { kind: 'set'; key: string; value: Buffer | string; ttl: number }
   | { kind: 'append'; key: string; value: Buffer | string }
@@ -38,7 +39,7 @@ export interface KeyList {
   at(i: number): string | undefined;
 }
 
-/** incr: new value or null (NOT_FOUND); add/set/append/delete: done or not; get: value or null. */
+/** incr/decr: new value or null (NOT_FOUND); add/set/append/delete: done or not; get: value or null. */
 export type MemcacheReply = bigint | boolean | Buffer | null;
 
 type Expect = 'incr' | 'store' | 'delete' | 'get' | 'stats' | 'ok';
@@ -52,9 +53,14 @@ interface Pending {
   readonly what: (i: number) => string;
   /** Replies so far (exec, getMulti, stats). */
   readonly replies: MemcacheReply[];
-  /** incrMany / addMany: byte flagsAt + i is 1 when command i found (incr) or stored (add) its key, else 0. */
+  /**
+   * incrMany / addMany: byte flagsAt + i is 1 when command i found (incr) or
+   * stored (add) its key, else 0; 2 when an incr found its key and wrapped.
+   */
   readonly flags: Uint8Array | null;
   readonly flagsAt: number;
+  /** incrMany: the amounts, to see a wrap (a new value below the amount). */
+  readonly amounts?: readonly (number | bigint)[];
   /** Replies in so far. */
   done: number;
   /** getMulti collects here; exec's single-key get replies in `replies`. */
@@ -67,7 +73,7 @@ interface Pending {
 }
 
 /** The parts of a request `send` needs; the rest of a Pending is its state. */
-type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found'>;
+type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found' | 'amounts'>;
 
 const MAX_U64 = 2n ** 64n - 1n;
 // memcached caps a command line at 2048 bytes; beyond ~100 keys a line only delays the first reply.
@@ -110,7 +116,8 @@ export class MemcacheConnection {
       checkKey(op.key);
       switch (op.kind) {
         case 'incr':
-          text += `incr ${op.key} ${checkAmount(op.key, op.amount)}\r\n`;
+        case 'decr':
+          text += `${op.kind} ${op.key} ${checkAmount(op.key, op.amount)}\r\n`;
           expects.push('incr');
           break;
         case 'add':
@@ -165,7 +172,7 @@ export class MemcacheConnection {
       if (options.keysValid !== true) checkKey(keys.at(i)!);
       if (!isU64(amounts[i]!)) checkAmount(keys.at(i)!, amounts[i]!);
     }
-    return this.sendBulk(keys, 'incr', (key, i) => `incr ${key} ${amounts[i]}\r\n`, options.keysValid === true);
+    return this.sendBulk(keys, 'incr', (key, i) => `incr ${key} ${amounts[i]}\r\n`, options.keysValid === true, 'incr', amounts);
   }
 
   /**
@@ -189,7 +196,9 @@ export class MemcacheConnection {
    * reply is in. `ascii`: every command is one byte per character, so it is
    * written as latin1, a plain copy, rather than encoded as UTF-8.
    */
-  private async sendBulk(keys: KeyList, expects: 'incr' | 'store', command: (key: string, i: number) => string, ascii: boolean, name: string = expects): Promise<Uint8Array> {
+  private async sendBulk(
+    keys: KeyList, expects: 'incr' | 'store', command: (key: string, i: number) => string, ascii: boolean, name: string = expects, amounts?: readonly (number | bigint)[],
+  ): Promise<Uint8Array> {
     const flags = new Uint8Array(keys.length);
     const requests: Promise<Pending>[] = [];
     for (let from = 0; from < keys.length; from += BULK_CHUNK) {
@@ -197,7 +206,7 @@ export class MemcacheConnection {
       let text = '';
       for (let i = from; i < to; i++) text += command(keys.at(i)!, i);
       const what = (i: number): string => `${name} ${keys.at(from + i)}`;
-      requests.push(this.send([text], { count: to - from, expects, what, flags, flagsAt: from, found: null }, ascii ? 'latin1' : 'utf8'));
+      requests.push(this.send([text], { count: to - from, expects, what, flags, flagsAt: from, found: null, ...(amounts ? { amounts } : {}) }, ascii ? 'latin1' : 'utf8'));
     }
     await Promise.all(requests);
     return flags;
@@ -372,7 +381,7 @@ export class MemcacheConnection {
       let reply: MemcacheReply | undefined;
       switch (expect) {
         case 'incr':
-          if (isDigit(first)) reply = p.flags ? true : BigInt(buf.toString('latin1', pos, eol));
+          if (isDigit(first)) reply = p.flags ? (p.amounts && wrapped(buf, pos, eol, p.amounts[p.flagsAt + p.done]!) ? WRAPPED : true) : BigInt(buf.toString('latin1', pos, eol));
           else if (is(buf, pos, eol, NOT_FOUND)) reply = null;
           break;
         case 'store':
@@ -406,7 +415,7 @@ export class MemcacheConnection {
       }
       pos = lf + 1;
       this.value = null;
-      if (p.flags) p.flags[p.flagsAt + p.done] = reply === true ? 1 : 0;
+      if (p.flags) p.flags[p.flagsAt + p.done] = reply === true ? 1 : reply === WRAPPED ? 2 : 0;
       else p.replies.push(reply);
       if (++p.done === p.count) {
         this.pending.shift();
@@ -417,6 +426,27 @@ export class MemcacheConnection {
     }
     return pos;
   }
+}
+
+/** An incr reply that found its key but wrapped past 2^64 − 1 (flag 2). */
+const WRAPPED = Buffer.alloc(0);
+
+/**
+ * memcached's incr wraps silently at 2^64: the new value (the digits at
+ * buf[pos, eol), possibly padded with spaces) is below the amount added
+ * exactly when it wrapped. Cheap for the common case: up to 15 digits are an
+ * exact number, and a longer reply is larger than any amount below 10^15.
+ */
+function wrapped(buf: Buffer, pos: number, eol: number, amount: number | bigint): boolean {
+  let end = eol;
+  while (end > pos && buf[end - 1] === 0x20) end--;
+  if (end - pos <= 15) {
+    let v = 0;
+    for (let i = pos; i < end; i++) v = v * 10 + (buf[i]! - 0x30);
+    return v < amount;
+  }
+  if (typeof amount === 'number' && amount < 1e15) return false;
+  return BigInt(buf.toString('latin1', pos, end)) < BigInt(amount);
 }
 
 const VALUE = Buffer.from('VALUE ');

@@ -5,8 +5,11 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
-/** An event (or a batch, or a job payload) broke a rule of DESIGN.md's event table. */
-export class InputError extends Error {
+/**
+ * An event (or a batch, or a job payload) broke a rule of DESIGN.md's event
+ * table. A TypeError, because for the SDK's callers it is a programming error.
+ */
+export class InputError extends TypeError {
   override name = 'InputError';
   constructor(
     /** Where: `userId`, `events[3].actionId`, `body`… */
@@ -31,4 +34,9 @@ export class GearmanUnavailableError extends Error {
 /** Another flush holds the lock; this one gave way. */
 export class FlushBusyError extends Error {
   override name = 'FlushBusyError';
+}
+
+/** A flush was asked to run at a "now" it must not use without being forced. */
+export class FlushClockError extends Error {
+  override name = 'FlushClockError';
 }

@@ -3,10 +3,10 @@
  * Moving them into MySQL (`ol_dead_letters`) makes them readable and keeps
  * them after the queue is drained.
  */
-import type { HostPort } from './config.ts';
-import { GearmanConnection } from './gearman.ts';
+import type { HostPort } from '../base/config.ts';
+import { FN_DEAD_LETTER, type DeadLetterJob } from '../domain/contract.ts';
+import { GearmanConnection } from '../wire/gearman.ts';
 import type { Store } from './store.ts';
-import { FN_DEAD_LETTER, type DeadLetterJob } from './worker.ts';
 
 /** Moves every queued dead letter into the store; returns how many moved. */
 export async function drainDeadLetters(servers: HostPort[], store: Store): Promise<number> {

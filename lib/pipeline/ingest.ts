@@ -4,10 +4,10 @@
  */
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { OffLogClient } from './client.ts';
-import type { Config } from './config.ts';
-import { GearmanUnavailableError, InputError } from './errors.ts';
-import { parseBody } from './event.ts';
-import type { Logger } from './log.ts';
+import type { Config } from '../base/config.ts';
+import { GearmanUnavailableError, InputError } from '../base/errors.ts';
+import { parseBody } from '../domain/contract.ts';
+import type { Logger } from '../base/log.ts';
 
 export interface IngestRequest {
   body: string;

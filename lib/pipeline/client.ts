@@ -12,12 +12,11 @@
  * re-sent after a lost acknowledgement is counted once.
  */
 import { randomBytes } from 'node:crypto';
-import type { HostPort } from './config.ts';
-import { GearmanUnavailableError } from './errors.ts';
-import { encodeBatch, MAX_PAYLOAD_BYTES, MAX_U64, type LogEvent } from './event.ts';
-import { GearmanConnection, label, type Priority } from './gearman.ts';
-import type { Logger } from './log.ts';
-import { FN_BATCH } from './worker.ts';
+import { label, type HostPort } from '../base/config.ts';
+import { GearmanUnavailableError } from '../base/errors.ts';
+import { batchOf, encodeBatch, encodeTuple, FN_BATCH, parseActionId, parseAt, parsePayload, parseUserId, parseValue, type LogEvent } from '../domain/contract.ts';
+import { GearmanConnection, type Priority } from '../wire/gearman.ts';
+import type { Logger } from '../base/log.ts';
 
 export interface OffLogClientOptions {
   servers: HostPort[];
@@ -245,28 +244,15 @@ export class OffLogClient {
 
   private push(userId: number | string | bigint, actionId: number, o: LogOptions | undefined, priority: Priority): void {
     if (this.closed) throw new TypeError('OffLogClient is closed');
-    const u = encodeUserId(userId);
-    if (!Number.isInteger(actionId) || actionId < 1 || actionId > 65_535) throw new TypeError(`actionId: must be an integer from 1 to 65535, got ${String(actionId)}`);
-    let value = 0;
-    let at: number;
+    // The contract's own rules (InputError is a TypeError): the client refuses exactly what the worker would.
+    const user = parseUserId(typeof userId === 'bigint' ? userId.toString() : userId);
+    const action = parseActionId(actionId);
     let tuple: string;
     if (o === undefined) {
-      tuple = `[${u},${actionId},0,${Date.now()}]`;
+      tuple = encodeTuple(user, action, 0, Date.now(), undefined);
     } else {
-      if (o.value !== undefined) {
-        value = o.value;
-        if (!Number.isSafeInteger(value) || value < 0) throw new TypeError(`value: must be an integer from 0 to 2^53-1, got ${String(o.value)}`);
-      }
-      at = o.at === undefined ? Date.now() : o.at instanceof Date ? o.at.getTime() : o.at;
-      if (!Number.isInteger(at) || at < 0) throw new TypeError(`at: must be epoch milliseconds or a Date, got ${String(o.at)}`);
-      if (o.payload === undefined) {
-        tuple = `[${u},${actionId},${value},${at}]`;
-      } else {
-        if (typeof o.payload !== 'string' || Buffer.byteLength(o.payload) > MAX_PAYLOAD_BYTES) {
-          throw new TypeError(`payload: must be a string of at most ${MAX_PAYLOAD_BYTES} bytes`);
-        }
-        tuple = `[${u},${actionId},${value},${at},${JSON.stringify(o.payload)}]`;
-      }
+      const at = o.at instanceof Date ? o.at.getTime() : o.at;
+      tuple = encodeTuple(user, action, parseValue(o.value), parseAt(at, Date.now()), parsePayload(o.payload));
     }
     this.counters.accepted++;
     const buf = priority === 'high' ? this.high : this.normal;
@@ -289,7 +275,7 @@ export class OffLogClient {
     for (const priority of ['high', 'normal'] as const) {
       const buf = priority === 'high' ? this.high : this.normal;
       if (buf.length === 0) continue;
-      const batch: Batch = { unique: this.nextId(), body: `{"v":1,"e":[${buf.join(',')}]}`, events: buf.length, priority };
+      const batch: Batch = { unique: this.nextId(), body: batchOf(buf), events: buf.length, priority };
       if (priority === 'high') {
         this.high = [];
         this.queue.unshift(batch);
@@ -445,18 +431,3 @@ export class OffLogClient {
   }
 }
 
-/** userId as it goes into a batch tuple: a bare number when safe, else a quoted decimal string. */
-function encodeUserId(userId: number | string | bigint): string {
-  if (typeof userId === 'number') {
-    if (Number.isSafeInteger(userId) && userId >= 0) return String(userId);
-  } else if (typeof userId === 'string') {
-    if (/^\d{1,20}$/.test(userId)) {
-      if (userId.length < 16) return String(Number(userId));
-      const n = BigInt(userId);
-      if (n <= MAX_U64) return `"${n}"`;
-    }
-  } else if (typeof userId === 'bigint') {
-    if (userId >= 0n && userId <= MAX_U64) return userId <= BigInt(Number.MAX_SAFE_INTEGER) ? String(userId) : `"${userId}"`;
-  }
-  throw new TypeError(`userId: must be an unsigned 64-bit integer (number, bigint or decimal string), got ${String(userId)}`);
-}

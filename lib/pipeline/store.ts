@@ -5,8 +5,9 @@
  * checked to be plain integers (see upsertCountsSql).
  */
 import mysql, { type Pool, type PoolConnection, type RowDataPacket } from 'mysql2/promise';
-import type { CountRows } from './ring.ts';
-import { isU64Decimal } from './u64.ts';
+import type { CountRows } from '../domain/counts.ts';
+import { isU64Decimal } from '../domain/u64.ts';
+import { MIGRATIONS, type Tables } from './migrations.ts';
 
 /**
  * Rows per counts upsert. Each statement costs a round trip and a parse, so
@@ -28,7 +29,7 @@ export interface StoreOptions {
   rowsPerStatement?: number;
 }
 
-export type SliceStatus = 'flushed' | 'incomplete' | 'lost';
+export type SliceStatus = 'flushed' | 'incomplete' | 'lost' | 'corrupt' | 'saturated';
 
 export interface SliceRecord {
   status: SliceStatus;
@@ -37,6 +38,8 @@ export interface SliceRecord {
   chunksMissing: number;
   events: bigint | null;
   late: bigint;
+  sumsSaturated: number;
+  corruptItems: number;
   note: string;
 }
 
@@ -49,7 +52,7 @@ export interface DeadLetter {
 
 export class Store {
   readonly pool: Pool;
-  private readonly t: { counts: string; slices: string; state: string; dead: string };
+  private readonly t: Tables;
   /** The most rows one upsert may carry (the flush reads memcached in batches of this size). */
   readonly rowsPerStatement: number;
   /** SQL statements issued since start (benchmarks and tests count them). */
@@ -62,48 +65,43 @@ export class Store {
     });
     this.pool.on('connection', (c) => c.query("SET time_zone = '+00:00'"));
     const p = options.tablePrefix;
-    this.t = { counts: `${p}counts`, slices: `${p}slices`, state: `${p}state`, dead: `${p}dead_letters` };
+    this.t = { counts: `${p}counts`, slices: `${p}slices`, state: `${p}state`, dead: `${p}dead_letters`, migrations: `${p}migrations` };
     this.rowsPerStatement = options.rowsPerStatement ?? DEFAULT_ROWS_PER_STATEMENT;
     if (!Number.isSafeInteger(this.rowsPerStatement) || this.rowsPerStatement < 1) throw new RangeError(`rowsPerStatement must be a whole number >= 1, not ${options.rowsPerStatement}`);
   }
 
-  /** Idempotent: creates what is missing, changes nothing that exists. */
-  async migrate(): Promise<void> {
-    const { counts, slices, state, dead } = this.t;
-    for (const sql of [
-      `CREATE TABLE IF NOT EXISTS \`${counts}\` (
-        slice_start DATETIME NOT NULL COMMENT 'UTC',
-        user_id BIGINT UNSIGNED NOT NULL,
-        action_id SMALLINT UNSIGNED NOT NULL,
-        count BIGINT UNSIGNED NOT NULL,
-        value_sum BIGINT UNSIGNED NOT NULL,
-        PRIMARY KEY (slice_start, user_id, action_id)
-      ) ENGINE=InnoDB`,
-      `CREATE TABLE IF NOT EXISTS \`${slices}\` (
-        slice_start DATETIME NOT NULL PRIMARY KEY COMMENT 'UTC; MAX() is the flush watermark',
-        status ENUM('flushed','incomplete','lost') NOT NULL,
-        \`rows\` INT UNSIGNED NOT NULL,
-        pairs_missing INT UNSIGNED NOT NULL,
-        chunks_missing INT UNSIGNED NOT NULL,
-        events BIGINT UNSIGNED NULL,
-        late BIGINT UNSIGNED NOT NULL,
-        note VARCHAR(255) NOT NULL DEFAULT '',
-        flushed_at DATETIME(3) NOT NULL
-      ) ENGINE=InnoDB`,
-      `CREATE TABLE IF NOT EXISTS \`${state}\` (
-        name VARCHAR(128) NOT NULL PRIMARY KEY,
-        value VARCHAR(255) NOT NULL
-      ) ENGINE=InnoDB`,
-      `CREATE TABLE IF NOT EXISTS \`${dead}\` (
-        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        received_at DATETIME(3) NOT NULL,
-        function_name VARCHAR(64) NOT NULL,
-        job_unique VARCHAR(255) NOT NULL,
-        error TEXT NOT NULL,
-        payload MEDIUMBLOB NOT NULL
-      ) ENGINE=InnoDB`,
-    ]) {
-      await this.query(sql);
+  /**
+   * Applies the migrations this database has not had yet, in order, under a
+   * lock (two deploys migrating at once take turns). Returns those applied.
+   */
+  async migrate(): Promise<number[]> {
+    const t = this.t;
+    const conn = await this.pool.getConnection();
+    const lock = `${t.migrations}.migrate`;
+    try {
+      const [got] = await this.run<RowDataPacket[]>(conn, 'SELECT GET_LOCK(CONCAT(DATABASE(), ?), 60) AS got', [lock]);
+      if (Number(got[0]?.got) !== 1) throw new Error('migrate: another migration held the lock for 60 s');
+      try {
+        await this.run(conn, `CREATE TABLE IF NOT EXISTS \`${t.migrations}\` (
+          version INT UNSIGNED NOT NULL PRIMARY KEY,
+          name VARCHAR(255) NOT NULL,
+          applied_at DATETIME(3) NOT NULL
+        ) ENGINE=InnoDB`);
+        const [rows] = await this.run<RowDataPacket[]>(conn, `SELECT version FROM \`${t.migrations}\``);
+        const done = new Set(rows.map((r) => Number(r.version)));
+        const applied: number[] = [];
+        for (const m of MIGRATIONS) {
+          if (done.has(m.version)) continue;
+          for (const sql of m.statements(t)) await this.run(conn, sql);
+          await this.run(conn, `INSERT INTO \`${t.migrations}\` (version, name, applied_at) VALUES (?, ?, NOW(3))`, [m.version, m.name]);
+          applied.push(m.version);
+        }
+        return applied;
+      } finally {
+        await this.run(conn, 'SELECT RELEASE_LOCK(CONCAT(DATABASE(), ?))', [lock]).catch(() => undefined);
+      }
+    } finally {
+      conn.release();
     }
   }
 
@@ -131,11 +129,15 @@ export class Store {
       });
       await this.run(
         conn,
-        `INSERT INTO \`${this.t.slices}\` (slice_start, status, \`rows\`, pairs_missing, chunks_missing, events, late, note, flushed_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, NOW(3))
-         ON DUPLICATE KEY UPDATE status = VALUES(status), \`rows\` = VALUES(\`rows\`), pairs_missing = VALUES(pairs_missing),
-           chunks_missing = VALUES(chunks_missing), events = VALUES(events), late = VALUES(late), note = VALUES(note), flushed_at = VALUES(flushed_at)`,
-        [sliceStart, record.status, record.rows, record.pairsMissing, record.chunksMissing, record.events?.toString() ?? null, record.late.toString(), record.note.slice(0, 255)],
+        `INSERT INTO \`${this.t.slices}\` (slice_start, status, row_count, pairs_missing, chunks_missing, events, late, sums_saturated, corrupt_items, note, flushed_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NOW(3))
+         ON DUPLICATE KEY UPDATE status = VALUES(status), row_count = VALUES(row_count), pairs_missing = VALUES(pairs_missing),
+           chunks_missing = VALUES(chunks_missing), events = VALUES(events), late = VALUES(late), sums_saturated = VALUES(sums_saturated),
+           corrupt_items = VALUES(corrupt_items), note = VALUES(note), flushed_at = VALUES(flushed_at)`,
+        [
+          sliceStart, record.status, record.rows, record.pairsMissing, record.chunksMissing, record.events?.toString() ?? null, record.late.toString(),
+          record.sumsSaturated, record.corruptItems, record.note.slice(0, 1024),
+        ],
       );
       await this.run(conn, 'COMMIT');
       return record;

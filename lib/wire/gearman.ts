@@ -8,8 +8,8 @@
  */
 import gearman, { type GearmanSocket } from 'gearman';
 import net from 'node:net';
-import type { HostPort } from './config.ts';
-import { GearmanUnavailableError } from './errors.ts';
+import { label, type HostPort } from '../base/config.ts';
+import { GearmanUnavailableError } from '../base/errors.ts';
 
 export type Priority = 'low' | 'normal' | 'high';
 
@@ -22,7 +22,6 @@ export interface Job {
   conn: GearmanConnection;
 }
 
-export const label = (s: HostPort): string => `${s.host}:${s.port}`;
 
 type Waiter<T> = { resolve: (v: T) => void; reject: (e: Error) => void };
 

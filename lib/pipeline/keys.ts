@@ -1,0 +1,65 @@
+/**
+ * Every memcached key OffLog uses, built in one place (as bullmq's QueueKeys
+ * does), from the configured prefix and validated integers only.
+ *
+ *   {p}{slice}:c:{user}:{action}   count            — on the pair's server
+ *   {p}{slice}:v:{user}:{action}   value sum        — on the pair's server
+ *   {p}{slice}:rn                  register chunks written so far   — on the slice's server
+ *   {p}{slice}:r:{n}               register chunk n: pairs, 10 bytes each (u64 user, u16 action)
+ *   {p}{slice}:n / :late           events counted into the slice / of which late
+ *   {p}{slice}:ovf                 value sums that would have passed 2^64 − 1 (saturated instead)
+ *   {p}{slice}:w                   writers inside the slice right now (see Ring.enter / Ring.seal)
+ *   {p}j:{unique}                  "job applied" marks (idempotency)
+ *   {p}wm                          the flush's watermark: the last slice it committed
+ *
+ * Slice numbers are absolute, so keys never collide when the ring wraps.
+ */
+import { createHash } from 'node:crypto';
+import type { ActionId, UserId } from '../domain/contract.ts';
+import type { SliceId } from '../domain/slice.ts';
+
+export type SliceCounter = 'rn' | 'n' | 'late' | 'ovf' | 'w';
+
+export class RingKeys {
+  constructor(readonly prefix: string) {
+    // Keys are written to memcached without being re-checked (see Ring.apply), so the prefix is checked here.
+    if (!/^[!-~]{0,64}$/.test(prefix)) {
+      throw new RangeError(`keyPrefix must be printable ASCII without spaces, at most 64 characters, got ${JSON.stringify(prefix)}`);
+    }
+  }
+
+  /** `{p}{slice}:` — the start of every key of this slice. */
+  slicePrefix(slice: SliceId): string {
+    return `${this.prefix}${slice}:`;
+  }
+
+  sliceCounter(slice: SliceId, name: SliceCounter): string {
+    return `${this.prefix}${slice}:${name}`;
+  }
+
+  registerChunk(slice: SliceId, n: number): string {
+    return `${this.prefix}${slice}:r:${n}`;
+  }
+
+  count(slice: SliceId, userId: UserId, actionId: ActionId): string {
+    return `${this.prefix}${slice}:c:${userId}:${actionId}`;
+  }
+
+  valueSum(slice: SliceId, userId: UserId, actionId: ActionId): string {
+    return `${this.prefix}${slice}:v:${userId}:${actionId}`;
+  }
+
+  job(unique: string): string {
+    // Unique ids come from clients: anything that is not a plain safe token is hashed.
+    const safe = /^[A-Za-z0-9_.:-]{1,64}$/.test(unique);
+    return `${this.prefix}j:${safe ? unique : '#' + createHash('sha256').update(unique).digest('base64url')}`;
+  }
+
+  watermark(): string {
+    return `${this.prefix}wm`;
+  }
+}
+
+/** Shard keys: what decides a key's server. A pair's two counters share one; a slice's head and register share another. */
+export const shardOfPair = (userId: UserId | number, actionId: ActionId): string => `${userId}:${actionId}`;
+export const shardOfSlice = (slice: SliceId): string => `slice:${slice}`;

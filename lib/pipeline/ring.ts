@@ -1,0 +1,399 @@
+/**
+ * The memcached ring: per slice, per (user, action), a count and a value sum,
+ * plus each slice's register of its pairs (see keys.ts for every key). Every
+ * key expires ringSlices × sliceSeconds after it is created: that is the ring.
+ *
+ * This module writes (the worker's side) and opens slices for reading (the
+ * flush's side, in slice-reader.ts). Where keys live is placement.ts's job.
+ *
+ * A pair is put in the register *before* its counters are created, so a crash
+ * can leave a listed pair without counters (reported as missing) but never
+ * counters nobody can find. Two workers creating the same pair at once may both
+ * list it; readers de-duplicate.
+ *
+ * Sums never wrap: a pair whose fold passes 2^64 − 1 is held there, and an
+ * increment memcached wrapped (it wraps silently at 2^64) is set back to
+ * 2^64 − 1; both are counted on the slice (`ovf`) for the flush to report.
+ *
+ * Writers and the flush never share a slice (the slice guard, and the
+ * watermark): a writer announces itself on each slice it is about to write
+ * (`{slice}:w`), then reads the flush's watermark; the flush publishes the
+ * watermark first, then waits for the slice's writers to leave. Whichever
+ * comes first, a writer either sees the watermark and writes elsewhere, or
+ * the flush sees the writer and waits for it.
+ */
+import type { HostPort } from '../base/config.ts';
+import type { Deltas, PairDelta } from '../domain/aggregate.ts';
+import { MAX_U64 } from '../domain/contract.ts';
+import type { SliceId } from '../domain/slice.ts';
+import { MemcacheConnection, type MemcacheOp, type MemcacheReply } from '../wire/memcache.ts';
+import { RingKeys, shardOfPair, shardOfSlice } from './keys.ts';
+import { Placement } from './placement.ts';
+import { counterText, SliceReader } from './slice-reader.ts';
+
+export interface RingOptions {
+  servers: HostPort[];
+  /** The pool before the last change, while slices written under it may still be in the ring. */
+  previousServers?: HostPort[];
+  keyPrefix: string;
+  sliceSeconds: number;
+  ringSlices: number;
+  opTimeoutMs?: number;
+}
+
+/** memcached holds something in a ring key that is not what OffLog writes there. */
+export class RingDataError extends Error {
+  override name = 'RingDataError';
+}
+
+export interface ApplyStats { ops: number; newPairs: number; wrapped: number }
+
+const ENTRY_BYTES = 10;
+/** 50,000 pairs × 10 bytes: well under memcached's 1 MB item limit. */
+const CHUNK_PAIRS = 50_000;
+const MAX_RACE_RETRIES = 5;
+const MAX_TEXT = MAX_U64.toString();
+
+export class Ring {
+  readonly keys: RingKeys;
+  readonly placement: Placement;
+  private readonly conns: MemcacheConnection[];
+  readonly ttl: number;
+  /** memcached operations issued since start (for benchmarks and status). */
+  ops = 0;
+
+  constructor(options: RingOptions) {
+    this.keys = new RingKeys(options.keyPrefix);
+    this.placement = new Placement(options.servers, options.previousServers ?? []);
+    this.conns = this.placement.servers.map((s) => new MemcacheConnection(s, { opTimeoutMs: options.opTimeoutMs ?? 5000 }));
+    this.ttl = options.ringSlices * options.sliceSeconds;
+  }
+
+  get connections(): readonly MemcacheConnection[] {
+    return this.conns;
+  }
+
+  /**
+   * Stores a fold's deltas. Resolves once every increment is in memcached; a
+   * rejection means some may be, which is why jobs are acknowledged only after.
+   *
+   * Round trips: one batch of increments per server (every pair's counters
+   * and the slice totals together); then, only for what did not exist yet,
+   * the register (per slice, in parallel) and one batch of `add`s per server;
+   * then, only if memcached wrapped a counter, setting it back to 2^64 − 1.
+   */
+  async apply(deltas: Deltas): Promise<ApplyStats> {
+    const pairs = deltas.pairs;
+    const before = this.ops;
+    const { keys, placement } = this;
+    // Counters are named by tags, their keys made only while a command is written (see Counters).
+    const totals: string[] = [];
+    const keyOf = (tag: number): string => {
+      if (tag < 0) return totals[-tag - 1]!;
+      const d = pairs[tag >> 1]!;
+      return (tag & 1) === 0 ? keys.count(d.slice, d.userId, d.actionId) : keys.valueSum(d.slice, d.userId, d.actionId);
+    };
+    const counters = new Counters(keyOf);
+    // 1. Increment the counters that exist: every pair's count (tag 2i) and value sum (2i + 1), and the slice totals.
+    const bumps = this.conns.map(() => counters.list());
+    for (let i = 0; i < pairs.length; i++) {
+      const d = pairs[i]!;
+      const to = bumps[placement.writer(shardOfPair(d.userId, d.actionId))]!;
+      to.push(2 * i, d.count);
+      if (d.value !== 0) to.push(2 * i + 1, d.value);
+    }
+    const perSlice = new Map<SliceId, number>();
+    for (const d of pairs) perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + d.count);
+    const total = (slice: SliceId, name: 'n' | 'late' | 'ovf', n: number): void => {
+      totals.push(keys.sliceCounter(slice, name));
+      bumps[placement.writer(shardOfSlice(slice))]!.push(-totals.length, n);
+    };
+    for (const [slice, n] of perSlice) total(slice, 'n', n);
+    for (const [slice, n] of deltas.late) total(slice, 'late', n);
+    for (const [slice, n] of deltas.saturatedBySlice()) total(slice, 'ovf', n);
+    const wraps: number[] = [];
+    const missing = await this.incr(bumps, wraps);
+    // 2. Pairs new to this slice (their count was missing): list them in the
+    // register first, then create their counters, the value sum too even when 0.
+    const created: PairDelta[] = [];
+    for (const m of missing) {
+      const found = m.tags.length;
+      for (let j = 0; j < found; j++) {
+        const tag = m.tags[j]!;
+        if (tag < 0 || (tag & 1) === 1) continue;
+        const d = pairs[tag >> 1]!;
+        created.push(d);
+        if (d.value === 0) m.push(tag + 1, 0);
+      }
+    }
+    if (created.length > 0) await this.register(created);
+    await this.ensure(missing, wraps);
+    // 3. Counters memcached wrapped past 2^64 − 1: held there, and counted on their slice.
+    if (wraps.length > 0) await this.saturate(wraps, pairs);
+    return { ops: this.ops - before, newPairs: created.length, wrapped: wraps.length };
+  }
+
+  /**
+   * A writer's announcement before writing to `slices` (see the header): the
+   * slices' writer counts go up, and then the flush's watermark is read. A
+   * caller must call leave() with the same slices afterwards, whatever happens.
+   */
+  async enter(slices: readonly SliceId[]): Promise<SliceId | null> {
+    await Promise.all(slices.map((s) => this.reserve(this.keys.sliceCounter(s, 'w'), this.placement.writer(shardOfSlice(s)), 1)));
+    return this.watermark();
+  }
+
+  async leave(slices: readonly SliceId[]): Promise<void> {
+    await Promise.all(slices.map((s) => this.exec(this.placement.writer(shardOfSlice(s)), [{ kind: 'decr', key: this.keys.sliceCounter(s, 'w'), amount: 1 }])));
+  }
+
+  /** The last slice the flush took (from any server of the current pool), or null if none says. */
+  async watermark(): Promise<SliceId | null> {
+    const key = this.keys.watermark();
+    const found = await Promise.all(this.placement.currentServers.map((s) => this.exec(s, [{ kind: 'get', key }]).then(([v]) => v)));
+    let wm: number | null = null;
+    for (const v of found) {
+      const text = v instanceof Buffer ? counterText(v) : null;
+      if (text !== null && (wm === null || Number(text) > wm)) wm = Number(text);
+    }
+    return wm as SliceId | null;
+  }
+
+  /**
+   * The flush's side: publishes `slice` as taken (on every server, so any
+   * writer's pool finds it; never lowered), then waits until no writer is
+   * inside the slice, up to `waitMs`. Returns the writers still inside then
+   * (a writer that died inside leaves its count until the key expires).
+   */
+  async seal(slice: SliceId, waitMs: number): Promise<number> {
+    const key = this.keys.watermark();
+    const current = await this.watermark();
+    if (current === null || slice > current) {
+      await Promise.all(this.placement.servers.map((_, s) => this.exec(s, [{ kind: 'set', key, value: String(slice), ttl: 0 }])));
+    }
+    const homes = this.placement.readers(shardOfSlice(slice));
+    const w = this.keys.sliceCounter(slice, 'w');
+    const deadline = Date.now() + waitMs;
+    for (let delay = 5; ; delay = Math.min(200, delay * 2)) {
+      let inside = 0;
+      for (const h of homes) {
+        const [v] = await this.exec(h, [{ kind: 'get', key: w }]);
+        const text = v instanceof Buffer ? counterText(v) : null;
+        inside += text === null ? 0 : Number(text);
+      }
+      if (inside === 0 || Date.now() >= deadline) return inside;
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+
+  /** Which of these jobs (by unique id) were already applied, under either pool. */
+  async appliedJobs(uniques: readonly string[]): Promise<Set<string>> {
+    const done = new Set<string>();
+    const byServer = this.conns.map(() => [] as string[]);
+    for (const u of uniques) {
+      if (!u) continue;
+      const key = this.keys.job(u);
+      for (const s of this.placement.readers(key)) byServer[s]!.push(key);
+    }
+    const found = new Set<string>();
+    await Promise.all(byServer.map(async (keys, s) => {
+      if (keys.length === 0) return;
+      this.ops += keys.length;
+      for (const k of (await this.conns[s]!.getMulti(keys)).keys()) found.add(k);
+    }));
+    for (const u of uniques) if (u && found.has(this.keys.job(u))) done.add(u);
+    return done;
+  }
+
+  /** Marks jobs applied, so a redelivered copy (worker crash before its ack, client re-send) is skipped. */
+  async markApplied(uniques: readonly string[]): Promise<void> {
+    const byServer = new Map<number, MemcacheOp[]>();
+    for (const u of uniques) {
+      if (!u) continue;
+      const key = this.keys.job(u);
+      const s = this.placement.writer(key);
+      let ops = byServer.get(s);
+      if (!ops) byServer.set(s, (ops = []));
+      ops.push({ kind: 'set', key, value: '1', ttl: this.ttl });
+    }
+    await Promise.all([...byServer].map(([s, ops]) => this.exec(s, ops)));
+  }
+
+  /** Opens a finished slice for reading in batches of at most `batchPairs` pairs (see SliceReader). */
+  openSlice(slice: SliceId, batchPairs: number): Promise<SliceReader> {
+    return SliceReader.open(slice, batchPairs, { keys: this.keys, placement: this.placement, conns: this.conns, countOps: (n) => (this.ops += n) });
+  }
+
+  /** Each server's identity (pid, and start time = time − uptime): a change means it restarted and lost its items. */
+  async bootTimes(): Promise<{ server: string; pid: number; bootedAt: number; items: number; bytes: number; limitBytes: number; evictions: number }[]> {
+    return Promise.all(
+      this.conns.map(async (c) => {
+        const s = await c.stats();
+        return {
+          server: `${c.address.host}:${c.address.port}`,
+          pid: Number(s.pid),
+          bootedAt: Number(s.time) - Number(s.uptime),
+          items: Number(s.curr_items),
+          bytes: Number(s.bytes),
+          limitBytes: Number(s.limit_maxbytes),
+          evictions: Number(s.evictions),
+        };
+      }),
+    );
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.conns.map((c) => c.close()));
+  }
+
+  // ── internals ──
+
+  private async register(created: PairDelta[]): Promise<void> {
+    const bySlice = new Map<SliceId, PairDelta[]>();
+    for (const d of created) {
+      let list = bySlice.get(d.slice);
+      if (!list) bySlice.set(d.slice, (list = []));
+      list.push(d);
+    }
+    await Promise.all([...bySlice].map(([slice, list]) => this.registerSlice(slice, list)));
+  }
+
+  private async registerSlice(slice: SliceId, list: PairDelta[]): Promise<void> {
+    const chunkCount = Math.ceil(list.length / CHUNK_PAIRS);
+    const home = this.placement.writer(shardOfSlice(slice));
+    // Reserve chunk numbers first: incr is atomic, so concurrent workers never share one.
+    const last = await this.reserve(this.keys.sliceCounter(slice, 'rn'), home, chunkCount);
+    const ops: MemcacheOp[] = [];
+    for (let i = 0; i < chunkCount; i++) {
+      const part = list.slice(i * CHUNK_PAIRS, (i + 1) * CHUNK_PAIRS);
+      const buf = Buffer.allocUnsafe(part.length * ENTRY_BYTES);
+      for (let j = 0; j < part.length; j++) {
+        const d = part[j]!;
+        const o = j * ENTRY_BYTES;
+        // Ids under 16 digits are exact numbers: two 32-bit halves, no BigInt.
+        if (d.userId.length < 16) {
+          const u = Number(d.userId);
+          buf.writeUInt32BE(Math.floor(u / 0x1_0000_0000), o);
+          buf.writeUInt32BE(u % 0x1_0000_0000, o + 4);
+        } else buf.writeBigUInt64BE(BigInt(d.userId), o);
+        buf.writeUInt16BE(d.actionId, o + 8);
+      }
+      ops.push({ kind: 'set', key: this.keys.registerChunk(slice, last - chunkCount + i + 1), value: buf, ttl: this.ttl });
+    }
+    await this.exec(home, ops);
+  }
+
+  /** incr-or-create a counter and return its new value. */
+  private async reserve(key: string, server: number, amount: number): Promise<number> {
+    for (let attempt = 0; attempt < MAX_RACE_RETRIES; attempt++) {
+      const [n] = await this.exec(server, [{ kind: 'incr', key, amount }]);
+      if (n !== null) return Number(n);
+      const [stored] = await this.exec(server, [{ kind: 'add', key, value: String(amount), ttl: this.ttl }]);
+      if (stored === true) return amount;
+    }
+    throw new Error(`memcached: could not create ${key} after ${MAX_RACE_RETRIES} attempts`);
+  }
+
+  /**
+   * Increments each counter, every server's batch at once; returns, per
+   * server, the ones that do not exist yet, and pushes the tags of those
+   * memcached wrapped onto `wraps`.
+   */
+  private async incr(bumps: CounterList[], wraps: number[]): Promise<CounterList[]> {
+    return Promise.all(
+      bumps.map(async (b, server) => {
+        const missing = b.counters.list();
+        if (b.length === 0) return missing;
+        this.ops += b.length;
+        // Keys built here from the checked prefix and numbers: memcache need not check them again.
+        const found = await this.conns[server]!.incrMany(b, b.amounts, { keysValid: true });
+        for (let i = 0; i < found.length; i++) {
+          if (found[i] === 0) missing.push(b.tags[i]!, b.amounts[i]!);
+          else if (found[i] === 2) wraps.push(b.tags[i]!);
+        }
+        return missing;
+      }),
+    );
+  }
+
+  /** Creates missing counters with `add`; a key someone else created meanwhile is incremented instead. */
+  private async ensure(bumps: CounterList[], wraps: number[]): Promise<void> {
+    let pending = bumps;
+    for (let attempt = 0; pending.some((b) => b.length > 0); attempt++) {
+      if (attempt === MAX_RACE_RETRIES) {
+        const left = pending.reduce((n, b) => n + b.length, 0);
+        throw new Error(`memcached: ${left} counters kept racing (first ${pending.find((b) => b.length > 0)!.at(0)})`);
+      }
+      const raced = await Promise.all(
+        pending.map(async (b, server) => {
+          const lost = b.counters.list();
+          if (b.length === 0) return lost;
+          this.ops += b.length;
+          const values = { length: b.length, at: (i: number) => String(b.amounts[i]) };
+          const stored = await this.conns[server]!.addMany(b, values, this.ttl, { keysValid: true });
+          for (let i = 0; i < stored.length; i++) if (stored[i] === 0 && b.amounts[i] !== 0) lost.push(b.tags[i]!, b.amounts[i]!);
+          return lost;
+        }),
+      );
+      pending = await this.incr(raced, wraps);
+    }
+  }
+
+  /** Sets wrapped pair counters to 2^64 − 1 (the true total is at least that) and counts them on their slice. */
+  private async saturate(tags: number[], pairs: readonly PairDelta[]): Promise<void> {
+    const { keys, placement } = this;
+    const ops = this.conns.map((): MemcacheOp[] => []);
+    const perSlice = new Map<SliceId, number>();
+    for (const tag of tags) {
+      if (tag < 0) continue; // a slice's event total: 2^64 events do not happen
+      const d = pairs[tag >> 1]!;
+      const key = (tag & 1) === 0 ? keys.count(d.slice, d.userId, d.actionId) : keys.valueSum(d.slice, d.userId, d.actionId);
+      ops[placement.writer(shardOfPair(d.userId, d.actionId))]!.push({ kind: 'set', key, value: MAX_TEXT, ttl: this.ttl });
+      perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + 1);
+    }
+    await Promise.all(ops.map((list, s) => this.exec(s, list)));
+    for (const [slice, n] of perSlice) await this.reserve(keys.sliceCounter(slice, 'ovf'), placement.writer(shardOfSlice(slice)), n);
+  }
+
+  private exec(server: number, ops: MemcacheOp[]): Promise<MemcacheReply[]> {
+    if (ops.length === 0) return Promise.resolve([]);
+    this.ops += ops.length;
+    return this.conns[server]!.exec(ops);
+  }
+}
+
+/**
+ * The counters of one apply, named by number (tag) rather than by key: a
+ * fold may touch a million counters, and holding a key string for each while
+ * memcached answers made them live long enough to be expensive garbage.
+ * `keyOf` makes a tag's key when a command is written, or an error named.
+ */
+class Counters {
+  constructor(readonly keyOf: (tag: number) => string) {}
+
+  list(): CounterList {
+    return new CounterList(this);
+  }
+}
+
+/** Counters bound for one server, with their amounts; a KeyList for MemcacheConnection's bulk calls. */
+class CounterList {
+  readonly tags: number[] = [];
+  readonly amounts: (number | bigint)[] = [];
+
+  constructor(readonly counters: Counters) {}
+
+  get length(): number {
+    return this.tags.length;
+  }
+
+  at(i: number): string | undefined {
+    const tag = this.tags[i];
+    return tag === undefined ? undefined : this.counters.keyOf(tag);
+  }
+
+  push(tag: number, amount: number | bigint): void {
+    this.tags.push(tag);
+    this.amounts.push(amount);
+  }
+}

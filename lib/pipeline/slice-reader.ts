@@ -1,0 +1,293 @@
+/**
+ * Reads one finished slice out of memcached in batches, so the flush holds
+ * one batch (plus the register chunks it is walking) rather than the whole
+ * slice: `next()` walks the register, skips pairs already seen, and
+ * multi-gets the counters of the next `batchPairs` pairs.
+ *
+ * While the memcached pool changes (see Placement), a slice may have been
+ * written under two pools: the reader walks the register on every server the
+ * slice's head may be on, and adds up each pair's counters from every server
+ * it may be on. A server is read once, whichever pools placed a key there.
+ *
+ * Nothing memcached holds can stop the reader: an item that is not what
+ * OffLog writes (a register chunk of the wrong length, a pair with action 0,
+ * a counter that is not a number) is skipped and counted in `corrupt`, with
+ * the first such key named, and the rest of the slice is read.
+ *
+ * Memory: the batch being read, up to REGISTER_CHUNKS_PER_GET register
+ * chunks, and a PairTable of the pairs seen so far (≤ 56 bytes a pair).
+ */
+import type { CountRows } from '../domain/counts.ts';
+import { PairTable } from '../domain/pairtable.ts';
+import type { SliceId } from '../domain/slice.ts';
+import { isU64Decimal, U64Sum } from '../domain/u64.ts';
+import type { MemcacheConnection } from '../wire/memcache.ts';
+import { shardOfPair, shardOfSlice, type RingKeys, type SliceCounter } from './keys.ts';
+import type { Placement } from './placement.ts';
+
+/** A slice's head, summed over the servers that may hold it: read once, before its pairs. */
+export interface SliceHead {
+  slice: SliceId;
+  /** Register chunks reserved by the writers, per head server (some may be gone). */
+  chunks: number[];
+  /** Events the workers counted into this slice (null when the counter itself is gone). */
+  events: bigint | null;
+  late: bigint;
+  /** Value sums that would have passed 2^64 − 1 and were held there instead. */
+  saturated: bigint;
+}
+
+/** What a SliceReader found, once it has read the whole slice. */
+export interface SliceTotals extends SliceHead {
+  /** Distinct pairs whose counters were read. */
+  rows: number;
+  /** Sum of the rows' counts, to compare with `events`. */
+  counted: bigint;
+  missingPairs: number;
+  missingChunks: number;
+  /** Pairs listed more than once (two workers raced to create them); read once. */
+  duplicates: number;
+  /** Items that are not what OffLog writes, skipped; `corruptNote` names the first. */
+  corrupt: number;
+  corruptNote: string;
+}
+
+const ENTRY_BYTES = 10;
+/** Register chunks fetched per round trip while reading: at most 16 × 500 KB in memory at once. */
+const REGISTER_CHUNKS_PER_GET = 16;
+
+export interface ReaderDeps {
+  keys: RingKeys;
+  placement: Placement;
+  conns: readonly MemcacheConnection[];
+  /** Counts the memcached operations issued. */
+  countOps(n: number): void;
+}
+
+export class SliceReader {
+  private readonly seen = new PairTable(4096);
+  private readonly counted = new U64Sum();
+  private rows = 0;
+  private missingPairs = 0;
+  private missingChunks = 0;
+  private duplicates = 0;
+  private corrupt = 0;
+  private corruptNote = '';
+  /** Register walk: which head server, the next chunk number there (from 1), chunks fetched and not yet walked. */
+  private home = 0;
+  private nextChunk = 1;
+  private chunkBuffers: Buffer[] = [];
+  private offset = 0;
+
+  private constructor(
+    readonly head: SliceHead,
+    private readonly homes: number[],
+    private readonly batchPairs: number,
+    private readonly deps: ReaderDeps,
+  ) {
+    if (!Number.isSafeInteger(batchPairs) || batchPairs < 1) throw new RangeError(`batchPairs must be a whole number >= 1, not ${batchPairs}`);
+  }
+
+  /** Opens a finished slice: reads its head from every server that may hold it. */
+  static async open(slice: SliceId, batchPairs: number, deps: ReaderDeps): Promise<SliceReader> {
+    const homes = deps.placement.readers(shardOfSlice(slice));
+    const names: SliceCounter[] = ['rn', 'n', 'late', 'ovf'];
+    const found = await Promise.all(homes.map((h) => {
+      deps.countOps(names.length);
+      return deps.conns[h]!.getMulti(names.map((n) => deps.keys.sliceCounter(slice, n)));
+    }));
+    const head: SliceHead = { slice, chunks: [], events: null, late: 0n, saturated: 0n };
+    const partial = { corrupt: 0, note: '' };
+    const read = (values: Map<string, Buffer>, name: SliceCounter): bigint | null => {
+      const key = deps.keys.sliceCounter(slice, name);
+      const buf = values.get(key);
+      if (buf === undefined) return null;
+      const text = counterText(buf);
+      if (text === null) {
+        partial.corrupt++;
+        partial.note ||= `memcached key ${key} holds ${JSON.stringify(buf.toString('latin1', 0, 40))}, not a counter`;
+        return null;
+      }
+      return BigInt(text);
+    };
+    for (const values of found) {
+      head.chunks.push(Number(read(values, 'rn') ?? 0n));
+      const n = read(values, 'n');
+      if (n !== null) head.events = (head.events ?? 0n) + n;
+      head.late += read(values, 'late') ?? 0n;
+      head.saturated += read(values, 'ovf') ?? 0n;
+    }
+    const reader = new SliceReader(head, homes, batchPairs, deps);
+    reader.corrupt = partial.corrupt;
+    reader.corruptNote = partial.note;
+    return reader;
+  }
+
+  /** The next batch of rows (never empty), or null when the slice is done. One call at a time. */
+  async next(): Promise<CountRows | null> {
+    for (;;) {
+      const pairs = await this.nextPairs();
+      if (pairs.users.length === 0) return null;
+      const rows = await this.readCounters(pairs);
+      if (rows.length > 0) return rows;
+      // Every pair of this batch was gone: read on rather than hand back nothing.
+    }
+  }
+
+  /** Valid once next() has returned null. */
+  totals(): SliceTotals {
+    return {
+      ...this.head,
+      rows: this.rows,
+      counted: this.counted.value,
+      missingPairs: this.missingPairs,
+      missingChunks: this.missingChunks,
+      duplicates: this.duplicates,
+      corrupt: this.corrupt,
+      corruptNote: this.corruptNote,
+    };
+  }
+
+  private noteCorrupt(what: string): void {
+    this.corrupt++;
+    this.corruptNote ||= what;
+  }
+
+  /** Up to batchPairs pairs not seen before, from the register. */
+  private async nextPairs(): Promise<{ users: string[]; actions: number[] }> {
+    const users: string[] = [];
+    const actions: number[] = [];
+    while (users.length < this.batchPairs) {
+      const buf = this.chunkBuffers[0];
+      if (buf === undefined) {
+        if (!(await this.fetchChunks())) break;
+        continue;
+      }
+      let o = this.offset;
+      for (; o + ENTRY_BYTES <= buf.length && users.length < this.batchPairs; o += ENTRY_BYTES) {
+        const hi = buf.readUInt32BE(o);
+        const lo = buf.readUInt32BE(o + 4);
+        const actionId = buf.readUInt16BE(o + 8);
+        if (actionId === 0) {
+          this.noteCorrupt(`slice ${this.head.slice}: a register entry has action id 0`);
+          continue;
+        }
+        if (!this.seen.add(hi, lo, actionId)) {
+          this.duplicates++;
+          continue;
+        }
+        // Below 2^53 a user id is an exact number, and String() of it is cheaper than a BigInt's.
+        users.push(hi < 0x20_0000 ? String(hi * 0x1_0000_0000 + lo) : buf.readBigUInt64BE(o).toString());
+        actions.push(actionId);
+      }
+      if (o + ENTRY_BYTES <= buf.length) this.offset = o;
+      else {
+        this.chunkBuffers.shift();
+        this.offset = 0;
+      }
+    }
+    return { users, actions };
+  }
+
+  /** Fetches the next register chunks, moving on to the next head server when one is done; false when all are. */
+  private async fetchChunks(): Promise<boolean> {
+    while (this.home < this.homes.length && this.nextChunk > this.head.chunks[this.home]!) {
+      this.home++;
+      this.nextChunk = 1;
+    }
+    if (this.home === this.homes.length) return false;
+    const { keys, conns, countOps } = this.deps;
+    const slice = this.head.slice;
+    const names: string[] = [];
+    for (; names.length < REGISTER_CHUNKS_PER_GET && this.nextChunk <= this.head.chunks[this.home]!; this.nextChunk++) {
+      names.push(keys.registerChunk(slice, this.nextChunk));
+    }
+    countOps(names.length);
+    const found = await conns[this.homes[this.home]!]!.getMulti(names);
+    for (const key of names) {
+      const buf = found.get(key);
+      if (buf === undefined) this.missingChunks++;
+      else {
+        if (buf.length % ENTRY_BYTES !== 0) this.noteCorrupt(`memcached key ${key} is ${buf.length} bytes, not a whole number of ${ENTRY_BYTES}-byte register entries`);
+        if (buf.length >= ENTRY_BYTES) this.chunkBuffers.push(buf);
+      }
+    }
+    return true;
+  }
+
+  private async readCounters(pairs: { users: string[]; actions: number[] }): Promise<CountRows> {
+    const { users, actions } = pairs;
+    const { keys, placement, conns, countOps } = this.deps;
+    const slice = this.head.slice;
+    const n = users.length;
+    const countKeys = new Array<string>(n);
+    const valueKeys = new Array<string>(n);
+    const single = placement.servers.length === 1;
+    const serversOf = single ? null : new Array<number[]>(n);
+    const keysByServer: string[][] = placement.servers.map(() => []);
+    for (let i = 0; i < n; i++) {
+      countKeys[i] = keys.count(slice, users[i]!, actions[i]!);
+      valueKeys[i] = keys.valueSum(slice, users[i]!, actions[i]!);
+      const servers = single ? [0] : (serversOf![i] = placement.readers(shardOfPair(users[i]!, actions[i]!)));
+      for (const s of servers) keysByServer[s]!.push(countKeys[i]!, valueKeys[i]!);
+    }
+    const found = await Promise.all(keysByServer.map((list, s) => {
+      if (list.length === 0) return new Map<string, Buffer>();
+      countOps(list.length);
+      return conns[s]!.getMulti(list);
+    }));
+    const rows: CountRows = { length: 0, users: [], actions: [], counts: [], valueSums: [] };
+    for (let i = 0; i < n; i++) {
+      let count: string | null = null;
+      let sum: string | null = null;
+      let bad = false;
+      for (const s of single ? SERVER_0 : serversOf![i]!) {
+        const c = found[s]!.get(countKeys[i]!);
+        const v = found[s]!.get(valueKeys[i]!);
+        if (c === undefined || v === undefined) continue;
+        const ct = counterText(c);
+        const vt = counterText(v);
+        if (ct === null || vt === null) {
+          bad = true;
+          this.noteCorrupt(`memcached key ${ct === null ? countKeys[i] : valueKeys[i]} holds ${JSON.stringify((ct === null ? c : v).toString('latin1', 0, 40))}, not a counter`);
+          continue;
+        }
+        // Two pools: the same pair counted on two servers adds up (a sum past 2^64 − 1 is held there).
+        count = count === null ? ct : addU64Text(count, ct);
+        sum = sum === null ? vt : addU64Text(sum, vt);
+      }
+      if (count === null || sum === null) {
+        if (!bad) this.missingPairs++;
+        continue;
+      }
+      rows.users.push(users[i]!);
+      rows.actions.push(actions[i]!);
+      rows.counts.push(count);
+      rows.valueSums.push(sum);
+      this.counted.add(count);
+    }
+    rows.length = rows.users.length;
+    this.rows += rows.length;
+    return rows;
+  }
+}
+
+const SERVER_0 = [0];
+const MAX_U64 = 18_446_744_073_709_551_615n;
+
+function addU64Text(a: string, b: string): string {
+  const s = BigInt(a) + BigInt(b);
+  return (s > MAX_U64 ? MAX_U64 : s).toString();
+}
+
+/**
+ * A counter's value as decimal text, or null when it is not one. memcached
+ * keeps incr'd values as ASCII digits, possibly padded with trailing spaces
+ * (it pads in place when a number gets shorter).
+ */
+export function counterText(value: Buffer): string | null {
+  let end = value.length;
+  while (end > 0 && value[end - 1] === 0x20) end--;
+  const text = value.toString('latin1', 0, end);
+  return isU64Decimal(text) ? text : null;
+}
