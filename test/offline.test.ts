@@ -9,11 +9,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import { sliceOf, sliceStartMs } from '../lib/domain/slice.ts';
-import { Worker } from '../lib/pipeline/worker.ts';
+import { freePort } from './daemons.ts';
 import { drainQueues, readCounts, testRuntime } from './support.ts';
 
-const HTTP_PORT = 3190;
-const LAMBDA_PORT = 3192;
+let HTTP_PORT = 0;
+let LAMBDA_PORT = 0;
 const TOKEN = 'test-token-0123456789';
 const rt = testRuntime({ OFFLOG_INGEST_TOKEN: TOKEN });
 let offline: ChildProcess;
@@ -22,6 +22,9 @@ before(async () => {
   await drainQueues(rt.config);
   await rt.store.migrate();
   const c = rt.config;
+  // Free ports of the kernel's choosing: two test runs side by side never collide.
+  [HTTP_PORT, LAMBDA_PORT] = [await freePort(), await freePort()];
+  const [WEBSOCKET_PORT, ALB_PORT] = [await freePort(), await freePort()];
   offline = spawn('node_modules/.bin/osls', ['offline', 'start'], {
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -29,6 +32,8 @@ before(async () => {
       ...process.env,
       OFFLOG_HTTP_PORT: String(HTTP_PORT),
       OFFLOG_LAMBDA_PORT: String(LAMBDA_PORT),
+      OFFLOG_WEBSOCKET_PORT: String(WEBSOCKET_PORT),
+      OFFLOG_ALB_PORT: String(ALB_PORT),
       OFFLOG_KEY_PREFIX: c.keyPrefix,
       OFFLOG_TABLE_PREFIX: c.tablePrefix,
       OFFLOG_INGEST_TOKEN: TOKEN,

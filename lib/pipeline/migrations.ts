@@ -14,6 +14,8 @@ export interface Tables {
   state: string;
   dead: string;
   migrations: string;
+  hourly: string;
+  daily: string;
 }
 
 export interface Migration {
@@ -70,6 +72,28 @@ export const MIGRATIONS: readonly Migration[] = [
         ADD COLUMN sums_saturated INT UNSIGNED NOT NULL DEFAULT 0 AFTER late,
         ADD COLUMN corrupt_items INT UNSIGNED NOT NULL DEFAULT 0 AFTER sums_saturated,
         MODIFY note VARCHAR(1024) NOT NULL DEFAULT ''`,
+    ],
+  },
+  {
+    version: 3,
+    name: 'hourly and daily rollups of the 10-minute counts',
+    statements: (t) => [
+      `CREATE TABLE IF NOT EXISTS \`${t.hourly}\` (
+        hour_start DATETIME NOT NULL COMMENT 'UTC',
+        user_id BIGINT UNSIGNED NOT NULL,
+        action_id SMALLINT UNSIGNED NOT NULL,
+        count BIGINT UNSIGNED NOT NULL,
+        value_sum BIGINT UNSIGNED NOT NULL,
+        PRIMARY KEY (hour_start, user_id, action_id)
+      ) ENGINE=InnoDB`,
+      `CREATE TABLE IF NOT EXISTS \`${t.daily}\` (
+        day_start DATE NOT NULL COMMENT 'UTC',
+        user_id BIGINT UNSIGNED NOT NULL,
+        action_id SMALLINT UNSIGNED NOT NULL,
+        count BIGINT UNSIGNED NOT NULL,
+        value_sum BIGINT UNSIGNED NOT NULL,
+        PRIMARY KEY (day_start, user_id, action_id)
+      ) ENGINE=InnoDB`,
     ],
   },
 ];

@@ -52,7 +52,8 @@ export interface DeadLetter {
 
 export class Store {
   readonly pool: Pool;
-  private readonly t: Tables;
+  /** Table names, prefixed. */
+  readonly tables: Tables;
   /** The most rows one upsert may carry (the flush reads memcached in batches of this size). */
   readonly rowsPerStatement: number;
   /** SQL statements issued since start (benchmarks and tests count them). */
@@ -65,7 +66,7 @@ export class Store {
     });
     this.pool.on('connection', (c) => c.query("SET time_zone = '+00:00'"));
     const p = options.tablePrefix;
-    this.t = { counts: `${p}counts`, slices: `${p}slices`, state: `${p}state`, dead: `${p}dead_letters`, migrations: `${p}migrations` };
+    this.tables = { counts: `${p}counts`, slices: `${p}slices`, state: `${p}state`, dead: `${p}dead_letters`, migrations: `${p}migrations`, hourly: `${p}counts_hourly`, daily: `${p}counts_daily` };
     this.rowsPerStatement = options.rowsPerStatement ?? DEFAULT_ROWS_PER_STATEMENT;
     if (!Number.isSafeInteger(this.rowsPerStatement) || this.rowsPerStatement < 1) throw new RangeError(`rowsPerStatement must be a whole number >= 1, not ${options.rowsPerStatement}`);
   }
@@ -75,7 +76,7 @@ export class Store {
    * lock (two deploys migrating at once take turns). Returns those applied.
    */
   async migrate(): Promise<number[]> {
-    const t = this.t;
+    const t = this.tables;
     const conn = await this.pool.getConnection();
     const lock = `${t.migrations}.migrate`;
     try {
@@ -107,7 +108,7 @@ export class Store {
 
   /** The last slice flushed (or given up as lost), or null before the first flush. */
   async watermark(): Promise<Date | null> {
-    const [rows] = await this.query<RowDataPacket[]>(`SELECT MAX(slice_start) AS w FROM \`${this.t.slices}\``);
+    const [rows] = await this.query<RowDataPacket[]>(`SELECT MAX(slice_start) AS w FROM \`${this.tables.slices}\``);
     return (rows[0]?.w as Date | null) ?? null;
   }
 
@@ -125,11 +126,11 @@ export class Store {
       const record = await fill(async (rows) => {
         if (rows.length === 0) return;
         if (rows.length > this.rowsPerStatement) throw new RangeError(`${rows.length} rows in one upsert; at most ${this.rowsPerStatement}`);
-        await this.run(conn, upsertCountsSql(this.t.counts, sliceStart, rows));
+        await this.run(conn, upsertCountsSql(this.tables.counts, sliceStart, rows));
       });
       await this.run(
         conn,
-        `INSERT INTO \`${this.t.slices}\` (slice_start, status, row_count, pairs_missing, chunks_missing, events, late, sums_saturated, corrupt_items, note, flushed_at)
+        `INSERT INTO \`${this.tables.slices}\` (slice_start, status, row_count, pairs_missing, chunks_missing, events, late, sums_saturated, corrupt_items, note, flushed_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NOW(3))
          ON DUPLICATE KEY UPDATE status = VALUES(status), row_count = VALUES(row_count), pairs_missing = VALUES(pairs_missing),
            chunks_missing = VALUES(chunks_missing), events = VALUES(events), late = VALUES(late), sums_saturated = VALUES(sums_saturated),
@@ -156,7 +157,7 @@ export class Store {
    */
   async withFlushLock<T>(waitSeconds: number, fn: () => Promise<T>): Promise<T | null> {
     const conn = await this.pool.getConnection();
-    const name = `${this.t.slices}.flush`;
+    const name = `${this.tables.slices}.flush`;
     try {
       const [rows] = await this.run<RowDataPacket[]>(conn, 'SELECT GET_LOCK(CONCAT(DATABASE(), ?), ?) AS got', [name, waitSeconds]);
       if (Number(rows[0]?.got) !== 1) return null;
@@ -171,31 +172,31 @@ export class Store {
   }
 
   async getState(name: string): Promise<string | null> {
-    const [rows] = await this.query<RowDataPacket[]>(`SELECT value FROM \`${this.t.state}\` WHERE name = ?`, [name]);
+    const [rows] = await this.query<RowDataPacket[]>(`SELECT value FROM \`${this.tables.state}\` WHERE name = ?`, [name]);
     return (rows[0]?.value as string | undefined) ?? null;
   }
 
   async setState(name: string, value: string): Promise<void> {
-    await this.query(`INSERT INTO \`${this.t.state}\` (name, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)`, [name, value]);
+    await this.query(`INSERT INTO \`${this.tables.state}\` (name, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)`, [name, value]);
   }
 
   async addDeadLetters(letters: readonly DeadLetter[]): Promise<void> {
     if (letters.length === 0) return;
-    await this.query(`INSERT INTO \`${this.t.dead}\` (received_at, function_name, job_unique, error, payload) VALUES ?`, [
+    await this.query(`INSERT INTO \`${this.tables.dead}\` (received_at, function_name, job_unique, error, payload) VALUES ?`, [
       letters.map((d) => [new Date(), d.fn.slice(0, 64), d.unique.slice(0, 255), d.error, d.payload]),
     ]);
   }
 
   async deadLetters(limit: number): Promise<{ id: number; receivedAt: Date; fn: string; unique: string; error: string; payload: Buffer }[]> {
     const [rows] = await this.query<RowDataPacket[]>(
-      `SELECT id, received_at, function_name, job_unique, error, payload FROM \`${this.t.dead}\` ORDER BY id DESC LIMIT ?`,
+      `SELECT id, received_at, function_name, job_unique, error, payload FROM \`${this.tables.dead}\` ORDER BY id DESC LIMIT ?`,
       [limit],
     );
     return rows.map((r) => ({ id: Number(r.id), receivedAt: r.received_at, fn: r.function_name, unique: r.job_unique, error: r.error, payload: r.payload }));
   }
 
   async recentSlices(limit: number): Promise<RowDataPacket[]> {
-    const [rows] = await this.query<RowDataPacket[]>(`SELECT * FROM \`${this.t.slices}\` ORDER BY slice_start DESC LIMIT ?`, [limit]);
+    const [rows] = await this.query<RowDataPacket[]>(`SELECT * FROM \`${this.tables.slices}\` ORDER BY slice_start DESC LIMIT ?`, [limit]);
     return rows;
   }
 
