@@ -24,19 +24,24 @@ export interface Migration {
   statements(t: Tables): string[];
 }
 
+/** A table of totals per (time bucket, user, action): the 10-minute counts and their rollups share one shape. */
+function countsTable(name: string, bucket: string, type: 'DATETIME' | 'DATE'): string {
+  return `CREATE TABLE IF NOT EXISTS \`${name}\` (
+        ${bucket} ${type} NOT NULL COMMENT 'UTC',
+        user_id BIGINT UNSIGNED NOT NULL,
+        action_id SMALLINT UNSIGNED NOT NULL,
+        count BIGINT UNSIGNED NOT NULL,
+        value_sum BIGINT UNSIGNED NOT NULL,
+        PRIMARY KEY (${bucket}, user_id, action_id)
+      ) ENGINE=InnoDB`;
+}
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
     name: 'counts, slices, state, dead letters',
     statements: (t) => [
-      `CREATE TABLE IF NOT EXISTS \`${t.counts}\` (
-        slice_start DATETIME NOT NULL COMMENT 'UTC',
-        user_id BIGINT UNSIGNED NOT NULL,
-        action_id SMALLINT UNSIGNED NOT NULL,
-        count BIGINT UNSIGNED NOT NULL,
-        value_sum BIGINT UNSIGNED NOT NULL,
-        PRIMARY KEY (slice_start, user_id, action_id)
-      ) ENGINE=InnoDB`,
+      countsTable(t.counts, 'slice_start', 'DATETIME'),
       `CREATE TABLE IF NOT EXISTS \`${t.slices}\` (
         slice_start DATETIME NOT NULL PRIMARY KEY COMMENT 'UTC; MAX() is the flush watermark',
         status ENUM('flushed','incomplete','lost') NOT NULL,
@@ -78,22 +83,8 @@ export const MIGRATIONS: readonly Migration[] = [
     version: 3,
     name: 'hourly and daily rollups of the 10-minute counts',
     statements: (t) => [
-      `CREATE TABLE IF NOT EXISTS \`${t.hourly}\` (
-        hour_start DATETIME NOT NULL COMMENT 'UTC',
-        user_id BIGINT UNSIGNED NOT NULL,
-        action_id SMALLINT UNSIGNED NOT NULL,
-        count BIGINT UNSIGNED NOT NULL,
-        value_sum BIGINT UNSIGNED NOT NULL,
-        PRIMARY KEY (hour_start, user_id, action_id)
-      ) ENGINE=InnoDB`,
-      `CREATE TABLE IF NOT EXISTS \`${t.daily}\` (
-        day_start DATE NOT NULL COMMENT 'UTC',
-        user_id BIGINT UNSIGNED NOT NULL,
-        action_id SMALLINT UNSIGNED NOT NULL,
-        count BIGINT UNSIGNED NOT NULL,
-        value_sum BIGINT UNSIGNED NOT NULL,
-        PRIMARY KEY (day_start, user_id, action_id)
-      ) ENGINE=InnoDB`,
+      countsTable(t.hourly, 'hour_start', 'DATETIME'),
+      countsTable(t.daily, 'day_start', 'DATE'),
     ],
   },
 ];
