@@ -5,5 +5,8 @@ import { getRuntime } from './runtime.ts';
 
 export async function handler(event: unknown) {
   const { fromMs, toMs } = parseSliceFlushed(event);
-  return rollup(getRuntime().store, fromMs, toMs);
+  const rt = getRuntime();
+  const result = await rollup(rt.store, fromMs, toMs);
+  rt.log.info({ sliceStart: new Date(fromMs).toISOString(), ...result }, 'SliceFlushed: rolled up');
+  return result;
 }
