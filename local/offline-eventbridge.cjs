@@ -14,6 +14,10 @@
  *   on serverless-offline's `host` (127.0.0.1 in serverless.yml).
  * - A clean stop. The plugin's stop() runs its init() again (a second broker
  *   on the same port, lambdas built anew) and never closes what it opened.
+ * - The functions use this bus. Functions run by serverless-offline get
+ *   OFFLOG_EVENTBRIDGE_ENDPOINT pointing here unless it is set already, so
+ *   that offline, a flush never publishes to AWS (nor goes looking for AWS
+ *   credentials) because one variable was forgotten.
  * - Real event ids. The plugin makes ids from the clock
  *   (`xxxxxxxx-xxxx-xxxx-xxxx-<ms>`), so two events of one millisecond share
  *   one; EventBridge's ids are UUIDs. (OffLog's subscribers deduplicate on
@@ -58,7 +62,10 @@ class OffLogEventBridgeOffline extends Upstream {
     if (!this.app) throw new Error('serverless-offline-aws-eventbridge: its Express app was not set up');
     const { mockServerPort } = this.config.eventBridgeMockServerConfig;
     this.eventBridgeServer = await listen(createHttpServer(this.app), mockServerPort, this.host);
-    this.logNotice(`Mock PutEvents endpoint on http://${this.host}:${mockServerPort}`);
+    const url = `http://${this.host}:${mockServerPort}`;
+    const env = (this.serverless.service.provider.environment ??= {});
+    if (!env.OFFLOG_EVENTBRIDGE_ENDPOINT) env.OFFLOG_EVENTBRIDGE_ENDPOINT = url;
+    this.logNotice(`Mock PutEvents endpoint on ${url}; functions publish to ${env.OFFLOG_EVENTBRIDGE_ENDPOINT}`);
   }
 
   // Called by the plugin's init(): the same broker, on the loopback address.
