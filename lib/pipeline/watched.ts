@@ -102,12 +102,14 @@ export async function storeWatched(store: Store, records: readonly WatchedRecord
   let inserted = 0;
   for (let i = 0; i < records.length; i += ROWS_PER_INSERT) {
     const rows = records.slice(i, i + ROWS_PER_INSERT).map((r) => [r.id, new Date(r.at), r.userId, r.actionId, r.value, r.payload ?? null, r.reasons.join(','), receivedAt]);
-    // Not INSERT IGNORE: that would turn any other error into a warning. A duplicate id leaves the row as it is (0 rows affected).
+    // Not INSERT IGNORE: that would turn any other error into a warning. A copy only counts its delivery,
+    // which also tells new rows from copies: mysql2 reports 1 affected row per insert and 2 per changed row.
     const [res] = await store.pool.query<ResultSetHeader>(
-      `INSERT INTO \`${store.tables.watched}\` (id, at, user_id, action_id, value, payload, reasons, received_at) VALUES ? ON DUPLICATE KEY UPDATE id = id`,
+      `INSERT INTO \`${store.tables.watched}\` (id, at, user_id, action_id, value, payload, reasons, received_at) VALUES ?
+       ON DUPLICATE KEY UPDATE deliveries = LEAST(deliveries + 1, 65535)`,
       [rows],
     );
-    inserted += res.affectedRows;
+    inserted += 2 * rows.length - res.affectedRows;
   }
   return inserted;
 }
