@@ -152,6 +152,8 @@ export class Worker {
         await storing;
         storing = null;
         if (until.idle) break;
+        // Idle, the watch lists are kept fresh too, so the next job meets a change made meanwhile.
+        this.deps.watchList?.current();
         await this.waitForWork(until.deadlineMs === undefined ? 1000 : Math.max(0, Math.min(1000, until.deadlineMs - Date.now())));
       }
       await storing;
