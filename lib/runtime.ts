@@ -88,6 +88,7 @@ export class Runtime {
 
   async close(): Promise<void> {
     this.bus_?.close();
+    this.watchList_?.close();
     await Promise.all([this.client_?.close({ timeoutMs: 5000 }), this.ring_?.close(), this.store_?.close()]);
   }
 }

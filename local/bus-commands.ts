@@ -4,6 +4,7 @@ import { parseAt } from '../lib/domain/contract.ts';
 import { addWatch, listWatches, removeWatch, type WatchKind } from '../lib/pipeline/watch.ts';
 import { rollup } from '../lib/pipeline/rollup.ts';
 import type { Runtime } from '../lib/runtime.ts';
+import type { RowDataPacket } from 'mysql2/promise';
 
 interface Args { user?: string; action?: string; from?: string; to?: string; 'until-idle'?: boolean }
 
@@ -46,6 +47,27 @@ async function watch(rt: Runtime, positionals: string[], args: Args): Promise<un
 }
 
 /** The same rules as an event's `at`: a date, or a date-time with its zone. */
+/** For `offlog status`: the bus, what waits to be published, and the watch lists. */
+export async function busStatus(rt: Runtime): Promise<unknown> {
+  const t = rt.store.tables;
+  try {
+    const [[slices]] = await rt.store.pool.query<RowDataPacket[]>(`SELECT COUNT(*) AS n, MIN(slice_start) AS oldest FROM \`${t.slices}\` WHERE published_at IS NULL`);
+    const [[watched]] = await rt.store.pool.query<RowDataPacket[]>(`SELECT COUNT(*) AS n, MIN(received_at) AS oldest FROM \`${t.watched}\` WHERE published_at IS NULL`);
+    const watches = await listWatches(rt.store);
+    return {
+      eventBus: rt.config.eventBus ?? null,
+      unpublishedSlices: Number(slices!.n),
+      oldestUnpublishedSlice: (slices!.oldest as Date | null)?.toISOString() ?? null,
+      unpublishedWatched: Number(watched!.n),
+      oldestUnpublishedWatched: (watched!.oldest as Date | null)?.toISOString() ?? null,
+      watchedUsers: watches.filter((w) => w.kind === 'user').length,
+      watchedActions: watches.filter((w) => w.kind === 'action').length,
+    };
+  } catch (err) {
+    return { eventBus: rt.config.eventBus ?? null, error: (err as Error).message };
+  }
+}
+
 function time(flag: string, value: string | undefined): number {
   if (value === undefined) throw new ConfigError(`${flag}: required (an ISO-8601 time, e.g. 2026-11-29T00:00:00Z)`);
   return parseAt(value, Number.NaN, flag);

@@ -20,7 +20,7 @@ import { checkFlushTime } from '../lib/pipeline/flush.ts';
 import { adminStatus } from '../lib/wire/gearman.ts';
 import { label } from '../lib/base/config.ts';
 import { Runtime } from '../lib/runtime.ts';
-import { busCommand } from './bus-commands.ts';
+import { busCommand, busStatus } from './bus-commands.ts';
 import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
 import { FlushClockError, InputError } from '../lib/base/errors.ts';
 
@@ -132,7 +132,7 @@ async function status(rt: Runtime) {
   } catch (err) {
     mysql = { error: (err as Error).message };
   }
-  return { now: new Date(now).toISOString(), gearman, memcached, ring: slices, mysql };
+  return { now: new Date(now).toISOString(), gearman, memcached, ring: slices, mysql, bus: await busStatus(rt) };
 }
 
 const print = (value: unknown): void => {

@@ -91,6 +91,7 @@ export class WatchList {
   private triedAt = -Infinity;
   private loaded = false;
   private failing = false;
+  private closed = false;
   private readonly now: () => number;
 
   constructor(private readonly options: WatchListOptions) {
@@ -127,7 +128,13 @@ export class WatchList {
     return this.loaded;
   }
 
+  /** No more readings (the store is closing). */
+  close(): void {
+    this.closed = true;
+  }
+
   private refresh(): void {
+    if (this.closed) return;
     const { log, load } = this.options;
     this.triedAt = this.now();
     this.loading = load().then(
@@ -140,7 +147,7 @@ export class WatchList {
       },
       (err: Error) => {
         // Keep the last copy; the next attempt comes a TTL later, not on every fold.
-        if (!this.failing) log.warn({ err: err.message, readAt: this.readAt === null ? null : new Date(this.readAt).toISOString() }, 'could not read the watch lists; keeping the last copy');
+        if (!this.failing && !this.closed) log.warn({ err: err.message, readAt: this.readAt === null ? null : new Date(this.readAt).toISOString() }, 'could not read the watch lists; keeping the last copy');
         this.failing = true;
         this.loading = null;
       },
