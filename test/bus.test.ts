@@ -7,6 +7,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
+import { loadConfig } from '../lib/base/config.ts';
+import { ConfigError } from '../lib/base/errors.ts';
 import { createLogger } from '../lib/base/log.ts';
 import { decodeBatch, decodeBatchColumns, encodeBatch, newEventColumns, type LogEvent } from '../lib/domain/contract.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
@@ -91,6 +93,24 @@ describe('PutEvents batching', () => {
     assert.deepEqual(fake.calls.map((c) => c.entries.length), [10, 2, 3, 2]);
     const ids = fake.accepted().map((e) => String(e.detail.id));
     assert.equal(new Set(ids).size, ids.length, 'each accepted once');
+  });
+});
+
+describe('bus configuration', () => {
+  test('a bus name or ARN, an http(s) endpoint, retention and TTL in range; each bad value named', () => {
+    const c = loadConfig({});
+    assert.deepEqual([c.eventBus, c.eventBridgeEndpoint, c.watchedRetentionDays, c.watchListTtlSeconds], [undefined, undefined, 30, 30]);
+    assert.equal(loadConfig({ OFFLOG_EVENT_BUS: 'arn:aws:events:eu-west-1:123456789012:event-bus/offlog-prod' }).eventBus, 'arn:aws:events:eu-west-1:123456789012:event-bus/offlog-prod');
+    assert.equal(loadConfig({ OFFLOG_EVENT_BUS: '' }).eventBus, undefined, 'empty is unset');
+    assert.throws(
+      () => loadConfig({ OFFLOG_EVENT_BUS: 'my bus', OFFLOG_EVENTBRIDGE_ENDPOINT: '127.0.0.1:4010', OFFLOG_WATCHED_RETENTION_DAYS: '0', OFFLOG_WATCHLIST_TTL_SECONDS: '1h' }),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        /OFFLOG_EVENT_BUS: must be an event bus name/.test(err.message) &&
+        /OFFLOG_EVENTBRIDGE_ENDPOINT: must be an http\(s\) URL/.test(err.message) &&
+        /OFFLOG_WATCHED_RETENTION_DAYS: must be at least 1/.test(err.message) &&
+        /OFFLOG_WATCHLIST_TTL_SECONDS: must be a whole number/.test(err.message),
+    );
   });
 });
 

@@ -6,6 +6,7 @@
  * MySQL down and then the bus down, while counting goes on untouched.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
 import { sleep } from '../lib/base/backoff.ts';
@@ -235,4 +236,43 @@ test('retention: old watched records are pruned in batches; unpublished ones wai
   assert.equal(await pruneWatched(rt.store, 30, now), 2500);
   assert.deepEqual((await tableRecords(rt)).map((r) => r.id).sort(), ['late#0', 'recent#0']);
   assert.equal(await pruneWatched(rt.store, 30, now + 31 * day), 2);
+});
+
+test('offlog watch add|rm|list and offlog rollup: the operator commands, with errors naming the flag', async () => {
+  const rt = fresh();
+  await rt.store.migrate();
+  const env = { ...process.env, OFFLOG_TABLE_PREFIX: rt.config.tablePrefix, OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_LOG_LEVEL: 'error' };
+  // Each run of the CLI costs ~1 s (tsx), so independent ones run side by side.
+  const offlog = (...args: string[]) =>
+    new Promise<{ code: number | null; out: Record<string, unknown> | null; err: string }>((resolve) => {
+      const child = spawn('node', ['bin/offlog.js', ...args], { env });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+      child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+      child.on('exit', (code) => resolve({ code, out: out ? (JSON.parse(out) as Record<string, unknown>) : null, err }));
+    });
+  await rt.store.pool.query(`INSERT INTO \`${rt.store.tables.counts}\` VALUES ('2026-01-01 10:10:00', 5, 1, 2, 3), ('2026-01-01 10:50:00', 5, 1, 4, 5), ('2026-01-01 11:00:00', 5, 1, 1, 1)`);
+  const [user, action, bad, both, roll, badRoll] = await Promise.all([
+    offlog('watch', 'add', '--user', '18446744073709551615'),
+    offlog('watch', 'add', '--action', '12'),
+    offlog('watch', 'add', '--user', 'abc'),
+    offlog('watch', 'add', '--user', '1', '--action', '2'),
+    offlog('rollup', '--from', '2026-01-01T10:00:00Z', '--to', '2026-01-01T11:00:00Z'),
+    offlog('rollup', '--from', '2026-01-01T10:00', '--to', '2026-01-01T11:00:00Z'),
+  ]);
+  assert.deepEqual([user.code, user.out?.added, action.code, action.out?.added], [0, true, 0, true]);
+  assert.equal(bad.code, 78);
+  assert.match(bad.err, /^offlog: --user: must be an unsigned 64-bit integer \(number or decimal string\), got "abc"/);
+  assert.match(both.err, /give exactly one of --user N or --action N/);
+  assert.equal(roll.code, 0, roll.err);
+  const [hourly] = await rt.store.pool.query<RowDataPacket[]>(`SELECT hour_start, count, value_sum FROM \`${rt.store.tables.hourly}\` ORDER BY hour_start`);
+  assert.deepEqual(hourly.map((h) => [(h.hour_start as Date).toISOString(), String(h.count), String(h.value_sum)]), [['2026-01-01T10:00:00.000Z', '6', '8']]);
+  assert.match(badRoll.err, /^offlog: --from: must be epoch milliseconds or an ISO-8601 date-time/);
+
+  const [list, rm] = [await offlog('watch', 'list'), await offlog('watch', 'rm', '--action', '12')];
+  assert.deepEqual(list.out, { users: ['18446744073709551615'], actions: [12], note: 'a running worker sees a change within 30 s (OFFLOG_WATCHLIST_TTL_SECONDS)' });
+  assert.equal(rm.out?.removed, true);
+  const [left] = await rt.store.pool.query<RowDataPacket[]>(`SELECT kind, id FROM \`${rt.store.tables.watches}\``);
+  assert.deepEqual(left.map((w) => [w.kind, String(w.id)]), [['user', '18446744073709551615']]);
 });

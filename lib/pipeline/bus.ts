@@ -11,7 +11,8 @@
  * (FailedEntryCount) are retried a few times within the call, then left
  * failed for the caller's next run.
  */
-import { EventBridgeClient, PutEventsCommand, type PutEventsRequestEntry } from '@aws-sdk/client-eventbridge';
+// Types only: the SDK (~0.4 s to load) is imported on the first put, so the worker and the CLI's other commands never pay for it.
+import type { EventBridgeClient, PutEventsRequestEntry } from '@aws-sdk/client-eventbridge';
 import { sleep } from '../base/backoff.ts';
 import type { Logger } from '../base/log.ts';
 
@@ -93,29 +94,30 @@ export interface EventBridgeBusOptions {
   log: Logger;
   /** Attempts for entries EventBridge reports as failed (FailedEntryCount), within one put. */
   attempts?: number;
-  /** The SDK's own client, for tests that count calls. */
-  client?: EventBridgeClient;
 }
 
 export class EventBridgeBus implements Bus {
   readonly enabled = true;
   /** PutEvents calls made (tests and logs). */
   calls = 0;
-  private readonly client: EventBridgeClient;
+  private sdk: Promise<{ client: EventBridgeClient; PutEventsCommand: typeof import('@aws-sdk/client-eventbridge').PutEventsCommand }> | undefined;
   private readonly attempts: number;
 
   constructor(private readonly options: EventBridgeBusOptions) {
     this.attempts = options.attempts ?? 3;
-    this.client =
-      options.client ??
-      new EventBridgeClient({
+  }
+
+  private connect() {
+    const { endpoint } = this.options;
+    return (this.sdk ??= import('@aws-sdk/client-eventbridge').then(({ EventBridgeClient, PutEventsCommand }) => ({
+      PutEventsCommand,
+      client: new EventBridgeClient({
         // A bus outage must cost the flush seconds, not minutes: short timeouts, one SDK retry.
         maxAttempts: 2,
         requestHandler: { connectionTimeout: 2000, requestTimeout: 5000 },
-        ...(options.endpoint === undefined
-          ? {}
-          : { endpoint: options.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'offlog-local', secretAccessKey: 'offlog-local' } }),
-      });
+        ...(endpoint === undefined ? {} : { endpoint, region: 'us-east-1', credentials: { accessKeyId: 'offlog-local', secretAccessKey: 'offlog-local' } }),
+      }),
+    })));
   }
 
   async put(entries: readonly BusEntry[]): Promise<PutResult> {
@@ -135,7 +137,8 @@ export class EventBridgeBus implements Bus {
         let answer;
         try {
           this.calls++;
-          answer = await this.client.send(new PutEventsCommand({ Entries: call.map((e) => this.toRequest(e)) }));
+          const { client, PutEventsCommand } = await this.connect();
+          answer = await client.send(new PutEventsCommand({ Entries: call.map((e) => this.toRequest(e)) }));
         } catch (err) {
           // The bus itself failed (unreachable, throttled past the SDK's retry, denied): the rest waits for the next run.
           const error = `PutEvents failed: ${(err as Error).message}`;
@@ -164,7 +167,7 @@ export class EventBridgeBus implements Bus {
   }
 
   close(): void {
-    this.client.destroy();
+    void this.sdk?.then(({ client }) => client.destroy());
   }
 
   private toRequest(e: BusEntry): PutEventsRequestEntry {
