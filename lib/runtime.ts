@@ -11,12 +11,18 @@ import { flush, type FlushDeps, type FlushResult } from './pipeline/flush.ts';
 import { Ring } from './pipeline/ring.ts';
 import { Store } from './pipeline/store.ts';
 import { Worker, type WorkerDeps, type WorkerOptions } from './pipeline/worker.ts';
+import { createBus, type Bus } from './pipeline/bus.ts';
+import { publishSlices, type OutboxResult } from './pipeline/outbox.ts';
+import { WatchList } from './pipeline/watch.ts';
+import { WatchedDrain } from './pipeline/watched.ts';
 
 export class Runtime {
   readonly log: Logger;
   private ring_: Ring | undefined;
   private store_: Store | undefined;
   private client_: OffLogClient | undefined;
+  private bus_: Bus | undefined;
+  private watchList_: WatchList | undefined;
 
   constructor(readonly config: Config, log?: Logger) {
     this.log = log ?? createLogger(config.logLevel);
@@ -37,10 +43,26 @@ export class Runtime {
     return (this.client_ ??= new OffLogClient({ servers: this.config.gearmanServers, logger: this.log }));
   }
 
+  /** OFFLOG_EVENT_BUS on EventBridge, or a bus that publishes nothing when it is unset. */
+  get bus(): Bus {
+    return (this.bus_ ??= createBus(this.config, this.log));
+  }
+
+  /** The watch lists as the worker sees them: read from MySQL in the background, at most OFFLOG_WATCHLIST_TTL_SECONDS old. */
+  get watchList(): WatchList {
+    return (this.watchList_ ??= WatchList.fromStore(this.store, this.config.watchListTtlSeconds, this.log));
+  }
+
   /** A worker on this runtime's ring and Gearman servers; `deps` overrides (a test's clock, say). */
   worker(options: WorkerOptions = {}, deps: Partial<WorkerDeps> = {}): Worker {
     const c = this.config;
-    return new Worker({ gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring: this.ring, log: this.log, ...deps }, options);
+    return new Worker({ gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring: this.ring, log: this.log, watchList: this.watchList, ...deps }, options);
+  }
+
+  /** The drain of watched raw records: MySQL, then the bus. */
+  watchedDrain(): WatchedDrain {
+    const c = this.config;
+    return new WatchedDrain({ gearmanServers: c.gearmanServers, store: this.store, bus: this.bus, log: this.log, retentionDays: c.watchedRetentionDays });
   }
 
   get flushDeps(): FlushDeps {
@@ -48,12 +70,25 @@ export class Runtime {
     return { ring: this.ring, store: this.store, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices, log: this.log };
   }
 
-  /** Flushes every finished slice as of `now`. */
-  flush(now: Date, options: { lockWaitSeconds?: number } = {}): Promise<FlushResult> {
-    return flush(this.flushDeps, now, options);
+  /**
+   * Flushes every finished slice as of `now`, then publishes SliceFlushed for
+   * every slice not yet published (the outbox) — after the counts are
+   * committed, even when the flush failed part way, and never failing it.
+   */
+  async flush(now: Date, options: { lockWaitSeconds?: number } = {}): Promise<FlushResult & { published: OutboxResult }> {
+    let result: FlushResult;
+    try {
+      result = await flush(this.flushDeps, now, options);
+    } catch (err) {
+      await publishSlices(this.store, this.bus, this.config.sliceSeconds, this.log);
+      throw err;
+    }
+    return { ...result, published: await publishSlices(this.store, this.bus, this.config.sliceSeconds, this.log) };
   }
 
   async close(): Promise<void> {
+    this.bus_?.close();
+    this.watchList_?.close();
     await Promise.all([this.client_?.close({ timeoutMs: 5000 }), this.ring_?.close(), this.store_?.close()]);
   }
 }

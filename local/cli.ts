@@ -6,6 +6,9 @@
  *   offlog flush [--now ISO-8601 [--force]]  flush finished slices to MySQL (a --now ahead of the clock needs --force)
  *   offlog status                      queues, ring, watermark and lag
  *   offlog deadletters [--limit N]     move dead letters into MySQL and show the latest
+ *   offlog watch add|rm|list [--user N | --action N]   the watch lists (raw records kept, ActivityWatched published)
+ *   offlog watched [--until-idle]      drain offlog.watched into MySQL and onto the bus (long-lived unless --until-idle)
+ *   offlog rollup --from ISO --to ISO  recompute the hourly and daily rollups of every hour and day in the range
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -17,10 +20,12 @@ import { checkFlushTime } from '../lib/pipeline/flush.ts';
 import { adminStatus } from '../lib/wire/gearman.ts';
 import { label } from '../lib/base/config.ts';
 import { Runtime } from '../lib/runtime.ts';
+import { busCommand, busStatus } from './bus-commands.ts';
 import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
-import { FlushClockError } from '../lib/base/errors.ts';
+import { FlushClockError, InputError } from '../lib/base/errors.ts';
 
-const USAGE = `usage: offlog services up|down|status | migrate | worker [--until-idle] | flush [--now ISO-8601 [--force]] | status | deadletters [--limit N]`;
+const USAGE = `usage: offlog services up|down|status | migrate | worker [--until-idle] | flush [--now ISO-8601 [--force]] | status | deadletters [--limit N]
+       | watch add|rm|list [--user N | --action N] | watched [--until-idle] | rollup --from ISO-8601 --to ISO-8601`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -28,11 +33,19 @@ async function main(argv: string[]): Promise<number> {
     const script = fileURLToPath(new URL('./services.sh', import.meta.url));
     return spawnSync('bash', [script, ...rest], { stdio: 'inherit' }).status ?? 1;
   }
-  const { values } = parseArgs({
+  const { values, positionals } = parseArgs({
     args: rest,
-    options: { 'until-idle': { type: 'boolean' }, now: { type: 'string' }, force: { type: 'boolean' }, limit: { type: 'string' } },
+    options: {
+      'until-idle': { type: 'boolean' }, now: { type: 'string' }, force: { type: 'boolean' }, limit: { type: 'string' },
+      user: { type: 'string' }, action: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' },
+    },
+    allowPositionals: true,
     strict: true,
   });
+  if (positionals.length > 0 && command !== 'watch') {
+    process.stderr.write(`offlog ${command}: unexpected ${JSON.stringify(positionals.join(' '))}\n${USAGE}\n`);
+    return 64;
+  }
   const rt = new Runtime(loadConfig(process.env));
   const c = rt.config;
   try {
@@ -63,6 +76,11 @@ async function main(argv: string[]): Promise<number> {
         print({ moved, latest: letters.map((d) => ({ ...d, payload: d.payload.toString('utf8').slice(0, 200) })) });
         return 0;
       }
+      case 'watch':
+      case 'watched':
+      case 'rollup':
+        print(await busCommand(rt, command, positionals, values));
+        return 0;
       default:
         process.stderr.write(`${USAGE}\n`);
         return 64;
@@ -114,7 +132,7 @@ async function status(rt: Runtime) {
   } catch (err) {
     mysql = { error: (err as Error).message };
   }
-  return { now: new Date(now).toISOString(), gearman, memcached, ring: slices, mysql };
+  return { now: new Date(now).toISOString(), gearman, memcached, ring: slices, mysql, bus: await busStatus(rt) };
 }
 
 const print = (value: unknown): void => {
@@ -124,7 +142,7 @@ const print = (value: unknown): void => {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: Error) => {
-    const plain = err instanceof ConfigError || err instanceof FlushClockError;
+    const plain = err instanceof ConfigError || err instanceof FlushClockError || err instanceof InputError;
     process.stderr.write(`offlog: ${plain ? err.message : err.stack ?? err.message}\n`);
     process.exit(plain ? 78 : 1);
   },

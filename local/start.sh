@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# `npm start`: servers up, migrations, a long-lived worker, and serverless-offline
-# serving POST /events, the Lambda invoke endpoint and the schedules. Ctrl-C stops it all
+# `npm start`: servers up, migrations, a long-lived worker and watched drain, and serverless-offline
+# serving POST /events, the Lambda invoke endpoint, the schedules and the local bus (a mock
+# EventBridge that delivers SliceFlushed to the rollup function). Ctrl-C stops it all
 # (the servers keep running: `npx offlog services down` stops them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The local bus: the functions, the worker and the drain below all publish to the mock PutEvents endpoint.
+export OFFLOG_EVENTBRIDGE_PORT=${OFFLOG_EVENTBRIDGE_PORT:-4010}
+export OFFLOG_EVENT_BUS=${OFFLOG_EVENT_BUS:-offlog-dev}
+export OFFLOG_EVENTBRIDGE_ENDPOINT=${OFFLOG_EVENTBRIDGE_ENDPOINT:-http://127.0.0.1:$OFFLOG_EVENTBRIDGE_PORT}
+bus_env="OFFLOG_EVENT_BUS=$OFFLOG_EVENT_BUS OFFLOG_EVENTBRIDGE_ENDPOINT=$OFFLOG_EVENTBRIDGE_ENDPOINT"
 bash local/services.sh up
 node bin/offlog.js migrate
 node bin/offlog.js worker &
 worker=$!
-trap 'kill $worker 2>/dev/null; wait $worker 2>/dev/null' EXIT INT TERM
+node bin/offlog.js watched &
+watched=$!
+trap 'kill $worker $watched 2>/dev/null; wait $worker $watched 2>/dev/null' EXIT INT TERM
 cat >&2 <<MSG
 
 OffLog is running.
   curl -s -XPOST localhost:${OFFLOG_HTTP_PORT:-3000}/events -d '{"userId": 42, "actionId": 1}'
-  npx offlog flush --now "\$(date -u -d '+30 min' +%FT%TZ)"     # flush finished slices as if it were later
+  $bus_env \\
+    npx offlog flush --now "\$(date -u -d '+30 min' +%FT%TZ)" --force   # flush as if later; SliceFlushed → rollup
+  npx offlog watch add --user 42                                          # then POST again: ActivityWatched
   npx offlog status
 
 MSG

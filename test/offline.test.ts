@@ -34,6 +34,9 @@ before(async () => {
       OFFLOG_LAMBDA_PORT: String(LAMBDA_PORT),
       OFFLOG_WEBSOCKET_PORT: String(WEBSOCKET_PORT),
       OFFLOG_ALB_PORT: String(ALB_PORT),
+      // The local bus (mock PutEvents and its MQTT broker) on free ports too.
+      OFFLOG_EVENTBRIDGE_PORT: String(await freePort()),
+      OFFLOG_EVENTBRIDGE_MQTT_PORT: String(await freePort()),
       OFFLOG_KEY_PREFIX: c.keyPrefix,
       OFFLOG_TABLE_PREFIX: c.tablePrefix,
       OFFLOG_INGEST_TOKEN: TOKEN,

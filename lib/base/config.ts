@@ -27,6 +27,14 @@ export interface Config {
   /** Largest number of events in one HTTP request. */
   maxBatchEvents: number;
   logLevel: string;
+  /** EventBridge bus (name or ARN) for SliceFlushed and ActivityWatched; unset: nothing is published. */
+  eventBus: string | undefined;
+  /** An EventBridge emulator's URL (local use only: requests carry dummy credentials). */
+  eventBridgeEndpoint: string | undefined;
+  /** Watched raw events older than this are pruned. */
+  watchedRetentionDays: number;
+  /** How old the worker's copy of the watch lists may get before it is re-read (in the background). */
+  watchListTtlSeconds: number;
 }
 
 const hostPort = (fallback: string, defaultPort: number) =>
@@ -73,6 +81,11 @@ const schema = z.object({
   OFFLOG_MAX_BODY_BYTES: int(1_024, 64 * 1024 * 1024, 1024 * 1024),
   OFFLOG_MAX_BATCH_EVENTS: int(1, 1_000_000, 10_000),
   OFFLOG_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+  // A bus name (AWS: [/.-_A-Za-z0-9], at most 256) or its ARN.
+  OFFLOG_EVENT_BUS: z.string().regex(/^(arn:[A-Za-z0-9\-]+:events:[a-z0-9\-]+:\d{12}:event-bus\/)?[/.\-_A-Za-z0-9]{1,256}$/, 'must be an event bus name ([/.-_A-Za-z0-9], at most 256) or its ARN').optional(),
+  OFFLOG_EVENTBRIDGE_ENDPOINT: z.string().regex(/^https?:\/\/[^\s/]+(\/\S*)?$/, 'must be an http(s) URL, e.g. http://127.0.0.1:4010').optional(),
+  OFFLOG_WATCHED_RETENTION_DAYS: int(1, 36_500, 30),
+  OFFLOG_WATCHLIST_TTL_SECONDS: int(1, 3_600, 30),
 });
 
 /** Parses the environment; throws one ConfigError listing every bad variable. */
@@ -98,5 +111,9 @@ export function loadConfig(env: Record<string, string | undefined> = {}): Config
     maxBodyBytes: e.OFFLOG_MAX_BODY_BYTES,
     maxBatchEvents: e.OFFLOG_MAX_BATCH_EVENTS,
     logLevel: e.OFFLOG_LOG_LEVEL,
+    eventBus: e.OFFLOG_EVENT_BUS,
+    eventBridgeEndpoint: e.OFFLOG_EVENTBRIDGE_ENDPOINT,
+    watchedRetentionDays: e.OFFLOG_WATCHED_RETENTION_DAYS,
+    watchListTtlSeconds: e.OFFLOG_WATCHLIST_TTL_SECONDS,
   };
 }

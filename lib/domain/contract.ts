@@ -21,12 +21,16 @@ export interface LogEvent {
   at: number;
   /** Metadata, kept only for watched events. */
   payload?: string;
+  /** Sent with logWatchedAction / logWatchedUser: its raw record is kept whatever the watch lists say. */
+  watched?: boolean;
 }
 
 /** Gearman functions: the PHP client's job, the SDK's batch, and where bad jobs are parked. */
 export const FN_LOG_SIMPLE = 'logSimple';
 export const FN_BATCH = 'offlog.batch';
 export const FN_DEAD_LETTER = 'offlog.deadletter';
+/** Raw records of watched events, on their way from the worker to MySQL and the bus. */
+export const FN_WATCHED = 'offlog.watched';
 
 /** A dead letter as it travels on the `offlog.deadletter` queue. */
 export interface DeadLetterJob {
@@ -182,22 +186,34 @@ export function parseLogSimple(data: Buffer, receivedAt: number): LogEvent {
 /**
  * `offlog.batch`, version 1: `{"v":1,"e":[[userId, actionId, value, atMs(, payload)], …]}`.
  * Tuples keep jobs small and parsing cheap; user ids above 2^53-1 travel as strings.
+ *
+ * Version 2 is version 1 plus an optional sixth field, flags: `[u,a,v,at,payload|null,1]`
+ * marks an event sent with logWatchedAction / logWatchedUser. Only a batch that
+ * holds such an event is written as version 2, so every other batch stays
+ * readable by workers that know only version 1 (deploy workers first).
  */
 export const BATCH_VERSION = 1;
+export const BATCH_VERSION_WATCHED = 2;
+/** The sixth field of a version 2 tuple: the event was sent as watched. */
+const FLAG_WATCHED = 1;
 
-/** One event of a batch, from already-validated fields: `[u,a,v,at]` or `[u,a,v,at,"payload"]`. */
-export function encodeTuple(userId: UserId, actionId: ActionId, value: number, at: number, payload: string | undefined): string {
+/** One event of a batch, from already-validated fields: `[u,a,v,at]`, `[u,a,v,at,"payload"]` or, watched, `[u,a,v,at,"payload"|null,1]`. */
+export function encodeTuple(userId: UserId, actionId: ActionId, value: number, at: number, payload: string | undefined, watched = false): string {
   const u = userId.length < 16 ? userId : `"${userId}"`;
+  if (watched) return `[${u},${actionId},${value},${at},${payload === undefined ? 'null' : JSON.stringify(payload)},${FLAG_WATCHED}]`;
   return payload === undefined ? `[${u},${actionId},${value},${at}]` : `[${u},${actionId},${value},${at},${JSON.stringify(payload)}]`;
 }
 
-/** A batch from encoded tuples. */
-export function batchOf(tuples: readonly string[]): string {
-  return `{"v":${BATCH_VERSION},"e":[${tuples.join(',')}]}`;
+/** A batch from encoded tuples; `watched`: some tuple carries the watched flag (version 2). */
+export function batchOf(tuples: readonly string[], watched = false): string {
+  return `{"v":${watched ? BATCH_VERSION_WATCHED : BATCH_VERSION},"e":[${tuples.join(',')}]}`;
 }
 
 export function encodeBatch(events: readonly LogEvent[]): string {
-  return batchOf(events.map((e) => encodeTuple(e.userId, e.actionId, e.value, e.at, e.payload)));
+  return batchOf(
+    events.map((e) => encodeTuple(e.userId, e.actionId, e.value, e.at, e.payload, e.watched === true)),
+    events.some((e) => e.watched === true),
+  );
 }
 
 export function decodeBatch(data: Buffer, receivedAt: number): LogEvent[] {
@@ -211,16 +227,18 @@ export function decodeBatch(data: Buffer, receivedAt: number): LogEvent[] {
   if (typeof o !== 'object' || o === null || Array.isArray(o)) {
     throw new InputError('offlog.batch', `must be a JSON object, got ${excerpt(raw)}`);
   }
-  if (o.v !== BATCH_VERSION) {
-    throw new InputError('offlog.batch.v', `version ${excerpt(o.v)} is not supported (this worker reads version ${BATCH_VERSION})`);
+  if (o.v !== BATCH_VERSION && o.v !== BATCH_VERSION_WATCHED) {
+    throw new InputError('offlog.batch.v', `version ${excerpt(o.v)} is not supported (this worker reads versions ${BATCH_VERSION} and ${BATCH_VERSION_WATCHED})`);
   }
   if (!Array.isArray(o.e)) throw new InputError('offlog.batch.e', `must be an array, got ${excerpt(o.e)}`);
+  const maxFields = o.v === BATCH_VERSION ? 5 : 6;
   const events = new Array<LogEvent>(o.e.length);
   for (let i = 0; i < o.e.length; i++) {
     const t = o.e[i] as unknown[];
     const at = `offlog.batch.e[${i}]`;
-    if (!Array.isArray(t) || t.length < 4 || t.length > 5) {
-      throw new InputError(at, `must be [userId, actionId, value, atMs(, payload)], got ${excerpt(t)}`);
+    if (!Array.isArray(t) || t.length < 4 || t.length > maxFields) {
+      const shape = maxFields === 5 ? '[userId, actionId, value, atMs(, payload)]' : '[userId, actionId, value, atMs(, payload|null(, flags))]';
+      throw new InputError(at, `must be ${shape}, got ${excerpt(t)}`);
     }
     const event: LogEvent = {
       userId: parseUserId(t[0], `${at}[0] userId`),
@@ -228,7 +246,14 @@ export function decodeBatch(data: Buffer, receivedAt: number): LogEvent[] {
       value: parseValue(t[2], `${at}[2] value`),
       at: parseAt(t[3], receivedAt, `${at}[3] at`),
     };
-    if (t.length === 5) event.payload = parsePayload(t[4], `${at}[4] payload`);
+    if (t.length >= 5) {
+      const payload = parsePayload(t[4], `${at}[4] payload`);
+      if (payload !== undefined) event.payload = payload;
+    }
+    if (t.length === 6) {
+      if (t[5] !== 0 && t[5] !== FLAG_WATCHED) throw new InputError(`${at}[5] flags`, `must be 0 or ${FLAG_WATCHED} (watched), got ${excerpt(t[5])}`);
+      if (t[5] === FLAG_WATCHED) event.watched = true;
+    }
     events[i] = event;
   }
   return events;
@@ -322,6 +347,71 @@ export function decodeBatchColumns(data: Buffer, cols: EventColumns): boolean {
   }
   cols.length = n;
   return true;
+}
+
+/** Why an event's raw record is kept: sent as watched, or its user or its action is on a watch list. */
+export type WatchReason = 'explicit' | 'user' | 'action';
+const WATCH_REASONS: readonly WatchReason[] = ['explicit', 'user', 'action'];
+
+/** The raw record of a watched event, as the worker saw it. */
+export interface WatchedRecord {
+  /**
+   * Stable across redeliveries: the Gearman unique of the job that carried the
+   * event, '#', the event's index in that job. The watched-events table's key,
+   * and the id subscribers deduplicate on.
+   */
+  id: string;
+  /** Epoch ms: the event's own time (logSimple: when the worker received it). */
+  at: number;
+  userId: UserId;
+  actionId: ActionId;
+  value: number;
+  payload?: string;
+  reasons: WatchReason[];
+}
+
+export const MAX_WATCHED_ID_LENGTH = 200;
+
+/** An `offlog.watched` job: `{"v":1,"r":[{id, at, userId, actionId, value, payload?, reasons}, …]}`. */
+export function encodeWatchedJob(records: readonly WatchedRecord[]): string {
+  return JSON.stringify({ v: 1, r: records });
+}
+
+export function decodeWatchedJob(data: Buffer): WatchedRecord[] {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(data.toString('utf8'));
+  } catch {
+    throw new InputError(FN_WATCHED, `is not valid JSON: ${excerpt(data.toString('utf8'))}`);
+  }
+  const o = raw as { v?: unknown; r?: unknown } | null;
+  if (typeof o !== 'object' || o === null || o.v !== 1 || !Array.isArray(o.r)) {
+    throw new InputError(FN_WATCHED, `must be {"v":1,"r":[…]}, got ${excerpt(raw)}`);
+  }
+  return o.r.map((item: unknown, i: number): WatchedRecord => {
+    const at = `${FN_WATCHED}.r[${i}]`;
+    const r = item as Record<string, unknown> | null;
+    if (typeof r !== 'object' || r === null || Array.isArray(r)) throw new InputError(at, `must be an object, got ${excerpt(item)}`);
+    if (typeof r.id !== 'string' || r.id === '' || r.id.length > MAX_WATCHED_ID_LENGTH) {
+      throw new InputError(`${at}.id`, `must be a string of 1 to ${MAX_WATCHED_ID_LENGTH} characters, got ${excerpt(r.id)}`);
+    }
+    const reasons = r.reasons;
+    if (!Array.isArray(reasons) || reasons.length === 0 || !reasons.every((x) => WATCH_REASONS.includes(x as WatchReason))) {
+      throw new InputError(`${at}.reasons`, `must be a non-empty list of ${WATCH_REASONS.join(', ')}, got ${excerpt(reasons)}`);
+    }
+    const record: WatchedRecord = {
+      id: r.id,
+      at: parseAt(r.at, Number.NaN, `${at}.at`),
+      userId: parseUserId(r.userId, `${at}.userId`),
+      actionId: parseActionId(r.actionId, `${at}.actionId`),
+      value: parseValue(r.value, `${at}.value`),
+      reasons: reasons as WatchReason[],
+    };
+    if (Number.isNaN(record.at)) throw new InputError(`${at}.at`, 'is required');
+    const payload = parsePayload(r.payload, `${at}.payload`);
+    if (payload !== undefined) record.payload = payload;
+    return record;
+  });
 }
 
 /** A short, safe rendering of bad input for an error message or a log line. */

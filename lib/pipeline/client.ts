@@ -101,6 +101,9 @@ export class OffLogClient {
   /** Events not yet sealed into a batch, already encoded as tuples. */
   private normal: string[] = [];
   private high: string[] = [];
+  /** Whether `normal` / `high` hold a watched tuple: only such a batch is written as version 2. */
+  private normalWatched = false;
+  private highWatched = false;
   /** Bytes of the tuples in `normal` (ASCII but for payloads, whose bytes are counted generously). */
   private normalBytes = 0;
   private lingerTimer: NodeJS.Timeout | null = null;
@@ -149,12 +152,17 @@ export class OffLogClient {
     this.push(userId, actionId, undefined, 'normal');
   }
 
-  logWatchedAction(userId: number | string | bigint, actionId: number, payload: string): void {
-    this.push(userId, actionId, { payload }, 'normal');
+  /**
+   * Counts the event and keeps its raw record (time, user, action, value,
+   * payload) in the watched-events table, published as `ActivityWatched`,
+   * whatever the watch lists say. The PHP client had two names for it.
+   */
+  logWatchedAction(userId: number | string | bigint, actionId: number, payload?: string, options?: Omit<LogOptions, 'payload'>): void {
+    this.push(userId, actionId, { ...options, payload }, 'normal', true);
   }
 
-  logWatchedUser(userId: number | string | bigint, actionId: number, payload: string): void {
-    this.push(userId, actionId, { payload }, 'normal');
+  logWatchedUser(userId: number | string | bigint, actionId: number, payload?: string, options?: Omit<LogOptions, 'payload'>): void {
+    this.push(userId, actionId, { ...options, payload }, 'normal', true);
   }
 
   /** Error-type actions go out at high priority (SUBMIT_JOB_HIGH_BG), ahead of the queue. */
@@ -242,7 +250,7 @@ export class OffLogClient {
 
   // ── the hot path ──
 
-  private push(userId: number | string | bigint, actionId: number, o: LogOptions | undefined, priority: Priority): void {
+  private push(userId: number | string | bigint, actionId: number, o: LogOptions | undefined, priority: Priority, watched = false): void {
     if (this.closed) throw new TypeError('OffLogClient is closed');
     // The contract's own rules (InputError is a TypeError): the client refuses exactly what the worker would.
     const user = parseUserId(typeof userId === 'bigint' ? userId.toString() : userId);
@@ -252,11 +260,15 @@ export class OffLogClient {
       tuple = encodeTuple(user, action, 0, Date.now(), undefined);
     } else {
       const at = o.at instanceof Date ? o.at.getTime() : o.at;
-      tuple = encodeTuple(user, action, parseValue(o.value), parseAt(at, Date.now()), parsePayload(o.payload));
+      tuple = encodeTuple(user, action, parseValue(o.value), parseAt(at, Date.now()), parsePayload(o.payload), watched);
     }
     this.counters.accepted++;
     const buf = priority === 'high' ? this.high : this.normal;
     buf.push(tuple);
+    if (watched) {
+      if (priority === 'high') this.highWatched = true;
+      else this.normalWatched = true;
+    }
     // A tuple's length in UTF-16 units, ×3 when a payload may hold non-ASCII: an upper bound on its bytes, without encoding it.
     if (priority === 'normal') this.normalBytes += o?.payload === undefined ? tuple.length + 1 : tuple.length * 3 + 1;
     if (buf.length >= this.batchSize || this.normalBytes >= this.maxBatchBytes || priority === 'high') this.seal();
@@ -275,12 +287,15 @@ export class OffLogClient {
     for (const priority of ['high', 'normal'] as const) {
       const buf = priority === 'high' ? this.high : this.normal;
       if (buf.length === 0) continue;
-      const batch: Batch = { unique: this.nextId(), body: batchOf(buf), events: buf.length, priority };
+      const watched = priority === 'high' ? this.highWatched : this.normalWatched;
+      const batch: Batch = { unique: this.nextId(), body: batchOf(buf, watched), events: buf.length, priority };
       if (priority === 'high') {
         this.high = [];
+        this.highWatched = false;
         this.queue.unshift(batch);
       } else {
         this.normal = [];
+        this.normalWatched = false;
         this.normalBytes = 0;
         this.queue.push(batch);
       }

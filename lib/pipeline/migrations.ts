@@ -16,6 +16,8 @@ export interface Tables {
   migrations: string;
   hourly: string;
   daily: string;
+  watches: string;
+  watched: string;
 }
 
 export interface Migration {
@@ -85,6 +87,42 @@ export const MIGRATIONS: readonly Migration[] = [
     statements: (t) => [
       countsTable(t.hourly, 'hour_start', 'DATETIME'),
       countsTable(t.daily, 'day_start', 'DATE'),
+    ],
+  },
+  // Version 5 is the reports' (built in parallel); 4 is the bus's.
+  {
+    version: 4,
+    name: 'the bus: slice outbox (published_at), watch lists, watched raw events',
+    // MariaDB's IF NOT EXISTS makes the ALTER safe to re-run: the UPDATE after it
+    // cannot share its statement, and a crash between the two must not wedge the migration.
+    statements: (t) => [
+      `ALTER TABLE \`${t.slices}\`
+        ADD COLUMN IF NOT EXISTS published_at DATETIME(3) NULL DEFAULT NULL COMMENT 'UTC; NULL: SliceFlushed not yet on the bus (the outbox)',
+        ADD INDEX IF NOT EXISTS unpublished (published_at, slice_start)`,
+      // Slices flushed before the bus existed are not news: only slices flushed from now on are published.
+      `UPDATE \`${t.slices}\` SET published_at = flushed_at WHERE published_at IS NULL`,
+      `CREATE TABLE IF NOT EXISTS \`${t.watches}\` (
+        kind ENUM('user','action') NOT NULL,
+        id BIGINT UNSIGNED NOT NULL,
+        added_at DATETIME(3) NOT NULL,
+        PRIMARY KEY (kind, id)
+      ) ENGINE=InnoDB`,
+      `CREATE TABLE IF NOT EXISTS \`${t.watched}\` (
+        id VARCHAR(200) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY COMMENT 'job unique # index: stable across redeliveries',
+        at DATETIME(3) NOT NULL COMMENT 'UTC, the event''s time',
+        user_id BIGINT UNSIGNED NOT NULL,
+        action_id SMALLINT UNSIGNED NOT NULL,
+        value BIGINT UNSIGNED NOT NULL,
+        payload TEXT CHARACTER SET utf8mb4 NULL,
+        reasons SET('explicit','user','action') NOT NULL,
+        received_at DATETIME(3) NOT NULL COMMENT 'when first stored',
+        deliveries SMALLINT UNSIGNED NOT NULL DEFAULT 1 COMMENT 'times the record reached the table (redeliveries are stored once)',
+        published_at DATETIME(3) NULL DEFAULT NULL COMMENT 'NULL: ActivityWatched not yet on the bus',
+        INDEX unpublished (published_at, received_at),
+        INDEX by_time (at),
+        INDEX by_user (user_id, at),
+        INDEX by_action (action_id, at)
+      ) ENGINE=InnoDB`,
     ],
   },
 ];

@@ -1,6 +1,6 @@
 /** Operator tools for the Gearman queues OffLog owns. */
 import type { HostPort } from '../base/config.ts';
-import { FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE } from '../domain/contract.ts';
+import { FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE, FN_WATCHED } from '../domain/contract.ts';
 import { GearmanConnection } from '../wire/gearman.ts';
 
 /** Completes every queued job of OffLog's functions without doing it (leftovers of an aborted run); returns how many. */
@@ -9,7 +9,7 @@ export async function purgeQueues(servers: readonly HostPort[]): Promise<number>
   for (const server of servers) {
     const conn = await GearmanConnection.connect(server);
     try {
-      for (const fn of [FN_BATCH, FN_LOG_SIMPLE, FN_DEAD_LETTER]) conn.canDo(fn);
+      for (const fn of [FN_BATCH, FN_LOG_SIMPLE, FN_DEAD_LETTER, FN_WATCHED]) conn.canDo(fn);
       for (let job = await conn.grab(); job !== null; job = await conn.grab()) {
         conn.complete(job.handle);
         purged++;

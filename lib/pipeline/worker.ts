@@ -13,13 +13,15 @@
 import { Deltas } from '../domain/aggregate.ts';
 import { retry, sleep } from '../base/backoff.ts';
 import { label, type HostPort } from '../base/config.ts';
-import { InputError } from '../base/errors.ts';
-import { decodeBatch, decodeBatchColumns, excerpt, FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE, newEventColumns, parseLogSimple, type DeadLetterJob } from '../domain/contract.ts';
+import { GearmanUnavailableError, InputError } from '../base/errors.ts';
+import { decodeBatch, decodeBatchColumns, excerpt, FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE, newEventColumns, parseLogSimple, type DeadLetterJob, type WatchedRecord } from '../domain/contract.ts';
 import { GearmanConnection, type Job } from '../wire/gearman.ts';
 import type { Logger } from '../base/log.ts';
 import { MemcacheUnavailableError } from '../wire/memcache.ts';
 import type { Ring } from './ring.ts';
 import { sliceOf, type SliceId } from '../domain/slice.ts';
+import { watchedOfColumns, watchedOfEvents, type WatchList, type WatchSnapshot } from './watch.ts';
+import { WatchedSender } from './watched.ts';
 
 /** The worker was stopped (or reached its deadline) while memcached was unreachable: its jobs stay Gearman's. */
 export class WorkerStoppedError extends Error {
@@ -34,6 +36,9 @@ export class WorkerStoppedError extends Error {
  */
 export const DEFAULT_MAX_JOBS_PER_FOLD = 16;
 
+/** How long a starting worker waits for its first reading of the watch lists. */
+const WATCH_LIST_WAIT_MS = 2000;
+
 export interface WorkerDeps {
   gearmanServers: HostPort[];
   sliceSeconds: number;
@@ -41,6 +46,8 @@ export interface WorkerDeps {
   log: Logger;
   /** Injectable clock (epoch ms) so tests can place events in chosen slices. */
   now?: () => number;
+  /** The watch lists (read in the background); without them only events sent as watched keep their raw record. */
+  watchList?: WatchList;
 }
 
 export interface WorkerOptions {
@@ -64,6 +71,8 @@ export interface WorkerStats {
   movedPastWatermark: number;
   /** Counters memcached wrapped past 2^64 − 1, held at 2^64 − 1 instead. */
   wrapped: number;
+  /** Raw records of watched events handed to the `offlog.watched` queue. */
+  watched: number;
 }
 
 /** Stop conditions for `run`: drain until idle, or until a deadline (a Lambda's remaining time). */
@@ -82,10 +91,12 @@ interface Fold {
   dead: { job: Job; error: string }[];
   /** Jobs left out as already applied (or copies of another job of the fold). */
   skipped: number;
+  /** Raw records of watched events, by the job that carried them: queued before the fold is stored. */
+  watched: { job: Job; records: WatchedRecord[] }[];
 }
 
 export class Worker {
-  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, folds: 0, memcachedOps: 0, storeRetries: 0, movedPastWatermark: 0, wrapped: 0 };
+  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, folds: 0, memcachedOps: 0, storeRetries: 0, movedPastWatermark: 0, wrapped: 0, watched: 0 };
   private conns: GearmanConnection[] = [];
   private stopping = false;
   /** The run's deadline (a Lambda's remaining time): retries stop there too. */
@@ -99,11 +110,13 @@ export class Worker {
   private storing = new Set<string>();
   /** Reused by every batch job: decoding allocates nothing per event. */
   private readonly columns = newEventColumns();
+  private readonly watchedSender: WatchedSender;
 
   constructor(private readonly deps: WorkerDeps, options: WorkerOptions = {}) {
     this.now = deps.now ?? Date.now;
     this.maxJobs = options.maxJobsPerFold ?? DEFAULT_MAX_JOBS_PER_FOLD;
     this.perServer = options.connectionsPerServer ?? 1;
+    this.watchedSender = new WatchedSender(deps.gearmanServers);
   }
 
   /** Processes jobs until stopped, idle (when asked) or past the deadline. */
@@ -113,6 +126,10 @@ export class Worker {
     this.deadlineMs = until.deadlineMs ?? Infinity;
     // The fold being stored while the next one is prepared.
     let storing: Promise<void> | null = null;
+    // A moment for the first reading of the watch lists; after that they are refreshed in the background.
+    if (this.deps.watchList && !(await this.deps.watchList.waitReady(WATCH_LIST_WAIT_MS))) {
+      log.warn({ waitedMs: WATCH_LIST_WAIT_MS }, 'watch lists not read yet: counting without them until they are (events sent as watched are still kept)');
+    }
     try {
       while (!this.stopping && (until.deadlineMs === undefined || Date.now() < until.deadlineMs)) {
         await this.connect();
@@ -135,6 +152,8 @@ export class Worker {
         await storing;
         storing = null;
         if (until.idle) break;
+        // Idle, the watch lists are kept fresh too, so the next job meets a change made meanwhile.
+        this.deps.watchList?.current();
         await this.waitForWork(until.deadlineMs === undefined ? 1000 : Math.max(0, Math.min(1000, until.deadlineMs - Date.now())));
       }
       await storing;
@@ -148,6 +167,7 @@ export class Worker {
       await storing?.catch(() => undefined);
       for (const c of this.conns) c.close();
       this.conns = [];
+      this.watchedSender.close();
     }
     log.info(this.stats, 'worker stopped');
     return this.stats;
@@ -217,15 +237,17 @@ export class Worker {
   /** Folds every job whose unique id is not in `skip` (nor met earlier in `jobs`) into a new Fold. */
   private foldAll(jobs: Job[], receivedAt: number, skip: ReadonlySet<string>): Fold {
     const current = sliceOf(receivedAt, this.deps.sliceSeconds);
-    const fold: Fold = { jobs, deltas: new Deltas(), applied: [], dead: [], skipped: 0 };
+    const fold: Fold = { jobs, deltas: new Deltas(), applied: [], dead: [], skipped: 0, watched: [] };
     const seen = new Set<string>();
+    const watch = this.deps.watchList?.current() ?? null;
     for (const job of jobs) {
       if (job.unique && (skip.has(job.unique) || seen.has(job.unique))) {
         fold.skipped++;
         continue;
       }
       try {
-        this.fold(job, fold.deltas, receivedAt, current);
+        const records = this.fold(job, fold.deltas, receivedAt, current, watch);
+        if (records !== null) fold.watched.push({ job, records });
         fold.applied.push(job);
         if (job.unique) seen.add(job.unique);
       } catch (err) {
@@ -236,17 +258,50 @@ export class Worker {
     return fold;
   }
 
-  /** Decodes one job and adds its events to `deltas`: all of them, or (it throws) none. */
-  private fold(job: Job, deltas: Deltas, receivedAt: number, current: SliceId): void {
+  /**
+   * Decodes one job and adds its events to `deltas`: all of them, or (it
+   * throws) none. Returns the raw records the job owes the watch lists.
+   */
+  private fold(job: Job, deltas: Deltas, receivedAt: number, current: SliceId, watch: WatchSnapshot | null): WatchedRecord[] | null {
     const { sliceSeconds } = this.deps;
+    // Stable across redeliveries: gearmand keeps a job's unique (and makes one up for a job sent without).
+    const jobId = job.unique || `handle:${job.handle}`;
     if (job.fn === FN_BATCH) {
       // The fast path reads what OffLogClient writes; anything else is decoded (and judged) by decodeBatch.
-      if (decodeBatchColumns(job.data, this.columns)) deltas.addColumns(this.columns, current, sliceSeconds);
-      else deltas.addAll(decodeBatch(job.data, receivedAt), current, sliceSeconds);
+      if (decodeBatchColumns(job.data, this.columns)) {
+        deltas.addColumns(this.columns, current, sliceSeconds);
+        return watch === null ? null : watchedOfColumns(this.columns, watch, jobId);
+      }
+      const events = decodeBatch(job.data, receivedAt);
+      deltas.addAll(events, current, sliceSeconds);
+      return watchedOfEvents(events, watch, jobId);
     } else if (job.fn === FN_LOG_SIMPLE) {
-      deltas.add(parseLogSimple(job.data, receivedAt), current, sliceSeconds);
-    } else {
-      throw new InputError('function', `unknown function ${excerpt(job.fn)}`);
+      const event = parseLogSimple(job.data, receivedAt);
+      deltas.add(event, current, sliceSeconds);
+      return watchedOfEvents([event], watch, jobId);
+    }
+    throw new InputError('function', `unknown function ${excerpt(job.fn)}`);
+  }
+
+  /**
+   * Queues the fold's watched records on `offlog.watched` (persistent, like
+   * every queue) before its counts are stored: once its jobs are marked
+   * applied a redelivery is skipped, so the records must be safe first. A
+   * crash after this and before the marks sends them again, under the same
+   * ids, which the drain stores once. While no gearmand takes them the fold
+   * is held, as when memcached is away.
+   */
+  private async queueWatched(fold: Fold, retrying: Parameters<typeof retry>[1]): Promise<void> {
+    for (const { job, records } of fold.watched) {
+      await retry(() => this.watchedSender.send(job, records), {
+        stopped: retrying.stopped,
+        retryable: (err) => err instanceof GearmanUnavailableError,
+        onError: (err, attempt, delayMs) => this.deps.log.warn({ err: err.message, attempt, delayMs }, 'no gearmand took the watched records; holding the fold and retrying'),
+      }).catch((err: Error) => {
+        this.storing = new Set();
+        throw new WorkerStoppedError(`stopped while no gearmand took the watched records; ${fold.jobs.length} job(s) left with gearmand (${err.message})`);
+      });
+      this.stats.watched += records.length;
     }
   }
 
@@ -262,6 +317,7 @@ export class Worker {
     let { deltas, dead } = fold;
     this.storing = new Set(applied.map((j) => j.unique).filter(Boolean));
     const retrying = this.retrying(jobs.length);
+    if (fold.watched.length > 0) await this.queueWatched(fold, retrying);
     if (deltas.pairs.length > 0) {
       try {
         deltas = await retry(() => this.applyOutsideFlushed(deltas), retrying);

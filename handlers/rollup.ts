@@ -1,0 +1,12 @@
+// Subscribed to SliceFlushed on the bus: recomputes the hours and days the slice falls in, so a replay changes nothing.
+import { parseSliceFlushed } from '../lib/pipeline/outbox.ts';
+import { rollup } from '../lib/pipeline/rollup.ts';
+import { getRuntime } from './runtime.ts';
+
+export async function handler(event: unknown) {
+  const { fromMs, toMs } = parseSliceFlushed(event);
+  const rt = getRuntime();
+  const result = await rollup(rt.store, fromMs, toMs);
+  rt.log.info({ sliceStart: new Date(fromMs).toISOString(), ...result }, 'SliceFlushed: rolled up');
+  return result;
+}
