@@ -310,3 +310,25 @@ test('the pool shrinks from three memcached to one while old and new workers wri
   process.stdout.write(`# pool shrunk 3 → 1: ${logged} events exact; read with the new pool only: ${BigInt(logged) - onlyNew.counted} lost\n`);
   assert.ok(onlyNew.counted < BigInt(logged), 'a reader of the new pool only loses counts');
 });
+
+test('a server added to the pool is watched for restarts from the first flush that sees it', async (t) => {
+  const [m1, m2] = [await memcached(t), await memcached(t)];
+  await Promise.all([m1.start(), m2.start()]);
+  const rt = fresh({ OFFLOG_MEMCACHED_SERVERS: list(m1, m2), OFFLOG_MEMCACHED_PREVIOUS_SERVERS: list(m1) });
+  await rt.store.migrate();
+  // The README's order: the flush is told and runs once (it records m2's pid and start) before any worker writes to m2.
+  await rt.flush(new Date());
+  const client = new OffLogClient({ servers: rt.config.gearmanServers });
+  for (let i = 0; i < 5000; i++) client.log(i % 500, 1);
+  await client.close();
+  await rt.worker().run({ idle: true });
+  await m2.restart();
+
+  const result = await rt.flush(new Date(Date.now() + 3 * SLICE * 1000));
+  const withData = result.slices.filter((s) => s.events !== null || s.note !== '');
+  assert.ok(withData.length >= 1, 'the events were flushed');
+  for (const s of withData) {
+    assert.equal(s.status, 'incomplete', s.note);
+    assert.match(s.note, /memcached restarted at .*earlier counts are gone/);
+  }
+});
