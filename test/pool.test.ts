@@ -39,6 +39,12 @@ after(async () => {
 
 const list = (...ds: Daemon[]): string => ds.map((d) => `127.0.0.1:${d.port}`).join(',');
 
+/** Worker processes not yet gone: killed when this process exits, however the test ended. */
+const live = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of live) c.kill('SIGKILL');
+});
+
 /** A worker process (test/fixtures/pool-worker.ts) with its own pool settings. */
 class WorkerProcess {
   private readonly child: ChildProcess;
@@ -52,7 +58,8 @@ class WorkerProcess {
     this.child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/pool-worker.ts'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     this.child.stdout!.on('data', (b: Buffer) => (this.out += b.toString()));
     this.child.stderr!.on('data', (b: Buffer) => (this.err += b.toString()));
-    this.exited = new Promise((r) => this.child.once('exit', () => r()));
+    live.add(this.child);
+    this.exited = new Promise((r) => this.child.once('exit', () => r(void live.delete(this.child))));
     this.ready = this.stalled(1, 'ready');
     this.ready.catch(() => undefined);
   }
