@@ -168,11 +168,13 @@ test('the pool grows from one memcached to three mid-slice while three worker pr
   });
   const oldEnv = env(oldPool, '');
   const newEnv = env(newPool, oldPool);
-  // The worker to be killed stalls its increments to one server that does not hold the slice's totals, so the
-  // SIGKILL lands after part of a fold is in memcached (the fold is applied again) and before the slice's totals.
+  // The worker to be killed stalls its increments to one server, so that the SIGKILL lands after part of a fold
+  // is in memcached (the fold is applied again) and before the slice's totals. Not the slice's home (its totals
+  // would wait too), and not m1: the pairs m1 holds under both pools were created long before, so their
+  // increments there land, whereas a pair's first increment on a new server misses and is created later.
   const placement = new Placement(rt.config.memcachedServers);
   const home = placement.writer(shardOfSlice(slice));
-  const stalledEnv = { ...newEnv, OFFLOG_TEST_STALL_MEMCACHED: label(placement.servers[(home + 1) % 3]!) };
+  const stalledEnv = { ...newEnv, OFFLOG_TEST_STALL_MEMCACHED: label(placement.servers[[1, 2].find((i) => i !== home)!]!) };
 
   const workers = [0, 1, 2].map((i) => new WorkerProcess(`worker ${i} (old pool)`, oldEnv));
   t.after(() => Promise.all(workers.map((w) => w.kill())));
@@ -185,7 +187,12 @@ test('the pool grows from one memcached to three mid-slice while three worker pr
   const SECONDS = 10;
   let logged = 0;
 
-  // The operator's side, paced by how far the stream has got: roll the workers one by one onto the new pool.
+  // The stream waits at `gate` (a fraction of EVENTS) for the operator, so that however slow the machine, the
+  // workers are rolled while events flow: every phase, old pool, mixed and new pool, gets its share.
+  let gate = 0.35;
+  const release = (upTo: number): void => {
+    gate = Math.min(1, Math.max(upTo, logged / EVENTS + 0.15));
+  };
   const reached = async (fraction: number): Promise<void> => {
     while (logged < EVENTS * fraction) await sleep(20);
   };
@@ -193,29 +200,39 @@ test('the pool grows from one memcached to three mid-slice while three worker pr
     workers[i] = new WorkerProcess(name, env);
     await workers[i].ready;
   };
+  // The operator's side, at points of the stream: roll the workers one by one onto the new pool.
   const operator = (async () => {
     await reached(0.2);
     stats.push(await workers[0]!.stop());
     await start(0, 'worker 0 (new pool, stalling)', stalledEnv);
+    // Events flow freely until the kill, which needs the stalling worker to be storing folds.
+    gate = 1;
     await reached(0.35);
     // Killed mid-store while the other two still write the old pool; not in its first fold, which creates the
     // slice's totals on their new server, but in a later one, which increments them.
     await workers[0]!.stalled(2);
     await workers[0]!.kill();
     await start(0, 'worker 0 (new pool, after SIGKILL)', newEnv);
-    for (const [i, at] of [[1, 0.5], [2, 0.7]] as const) {
-      await reached(at);
-      stats.push(await workers[i]!.stop());
-      await start(i, `worker ${i} (new pool)`, newEnv);
-    }
+    release(0.5);
+    await reached(0.5);
+    stats.push(await workers[1]!.stop());
+    await start(1, 'worker 1 (new pool)', newEnv);
+    release(0.7);
+    await reached(0.7);
+    stats.push(await workers[2]!.stop());
+    await start(2, 'worker 2 (new pool)', newEnv);
+    gate = 1;
   })();
   // Awaited after the stream; until then a failure must not count as unhandled.
   operator.catch(() => undefined);
 
-  const started = Date.now();
-  while (logged < EVENTS) {
-    const due = Math.min(EVENTS, Math.ceil(((Date.now() - started) / (SECONDS * 1000)) * EVENTS));
-    for (; logged < due; logged++) {
+  // A steady pace (EVENTS over SECONDS) while the gate is open; time spent waiting at the gate is not made up.
+  let target = 0;
+  for (let last = Date.now(); logged < EVENTS; ) {
+    const now = Date.now();
+    target = Math.min(target + ((now - last) / (SECONDS * 1000)) * EVENTS, gate * EVENTS, EVENTS);
+    last = now;
+    for (; logged < target; logged++) {
       const pair = logged % PAIRS;
       const userId = 1_000_003 + pair * 7919;
       const actionId = 1 + (pair % 5);
