@@ -2,9 +2,10 @@
  * Changing the memcached pool while events flow (README, "Changing the
  * memcached pool"), on real daemons of the tests' own: writers write to the
  * current pool only, readers also read where the previous pool put a key, so
- * no count is split or lost. Each test also reads the slice the way a reader
- * that forgot the other pool would, and checks that it comes up short: the
- * design is what makes the totals exact, not luck.
+ * no count is split or lost. The grow and shrink tests also read the slice
+ * the way a reader that forgot the other pool would, and check that it comes
+ * up short: the design is what makes the totals exact, not luck. The last
+ * test checks that restart detection covers a server new to the pool.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
