@@ -7,7 +7,8 @@
  * on another after it would be split, and a flush reading one place would
  * lose half. So the pool change has two sides:
  *
- * - writers (workers) always write to the *current* pool only;
+ * - writers (workers) write counts to the *current* pool only (a job's
+ *   applied mark, a plain `set`, goes to both places: see Ring.markApplied);
  * - readers (the flush, and the worker's applied-job marks) read every place
  *   a key may be under the current *and* the previous pool, and add up what
  *   they find on distinct servers.

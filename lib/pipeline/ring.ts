@@ -77,10 +77,16 @@ export class Ring {
    * Stores a fold's deltas. Resolves once every increment is in memcached; a
    * rejection means some may be, which is why jobs are acknowledged only after.
    *
-   * Round trips: one batch of increments per server (every pair's counters
-   * and the slice totals together); then, only for what did not exist yet,
-   * the register (per slice, in parallel) and one batch of `add`s per server;
-   * then, only if memcached wrapped a counter, setting it back to 2^64 − 1.
+   * Round trips: one batch of increments per server (every pair's counters);
+   * then, only for what did not exist yet, the register (per slice, in
+   * parallel) and one batch of `add`s per server; then, only if memcached
+   * wrapped a counter, setting it back to 2^64 − 1; then the slice totals.
+   *
+   * The totals go last so that they never lead the pairs: a fold cut short
+   * (a worker killed, a connection lost mid-store) and applied again then
+   * leaves the rows at or above the slice's event total, never below, and the
+   * flush's "rows hold fewer events than the workers counted" keeps meaning
+   * that counters were lost, not that a fold was counted one and a half times.
    */
   async apply(deltas: Deltas): Promise<ApplyStats> {
     const pairs = deltas.pairs;
@@ -94,7 +100,7 @@ export class Ring {
       return (tag & 1) === 0 ? keys.count(d.slice, d.userId, d.actionId) : keys.valueSum(d.slice, d.userId, d.actionId);
     };
     const counters = new Counters(keyOf);
-    // 1. Increment the counters that exist: every pair's count (tag 2i) and value sum (2i + 1), and the slice totals.
+    // 1. Increment the counters that exist: every pair's count (tag 2i) and value sum (2i + 1).
     const bumps = this.conns.map(() => counters.list());
     for (let i = 0; i < pairs.length; i++) {
       const d = pairs[i]!;
@@ -102,15 +108,6 @@ export class Ring {
       to.push(2 * i, d.count);
       if (d.value !== 0) to.push(2 * i + 1, d.value);
     }
-    const perSlice = new Map<SliceId, number>();
-    for (const d of pairs) perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + d.count);
-    const total = (slice: SliceId, name: 'n' | 'late' | 'ovf', n: number): void => {
-      totals.push(keys.sliceCounter(slice, name));
-      bumps[placement.writer(shardOfSlice(slice))]!.push(-totals.length, n);
-    };
-    for (const [slice, n] of perSlice) total(slice, 'n', n);
-    for (const [slice, n] of deltas.late) total(slice, 'late', n);
-    for (const [slice, n] of deltas.saturatedBySlice()) total(slice, 'ovf', n);
     const wraps: number[] = [];
     const missing = await this.incr(bumps, wraps);
     // 2. Pairs new to this slice (their count was missing): list them in the
@@ -120,7 +117,7 @@ export class Ring {
       const found = m.tags.length;
       for (let j = 0; j < found; j++) {
         const tag = m.tags[j]!;
-        if (tag < 0 || (tag & 1) === 1) continue;
+        if ((tag & 1) === 1) continue;
         const d = pairs[tag >> 1]!;
         created.push(d);
         if (d.value === 0) m.push(tag + 1, 0);
@@ -129,7 +126,22 @@ export class Ring {
     if (created.length > 0) await this.register(created);
     await this.ensure(missing, wraps);
     // 3. Counters memcached wrapped past 2^64 − 1: held there, and counted on their slice.
-    if (wraps.length > 0) await this.saturate(wraps, pairs);
+    const wrapped = wraps.length > 0 ? await this.saturate(wraps, pairs) : new Map<SliceId, number>();
+    // 4. The slice totals (tags −1, −2, …), once every pair's counters are in (see above).
+    const sums = this.conns.map(() => counters.list());
+    const total = (slice: SliceId, name: 'n' | 'late' | 'ovf', n: number): void => {
+      totals.push(keys.sliceCounter(slice, name));
+      sums[placement.writer(shardOfSlice(slice))]!.push(-totals.length, n);
+    };
+    const perSlice = new Map<SliceId, number>();
+    for (const d of pairs) perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + d.count);
+    for (const [slice, n] of perSlice) total(slice, 'n', n);
+    for (const [slice, n] of deltas.late) total(slice, 'late', n);
+    const saturated = new Map(deltas.saturatedBySlice());
+    for (const [slice, n] of wrapped) saturated.set(slice, (saturated.get(slice) ?? 0) + n);
+    for (const [slice, n] of saturated) total(slice, 'ovf', n);
+    // A slice's event total does not reach 2^64: a wrap there is not looked for.
+    await this.ensure(await this.incr(sums, []), []);
     return { ops: this.ops - before, newPairs: created.length, wrapped: wraps.length };
   }
 
@@ -205,16 +217,22 @@ export class Ring {
     return done;
   }
 
-  /** Marks jobs applied, so a redelivered copy (worker crash before its ack, client re-send) is skipped. */
+  /**
+   * Marks jobs applied, so a redelivered copy (worker crash before its ack,
+   * client re-send) is skipped. While the pool changes, a mark goes where
+   * either pool places it: a worker not yet restarted reads only the old
+   * pool's place, and a copy it is handed must find the mark there too.
+   */
   async markApplied(uniques: readonly string[]): Promise<void> {
     const byServer = new Map<number, MemcacheOp[]>();
     for (const u of uniques) {
       if (!u) continue;
       const key = this.keys.job(u);
-      const s = this.placement.writer(key);
-      let ops = byServer.get(s);
-      if (!ops) byServer.set(s, (ops = []));
-      ops.push({ kind: 'set', key, value: '1', ttl: this.ttl });
+      for (const s of this.placement.readers(key)) {
+        let ops = byServer.get(s);
+        if (!ops) byServer.set(s, (ops = []));
+        ops.push({ kind: 'set', key, value: '1', ttl: this.ttl });
+      }
     }
     await Promise.all([...byServer].map(([s, ops]) => this.exec(s, ops)));
   }
@@ -339,20 +357,19 @@ export class Ring {
     }
   }
 
-  /** Sets wrapped pair counters to 2^64 − 1 (the true total is at least that) and counts them on their slice. */
-  private async saturate(tags: number[], pairs: readonly PairDelta[]): Promise<void> {
+  /** Sets wrapped pair counters to 2^64 − 1 (the true total is at least that); returns how many, per slice. */
+  private async saturate(tags: number[], pairs: readonly PairDelta[]): Promise<Map<SliceId, number>> {
     const { keys, placement } = this;
     const ops = this.conns.map((): MemcacheOp[] => []);
     const perSlice = new Map<SliceId, number>();
     for (const tag of tags) {
-      if (tag < 0) continue; // a slice's event total: 2^64 events do not happen
       const d = pairs[tag >> 1]!;
       const key = (tag & 1) === 0 ? keys.count(d.slice, d.userId, d.actionId) : keys.valueSum(d.slice, d.userId, d.actionId);
       ops[placement.writer(shardOfPair(d.userId, d.actionId))]!.push({ kind: 'set', key, value: MAX_TEXT, ttl: this.ttl });
       perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + 1);
     }
     await Promise.all(ops.map((list, s) => this.exec(s, list)));
-    for (const [slice, n] of perSlice) await this.reserve(keys.sliceCounter(slice, 'ovf'), placement.writer(shardOfSlice(slice)), n);
+    return perSlice;
   }
 
   private exec(server: number, ops: MemcacheOp[]): Promise<MemcacheReply[]> {
