@@ -77,10 +77,17 @@ export class Ring {
    * Stores a fold's deltas. Resolves once every increment is in memcached; a
    * rejection means some may be, which is why jobs are acknowledged only after.
    *
-   * Round trips: one batch of increments per server (every pair's counters
-   * and the slice totals together); then, only for what did not exist yet,
-   * the register (per slice, in parallel) and one batch of `add`s per server;
-   * then, only if memcached wrapped a counter, setting it back to 2^64 − 1.
+   * Round trips: one batch of increments per server (every pair's counters);
+   * then, only for what did not exist yet, the register (per slice, in
+   * parallel) and one batch of `add`s per server; then, only if memcached
+   * wrapped a counter, setting it back to 2^64 − 1; last, the slice totals.
+   *
+   * The totals go last so that they never count events whose pairs are not in
+   * yet: a worker killed halfway through leaves totals at most equal to the
+   * rows, and its fold, applied again, at most a duplicate. Sent with the pairs,
+   * a crash before the new pairs were created made the re-applied fold count
+   * its events twice in the totals but once in those pairs, and the flush
+   * reported a slice that had lost nothing as `incomplete`.
    */
   async apply(deltas: Deltas): Promise<ApplyStats> {
     const pairs = deltas.pairs;
@@ -94,7 +101,7 @@ export class Ring {
       return (tag & 1) === 0 ? keys.count(d.slice, d.userId, d.actionId) : keys.valueSum(d.slice, d.userId, d.actionId);
     };
     const counters = new Counters(keyOf);
-    // 1. Increment the counters that exist: every pair's count (tag 2i) and value sum (2i + 1), and the slice totals.
+    // 1. Increment the counters that exist: every pair's count (tag 2i) and value sum (2i + 1).
     const bumps = this.conns.map(() => counters.list());
     for (let i = 0; i < pairs.length; i++) {
       const d = pairs[i]!;
@@ -102,15 +109,6 @@ export class Ring {
       to.push(2 * i, d.count);
       if (d.value !== 0) to.push(2 * i + 1, d.value);
     }
-    const perSlice = new Map<SliceId, number>();
-    for (const d of pairs) perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + d.count);
-    const total = (slice: SliceId, name: 'n' | 'late' | 'ovf', n: number): void => {
-      totals.push(keys.sliceCounter(slice, name));
-      bumps[placement.writer(shardOfSlice(slice))]!.push(-totals.length, n);
-    };
-    for (const [slice, n] of perSlice) total(slice, 'n', n);
-    for (const [slice, n] of deltas.late) total(slice, 'late', n);
-    for (const [slice, n] of deltas.saturatedBySlice()) total(slice, 'ovf', n);
     const wraps: number[] = [];
     const missing = await this.incr(bumps, wraps);
     // 2. Pairs new to this slice (their count was missing): list them in the
@@ -130,6 +128,18 @@ export class Ring {
     await this.ensure(missing, wraps);
     // 3. Counters memcached wrapped past 2^64 − 1: held there, and counted on their slice.
     if (wraps.length > 0) await this.saturate(wraps, pairs);
+    // 4. The slice totals (tags < 0): events, late events, saturated sums.
+    const sums = this.conns.map(() => counters.list());
+    const total = (slice: SliceId, name: 'n' | 'late' | 'ovf', n: number): void => {
+      totals.push(keys.sliceCounter(slice, name));
+      sums[placement.writer(shardOfSlice(slice))]!.push(-totals.length, n);
+    };
+    const perSlice = new Map<SliceId, number>();
+    for (const d of pairs) perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + d.count);
+    for (const [slice, n] of perSlice) total(slice, 'n', n);
+    for (const [slice, n] of deltas.late) total(slice, 'late', n);
+    for (const [slice, n] of deltas.saturatedBySlice()) total(slice, 'ovf', n);
+    await this.ensure(await this.incr(sums, wraps), wraps);
     return { ops: this.ops - before, newPairs: created.length, wrapped: wraps.length };
   }
 
