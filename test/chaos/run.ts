@@ -223,8 +223,11 @@ class WorkerSlot {
       await exited;
       return true;
     }
-    const timer = sleep(graceMs).then(() => 'timeout');
-    if ((await Promise.race([exited, timer])) === 'timeout') {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise((r) => (timer = setTimeout(r, graceMs, 'timeout')));
+    const outcome = await Promise.race([exited, late]);
+    clearTimeout(timer);
+    if (outcome === 'timeout') {
       p.kill('SIGKILL');
       await exited;
       return true;
@@ -338,6 +341,7 @@ export async function runChaos(options: ChaosOptions, scope: Scope): Promise<Cha
     }
   };
   const ticker = setInterval(logDue, 20);
+  say('load starts (fault times count from here)');
 
   // ── flushes, every slice, and the MySQL cuts armed for them ──
   const counts: Record<FaultKind, number> = { 'worker-kill': 0, 'gearmand-restart': 0, 'mysql-cut': 0, 'clock-skew': 0 };
@@ -432,8 +436,10 @@ export async function runChaos(options: ChaosOptions, scope: Scope): Promise<Cha
   await Promise.all(restarts);
   for (const s of slots) if (!s.running) s.start(0);
   await drained(c.gearmanServers[0]!, 180_000).catch((err: Error) => violation(err.message));
+  say('queue drained');
   ending = true;
   for (const s of slots) if (await s.stop()) counts['worker-kill']++;
+  say('workers stopped');
   const maxAhead = Math.max(0, ...slots.map((s) => s.offsetMs), ...faults.filter((f) => f.kind === 'clock-skew').map((f) => f.offsetMs));
   // No writer is left, so slices ahead of the clock are finished too: flush as if the last one a worker could have written were two behind.
   const lastSlice = sliceOf(Date.now() + maxAhead, SLICE_SECONDS);
