@@ -188,7 +188,11 @@ class WorkerSlot {
       const lines = out.split('\n');
       out = lines.pop()!;
       const line = lines.at(-1);
-      if (line) this.last = JSON.parse(line) as WorkerStats;
+      try {
+        if (line) this.last = JSON.parse(line) as WorkerStats;
+      } catch {
+        appendFileSync(this.logFile, `[worker ${this.id} pid ${proc.pid}] stdout: ${line}\n`);
+      }
     });
     proc.stderr!.on('data', (d: Buffer) => appendFileSync(this.logFile, `[worker ${this.id} pid ${proc.pid}] ${d}`));
     proc.once('exit', (code, signal) => {
@@ -341,6 +345,14 @@ export async function runChaos(options: ChaosOptions, scope: Scope): Promise<Cha
     }
   };
   const ticker = setInterval(logDue, 20);
+  // If the run throws half-way, its scope's end stops the load, the flushes and the client.
+  let aborted = false;
+  let clientClosed = false;
+  scope.after(async () => {
+    aborted = true;
+    clearInterval(ticker);
+    if (!clientClosed) await client.close({ timeoutMs: 0 });
+  });
   say('load starts (fault times count from here)');
 
   // ── flushes, every slice, and the MySQL cuts armed for them ──
@@ -377,7 +389,8 @@ export async function runChaos(options: ChaosOptions, scope: Scope): Promise<Cha
   };
   const flushLoop = (async () => {
     for (let next = loadStart + SLICE_SECONDS * 1000; next <= loadEnd; next += SLICE_SECONDS * 1000) {
-      await sleep(next - Date.now());
+      while (Date.now() < next && !aborted) await sleep(Math.min(500, next - Date.now()));
+      if (aborted) return;
       await flushOnce(new Date());
     }
   })();
@@ -431,6 +444,7 @@ export async function runChaos(options: ChaosOptions, scope: Scope): Promise<Cha
   logDue();
   await flushLoop;
   const cs = await client.close({ timeoutMs: 120_000 });
+  clientClosed = true;
   say(`load done: ${sent} events sent; client accepted ${cs.accepted}, acknowledged ${cs.acknowledged}, dropped ${cs.dropped}, reconnects ${cs.reconnects}`);
   if (cs.accepted !== sent || cs.acknowledged !== sent || cs.dropped !== 0) violation(`client: ${sent} logged, ${cs.accepted} accepted, ${cs.acknowledged} acknowledged, ${cs.dropped} dropped`);
   await Promise.all(restarts);
