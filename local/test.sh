@@ -26,5 +26,11 @@ if ! bash local/services.sh status >/dev/null 2>&1; then
 fi
 stop() { if [ "$started" = 1 ]; then bash local/services.sh down; fi; }
 trap stop EXIT
+# `npm run chaos`: the long chaos run (test/chaos/main.ts) on these same servers.
+if [ "${1:-}" = --chaos ]; then
+  shift
+  node --import tsx test/chaos/main.ts "$@"
+  exit
+fi
 if [ $# -eq 0 ]; then set -- test/*.test.ts; fi
 node --import tsx --test --test-concurrency=1 --test-timeout=300000 "$@"

@@ -12,10 +12,28 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import type { TestContext } from 'node:test';
 import { sleep } from '../lib/base/backoff.ts';
 
 const DATA = join(process.env.OFFLOG_DATA_DIR ?? '.data/test', 'faults');
+
+/**
+ * What owns a daemon and stops it when done: a node:test TestContext (its
+ * `after`), or a Cleanup for code that runs outside node:test (the chaos run).
+ */
+export interface Scope {
+  after(fn: () => unknown): void;
+}
+
+/** A Scope outside node:test: `run()` calls every registered stop, newest first, errors ignored. */
+export class Cleanup implements Scope {
+  private readonly fns: (() => unknown)[] = [];
+  after(fn: () => unknown): void {
+    this.fns.push(fn);
+  }
+  async run(): Promise<void> {
+    for (const fn of this.fns.splice(0).reverse()) await Promise.resolve().then(fn).catch(() => undefined);
+  }
+}
 
 /** Every child started here and not yet reaped: killed on exit whatever happened. */
 const live = new Set<ChildProcess>();
@@ -74,7 +92,7 @@ export class Daemon {
 }
 
 /** A gearmand of the test's own (persistent sqlite queue), on a free port; stopped when the test ends. */
-export async function gearmand(t: TestContext): Promise<Daemon> {
+export async function gearmand(t: Scope): Promise<Daemon> {
   const port = await freePort();
   const dir = join(DATA, `gearmand-${port}`);
   rmSync(dir, { recursive: true, force: true });
@@ -90,7 +108,7 @@ export async function gearmand(t: TestContext): Promise<Daemon> {
 }
 
 /** A memcached of the test's own, on a free port; stopped when the test ends. */
-export async function memcached(t: TestContext): Promise<Daemon> {
+export async function memcached(t: Scope): Promise<Daemon> {
   const port = await freePort();
   const d = new Daemon('memcached', port, () => ['memcached', '-u', 'root', '-l', '127.0.0.1', '-p', String(port), '-U', '0', '-m', '256']);
   t.after(() => d.kill());
@@ -111,7 +129,7 @@ export class Proxy {
   private readonly sockets = new Set<net.Socket>();
   private constructor(readonly port: number, private readonly target: number) {}
 
-  static async start(t: TestContext, target: number): Promise<Proxy> {
+  static async start(t: Scope, target: number): Promise<Proxy> {
     const p = new Proxy(await freePort(), target);
     await p.start();
     t.after(() => p.cut());

@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
 import { sleep } from '../lib/base/backoff.ts';
+import { Deltas } from '../lib/domain/aggregate.ts';
 import { OffLogClient } from '../lib/pipeline/client.ts';
 import type { HostPort } from '../lib/base/config.ts';
 import { flush } from '../lib/pipeline/flush.ts';
@@ -89,6 +90,33 @@ test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounde
   process.stdout.write(`# events counted twice after SIGKILL: ${over} of ${events} (bound ${bound})\n`);
   assert.ok(over <= bound, `${over} duplicates`);
   assert.equal(total, BigInt(events) + over);
+});
+
+test('a worker killed halfway through storing a fold: applied again, it is a bounded duplicate, and the slice is not called incomplete', async () => {
+  const rt = fresh();
+  await rt.store.migrate();
+  const base = futureSlice(SLICE);
+  const at = startOf(base, SLICE) + 10;
+  const fold = (users: number[]): Deltas => {
+    const d = new Deltas();
+    for (const u of users) d.add({ userId: String(u), actionId: 1, value: 2, at }, base, SLICE);
+    return d;
+  };
+  await rt.ring.apply(fold([1, 2]));
+  // The dying worker's increments of pairs 1 and 2 land; it dies before creating pair 3 (its first `add`).
+  const dying = new Ring({ servers: rt.config.memcachedServers, keyPrefix: rt.config.keyPrefix, sliceSeconds: SLICE, ringSlices: 6 });
+  dying.connections[0]!.addMany = () => Promise.reject(new Error('SIGKILL'));
+  await assert.rejects(dying.apply(fold([1, 2, 3])), /SIGKILL/);
+  await dying.close();
+  // Its jobs were never acknowledged: another worker folds them again.
+  await rt.ring.apply(fold([1, 2, 3]));
+
+  const result = await flush(flushDeps(rt), new Date(startOf((base + 2) as SliceId, SLICE)));
+  const slice = result.slices.find((s) => s.slice === base)!;
+  assert.equal(slice.status, 'flushed', slice.note);
+  const expected = new Expected();
+  for (const u of [1, 1, 1, 2, 2, 2, 3]) expected.add(startOf(base, SLICE), u, 1, 2);
+  assert.deepEqual(await readCounts(rt), expected.asStrings(), 'pairs 1 and 2 counted twice by the fold: the one-fold duplicate');
 });
 
 test('gearmand restarted with jobs queued: the queue survives, the client and ingest reconnect', async (t) => {

@@ -190,6 +190,26 @@ describe('pre-aggregation', () => {
     assert.equal(d.pairs[0]!.saturated, true);
     assert.deepEqual([...d.saturatedBySlice()], [[100, 1]]);
   });
+  test('moving slices the flush took: every moved event is late once, those the guard had clamped too', () => {
+    const d = new Deltas();
+    const at = (s: number) => s * 60_000 + 5;
+    const e = (slice: number, actionId = 1) => ({ userId: '1', actionId, value: 1, at: at(slice) });
+    // A worker whose clock says slice 100: 3 events of its own slices, 2 clamped into 100 (one from the past, one from the future).
+    d.addAll([e(100), e(100), e(99, 2), e(90), e(105)], S(100), 60);
+    assert.equal(d.lateEvents, 2);
+    // The flush took slices up to 100: everything in them goes to 101, as late. 5 events, 5 late, not 2 + 5.
+    const m = d.movedAbove(S(100), S(101));
+    assert.equal(m.events, 5);
+    assert.deepEqual([...m.late], [[101, 5]]);
+    assert.deepEqual(m.pairs.map((p) => `${p.slice}:${p.actionId}:${p.count}`).sort(), ['101:1:4', '101:2:1']);
+    // Only 99 taken: the 4 events in 100 (2 of them already late) stay as they are; the one in 99 moves.
+    const k = d.movedAbove(S(99), S(101));
+    assert.deepEqual([...k.late].sort(), [[100, 2], [101, 1]]);
+    assert.equal(k.lateEvents, 3);
+    // Taken up to 100 but moved to 105: the event of 105 the guard had clamped into 100 is home, not late.
+    const h = d.movedAbove(S(100), S(105));
+    assert.deepEqual([...h.late], [[105, 4]]);
+  });
   test('FNV-1a matches its published test vectors', () => {
     // From the FNV reference (32-bit FNV-1a): "" → 0x811c9dc5, "a" → 0xe40c292c, "foobar" → 0xbf9cf968.
     assert.equal(fnv1a(''), 0x811c9dc5);

@@ -26,6 +26,8 @@ export class Deltas {
   readonly pairs: PairDelta[] = [];
   /** Late (or clamped future) events, by the slice they were counted into. */
   readonly late = new Map<SliceId, number>();
+  /** The same late events by the slice they were counted into, then by their own slice: what a move needs to stay exact. */
+  private readonly lateFrom = new Map<SliceId, Map<SliceId, number>>();
   events = 0;
   /** Indexes into `pairs`, one table per slice. */
   private readonly tables = new Map<SliceId, PairTable>();
@@ -66,22 +68,31 @@ export class Deltas {
 
   /**
    * These deltas with every pair of a slice at or below `sealed` moved to
-   * `to`, and counted there as late: for slices the flush has already taken.
+   * `to`: for slices the flush has already taken. A moved event is late in
+   * `to` unless `to` is its own slice (the guard had clamped it, say, from a
+   * backlog into a clock that is behind), so each is late once at most.
    */
   movedAbove(sealed: SliceId, to: SliceId): Deltas {
     const moved = new Deltas();
-    for (const [slice, n] of this.late) {
-      const target = slice <= sealed ? to : slice;
-      moved.late.set(target, (moved.late.get(target) ?? 0) + n);
-    }
+    for (const [into, from] of this.lateFrom) if (into > sealed) for (const [own, n] of from) moved.addLate(into, own, n);
+    const movedOut = new Map<SliceId, number>();
     for (const d of this.pairs) {
       let slice = d.slice;
       if (slice <= sealed) {
+        movedOut.set(slice, (movedOut.get(slice) ?? 0) + d.count);
         slice = to;
-        moved.late.set(to, (moved.late.get(to) ?? 0) + d.count);
       }
       const big = BigInt(d.userId);
       moved.addPair(slice, Number(big >> 32n), Number(big & 0xffff_ffffn), d.userId, d.actionId, d.count, d.value, d.saturated);
+    }
+    for (const [slice, events] of movedOut) {
+      // Its events are those the guard put there (by their own slice) and the rest, whose own slice it is.
+      let clamped = 0;
+      for (const [own, n] of this.lateFrom.get(slice) ?? []) {
+        moved.addLate(to, own, n);
+        clamped += n;
+      }
+      moved.addLate(to, slice, events - clamped);
     }
     moved.events = this.events;
     return moved;
@@ -108,8 +119,17 @@ export class Deltas {
   /** The slice guard (slice.ts), counting what it moves as late. */
   private targetSlice(eventSlice: SliceId, current: SliceId): SliceId {
     const slice = guardedSlice(eventSlice, current);
-    if (slice !== eventSlice) this.late.set(slice, (this.late.get(slice) ?? 0) + 1);
+    if (slice !== eventSlice) this.addLate(slice, eventSlice, 1);
     return slice;
+  }
+
+  /** `n` events of slice `own` counted into slice `into`: late unless that is their own. */
+  private addLate(into: SliceId, own: SliceId, n: number): void {
+    if (into === own || n === 0) return;
+    this.late.set(into, (this.late.get(into) ?? 0) + n);
+    let from = this.lateFrom.get(into);
+    if (!from) this.lateFrom.set(into, (from = new Map()));
+    from.set(own, (from.get(own) ?? 0) + n);
   }
 
   /** Adds `count` events with a total of `value` to the pair; the user id is given as halves and as text (or a number) for a new pair. */

@@ -365,8 +365,10 @@ export class Worker {
         if (sealed === null || deltas.slices().every((s) => s > sealed)) break;
         const to = Math.max(sliceOf(this.now(), this.deps.sliceSeconds), sealed + 1) as SliceId;
         const moved = deltas.movedAbove(sealed, to);
-        this.stats.movedPastWatermark += moved.lateEvents - deltas.lateEvents;
-        this.deps.log.warn({ watermark: sealed, to, events: moved.lateEvents - deltas.lateEvents }, 'events for slices the flush already took go to the next open slice');
+        // Every event of a taken slice, late before or not (and even one moved back into its own slice).
+        const events = deltas.pairs.reduce((n, d) => (d.slice <= sealed ? n + d.count : n), 0);
+        this.stats.movedPastWatermark += events;
+        this.deps.log.warn({ watermark: sealed, to, events }, 'events for slices the flush already took go to the next open slice');
         deltas = moved;
       }
       const before = ring.ops;
