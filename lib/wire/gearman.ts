@@ -33,7 +33,8 @@ export class GearmanConnection {
   /** Gearman answers a connection's requests in order, so FIFO queues match replies to requests. */
   private readonly submits: Waiter<string>[] = [];
   private readonly grabs: Waiter<Job | null>[] = [];
-  private wake: (() => void) | undefined;
+  /** Pending sleep() calls: each leaves the set when it ends, however it ends. */
+  private readonly sleepers = new Set<() => void>();
   private readonly closeListeners: ((err: Error) => void)[] = [];
 
   private constructor(server: HostPort, socket: GearmanSocket) {
@@ -49,11 +50,7 @@ export class GearmanConnection {
       this.grabs.shift()?.resolve({ handle: j.handle, fn: j.func_name, unique: j.unique_id, data: j.payload, conn: this }),
     );
     socket.on('NO_JOB', () => this.grabs.shift()?.resolve(null));
-    socket.on('NOOP', () => {
-      const wake = this.wake;
-      this.wake = undefined;
-      wake?.();
-    });
+    socket.on('NOOP', () => this.wakeSleepers());
     socket.on('error', (err) => this.fail(new GearmanUnavailableError(`gearmand ${label(server)}: ${err.message}`)));
     socket.on('close', () => this.fail(new GearmanUnavailableError(`gearmand ${label(server)} closed the connection`)));
   }
@@ -119,17 +116,25 @@ export class GearmanConnection {
   sleep(maxMs: number): Promise<void> {
     if (this.closed) return Promise.reject(this.closeError);
     return new Promise((resolve) => {
-      const timer = setTimeout(done, maxMs);
-      const self = this;
-      function done(): void {
+      // NOOP, close() and the timer all end a sleep through the set, so nothing of it outlives it.
+      const done = (): void => {
         clearTimeout(timer);
-        if (self.wake === done) self.wake = undefined;
+        this.sleepers.delete(done);
         resolve();
-      }
-      this.wake = done;
-      this.closeListeners.push(done);
+      };
+      const timer = setTimeout(done, maxMs);
+      this.sleepers.add(done);
       this.socket.preSleep();
     });
+  }
+
+  /** Callbacks this connection holds (close listeners and pending sleeps): a long-lived worker's must stay flat. */
+  get listenerCount(): number {
+    return this.closeListeners.length + this.sleepers.size;
+  }
+
+  private wakeSleepers(): void {
+    for (const done of [...this.sleepers]) done();
   }
 
   /** Acknowledges a job: gearmand forgets it. Only after its counts are stored. */
@@ -147,7 +152,7 @@ export class GearmanConnection {
     this.closeError = err;
     for (const w of this.submits.splice(0)) w.reject(err);
     for (const w of this.grabs.splice(0)) w.reject(err);
-    this.wake?.();
+    this.wakeSleepers();
     for (const l of this.closeListeners.splice(0)) l(err);
     this.socket.close();
   }
