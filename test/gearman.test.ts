@@ -34,3 +34,33 @@ test('idle sleeps hold nothing once they end: the connection keeps as many callb
   await sleeping;
   assert.equal(conn.listenerCount, 0);
 });
+
+test('an ERROR answers the oldest request, even one that has no reply when it succeeds', async () => {
+  const conn = await connect();
+  const fn = nobodysFunction();
+  conn.canDo(fn);
+  const unique = `u-${randomBytes(4).toString('hex')}`;
+  // gearmand answers a WORK_COMPLETE for a job it does not hold with ERROR JOB_NOT_FOUND; the grab and the submit
+  // sent after it are both pending when that ERROR arrives, and must get their own replies.
+  conn.complete('H:offlog-test:no-such-job');
+  const grabbed = conn.grab();
+  const submitted = conn.submitBackground(fn, 'payload', unique);
+  assert.equal(await grabbed, null);
+  assert.match(await submitted, /^H:/, 'the submit was queued, so it must resolve with its handle');
+  const job = await conn.grab();
+  assert.equal(job?.unique, unique, 'and the job really is on the queue');
+  conn.complete(job.handle);
+
+  // A submit gearmand refuses (a unique id over its 64 bytes), pending behind a grab: the submit is rejected, not the grab.
+  const grab2 = conn.grab();
+  const refused = conn.submitBackground(fn, 'payload', 'u'.repeat(65));
+  const accepted = conn.submitBackground(fn, 'payload', `${unique}-2`);
+  assert.equal(await grab2, null);
+  await assert.rejects(refused, /ERROR .*too large/i);
+  assert.match(await accepted, /^H:/);
+  const job2 = await conn.grab();
+  assert.equal(job2?.unique, `${unique}-2`);
+  conn.complete(job2.handle);
+  assert.equal(await conn.grab(), null, 'replies and requests still in step');
+  assert.ok(conn.isOpen);
+});
