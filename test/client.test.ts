@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { OffLogClient } from '../lib/pipeline/client.ts';
+import { OffLogClient, type ClientStats } from '../lib/pipeline/client.ts';
 import type { HostPort } from '../lib/base/config.ts';
 import { decodeBatch } from '../lib/domain/contract.ts';
 import { InputError } from '../lib/base/errors.ts';
@@ -153,6 +153,67 @@ test('memory bound with no server up: the oldest are dropped and counted, nothin
   assert.deepEqual(await readCounts(mine), expected.asStrings(), 'exactly the newest events survive');
   await g.kill();
   await mine.close();
+});
+
+/** The books a client must keep at every moment: each accepted event is in exactly one place. */
+function assertBalanced(s: ClientStats, when: string): void {
+  assert.equal(
+    s.acknowledged + s.dropped + s.buffered + s.inFlight, s.accepted,
+    `${when}: accepted ${s.accepted} != acknowledged ${s.acknowledged} + dropped ${s.dropped} + buffered ${s.buffered} + in flight ${s.inFlight}`,
+  );
+}
+
+test('stats() always balance: gearmand killed mid-stream, then hung while close() times out; acknowledged is what the worker counts', async (t) => {
+  const g = await gearmand(t);
+  await g.start();
+  const { rt: mine } = isolate();
+  await mine.store.migrate();
+  const client = new OffLogClient({ servers: [local(g.port)], batchSize: 100, window: 8 });
+  // Pass or fail, nothing of this test may keep the process alive (a hung gearmand holds the client's socket open).
+  t.after(async () => {
+    await client.close({ timeoutMs: 0 });
+    await mine.close();
+  });
+  let samples = 0;
+  const sample = (when: string): ClientStats => {
+    const s = client.stats();
+    assertBalanced(s, when);
+    samples++;
+    return s;
+  };
+  for (let i = 0; i < 40_000; i++) {
+    client.log(i % 100, 1, { at });
+    if (i % 500 === 0) {
+      sample(`event ${i}`);
+      await new Promise((r) => setImmediate(r));
+    }
+    if (i === 15_000) await g.kill();
+    if (i === 25_000) await g.start();
+  }
+  assert.equal(await client.flush({ timeoutMs: 30_000 }), true);
+  assert.deepEqual(sample('after the restart'), { ...client.stats(), acknowledged: 40_000, inFlight: 0, buffered: 0, dropped: 0 });
+
+  // A hung gearmand (SIGSTOP) takes the bytes but never answers: batches stay in flight past close()'s deadline.
+  g.pause();
+  for (let i = 0; i < 5_000; i++) client.log(i % 100, 1, { at });
+  await new Promise((r) => setTimeout(r, 100));
+  assert.ok(sample('gearmand hung').inFlight > 0, 'batches are in flight');
+  const closed = await client.close({ timeoutMs: 300 });
+  assertBalanced(closed, 'close() timed out');
+  assert.equal(closed.inFlight + closed.buffered, 0);
+  assert.equal(closed.droppedBecause.closeTimeout, 5_000, 'every unacknowledged event is counted as dropped');
+  await new Promise((r) => setTimeout(r, 50)); // the closed connections' rejections arrive: counted once, not again
+  assert.deepEqual(sample('after close'), closed);
+  assert.ok(samples > 80);
+
+  // What gearmand acknowledged is all queued; of what was dropped at the deadline some may have reached it.
+  g.resume();
+  const worker = mine.worker({}, { gearmanServers: [local(g.port)], now: () => at });
+  await worker.run({ idle: true });
+  await mine.flush(flushNow);
+  let counted = 0;
+  for (const [c] of (await readCounts(mine)).values()) counted += Number(c);
+  assert.ok(counted >= closed.acknowledged && counted <= closed.acknowledged + closed.droppedBecause.closeTimeout, `counted ${counted}`);
 });
 
 test('logErrorReturn goes out at high priority, ahead of queued work', async (t) => {

@@ -67,6 +67,16 @@ export class Daemon {
     await exited;
   }
 
+  /** SIGSTOP: the daemon keeps its connections but answers nothing, like a hung server. */
+  pause(): void {
+    this.child?.kill('SIGSTOP');
+  }
+
+  /** SIGCONT after pause(). */
+  resume(): void {
+    this.child?.kill('SIGCONT');
+  }
+
   async restart(): Promise<void> {
     await this.kill();
     await this.start();

@@ -54,11 +54,17 @@ export interface ServerStats {
   reconnects: number;
 }
 
+/** Always balances: accepted = acknowledged + dropped + buffered + inFlight. */
 export interface ClientStats {
   accepted: number;
+  /** Events with a server now or acknowledged (acknowledged + inFlight). */
   sent: number;
   acknowledged: number;
+  /** Events held here, not yet with a server. */
   buffered: number;
+  /** Events sent to gearmand, not yet acknowledged. */
+  inFlight: number;
+  /** Never acknowledged and given up: past the memory cap, or still unacknowledged when close() ran out of time. */
   dropped: number;
   droppedBecause: { memory: number; closeTimeout: number };
   reconnects: number;
@@ -106,6 +112,10 @@ export class OffLogClient {
   private lingerTimer: NodeJS.Timeout | null = null;
   /** Sealed batches waiting for a server, oldest first. */
   private readonly queue: Batch[] = [];
+  /** Batches a server has and has not acknowledged: each leaves exactly once, acknowledged, given back, or dropped by close(). */
+  private readonly inFlight = new Set<Batch>();
+  private inFlightEvents = 0;
+  /** Events and bytes of sealed batches, queued or in flight (what the memory cap bounds). */
   private heldEvents = 0;
   private heldBytes = 0;
   private pumpScheduled = false;
@@ -215,6 +225,11 @@ export class OffLogClient {
     if (this.lingerTimer) clearTimeout(this.lingerTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     for (const b of this.queue.splice(0)) this.counters.droppedClose += b.events;
+    // Unacknowledged at the deadline: given up here, so the rejections closing brings are not counted again.
+    for (const b of this.inFlight) this.counters.droppedClose += b.events;
+    this.counters.sent -= this.inFlightEvents;
+    this.inFlight.clear();
+    this.inFlightEvents = 0;
     this.heldEvents = 0;
     this.heldBytes = 0;
     for (const s of this.servers) {
@@ -232,7 +247,8 @@ export class OffLogClient {
       accepted: c.accepted,
       sent: c.sent,
       acknowledged: c.acknowledged,
-      buffered: this.heldEvents + this.normal.length + this.high.length,
+      buffered: this.heldEvents - this.inFlightEvents + this.normal.length + this.high.length,
+      inFlight: this.inFlightEvents,
       dropped: c.droppedMemory + c.droppedClose,
       droppedBecause: { memory: c.droppedMemory, closeTimeout: c.droppedClose },
       reconnects: c.reconnects,
@@ -358,9 +374,17 @@ export class OffLogClient {
     server.inflight++;
     server.stats.sentJobs++;
     this.counters.sent += batch.events;
+    this.inFlight.add(batch);
+    this.inFlightEvents += batch.events;
+    const settled = (): boolean => {
+      server.inflight--;
+      if (!this.inFlight.delete(batch)) return false; // close() already counted it as dropped
+      this.inFlightEvents -= batch.events;
+      return true;
+    };
     server.conn!.submitBackground(FN_BATCH, batch.body, batch.unique, batch.priority).then(
       () => {
-        server.inflight--;
+        if (!settled()) return;
         server.stats.acknowledgedJobs++;
         server.backoffMs = MIN_BACKOFF_MS;
         this.counters.acknowledged += batch.events;
@@ -370,7 +394,7 @@ export class OffLogClient {
       },
       (err: Error) => {
         // Not acknowledged: give it back, at the front, for a live server.
-        server.inflight--;
+        if (!settled()) return;
         this.counters.sent -= batch.events;
         this.queue.unshift(batch);
         this.markDown(server, err);
