@@ -9,7 +9,7 @@ import type { HostPort } from '../lib/base/config.ts';
 import { decodeBatch } from '../lib/domain/contract.ts';
 import { InputError } from '../lib/base/errors.ts';
 import { flush } from '../lib/pipeline/flush.ts';
-import { GearmanConnection } from '../lib/wire/gearman.ts';
+import { adminCommand, GearmanConnection } from '../lib/wire/gearman.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
 import { FN_BATCH } from '../lib/domain/contract.ts';
 import { Worker } from '../lib/pipeline/worker.ts';
@@ -214,6 +214,33 @@ test('stats() always balance: gearmand killed mid-stream, then hung while close(
   let counted = 0;
   for (const [c] of (await readCounts(mine)).values()) counted += Number(c);
   assert.ok(counted >= closed.acknowledged && counted <= closed.acknowledged + closed.droppedBecause.closeTimeout, `counted ${counted}`);
+});
+
+test('concurrent send() calls share one connection attempt: one connection, no reconnect, none closed by another', async (t) => {
+  const g = await gearmand(t);
+  await g.start();
+  const client = new OffLogClient({ servers: [local(g.port)] });
+  t.after(() => client.close({ timeoutMs: 0 }));
+  // gearmand's own list of its connections, less the admin connection asking.
+  const connections = async () => (await adminCommand(local(g.port), 'workers')).length - 1;
+  const sendMany = (n: number, from: number) =>
+    Promise.all(Array.from({ length: n }, (_, i) => client.send([{ userId: String(from + i), actionId: 1, value: 0, at }])));
+
+  await sendMany(10, 0);
+  assert.equal(await connections(), 1);
+  await sendMany(10, 10);
+  assert.equal(await connections(), 1);
+  let s = client.stats();
+  assert.deepEqual([s.acknowledged, s.reconnects, s.servers[`127.0.0.1:${g.port}`]!.errors], [20, 0, 0]);
+
+  // gearmand restarted: the old connection is gone, and the callers share the one new connection.
+  await g.restart();
+  await sendMany(10, 20);
+  assert.equal(await connections(), 1);
+  s = client.stats();
+  assert.deepEqual([s.acknowledged, s.reconnects], [30, 1], 'one reconnection, not one per caller');
+  const jobs = (await adminCommand(local(g.port), 'status')).find((l) => l.startsWith(`${FN_BATCH}\t`));
+  assert.equal(Number(jobs?.split('\t')[1]), s.acknowledged, 'gearmand holds exactly the jobs acknowledged');
 });
 
 test('logErrorReturn goes out at high priority, ahead of queued work', async (t) => {

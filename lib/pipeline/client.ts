@@ -81,7 +81,8 @@ interface Batch {
 interface Server {
   address: HostPort;
   conn: GearmanConnection | null;
-  connecting: boolean;
+  /** The connection attempt under way, shared by every caller that needs this server meanwhile. */
+  opening: Promise<GearmanConnection> | null;
   downUntil: number;
   backoffMs: number;
   inflight: number;
@@ -137,7 +138,7 @@ export class OffLogClient {
     this.servers = options.servers.map((address) => ({
       address,
       conn: null,
-      connecting: false,
+      opening: null,
       downUntil: 0,
       backoffMs: MIN_BACKOFF_MS,
       inflight: 0,
@@ -181,8 +182,9 @@ export class OffLogClient {
     const errors: string[] = [];
     for (let i = 0; i < this.servers.length; i++) {
       const server = this.servers[(this.next + i) % this.servers.length]!;
+      let conn: GearmanConnection | null = null;
       try {
-        const conn = server.conn?.isOpen ? server.conn : await this.open(server);
+        conn = server.conn?.isOpen ? server.conn : await this.open(server);
         await conn.submitBackground(FN_BATCH, batch.body, batch.unique, batch.priority);
         this.next = (this.next + i + 1) % this.servers.length;
         this.counters.accepted += events.length;
@@ -193,7 +195,7 @@ export class OffLogClient {
         return;
       } catch (err) {
         errors.push((err as Error).message);
-        this.markDown(server, err as Error);
+        if (conn) this.markDown(server, err as Error, conn); // open() marks its own failures
       }
     }
     throw new GearmanUnavailableError(`no Gearman server took the job: ${errors.join('; ')}`);
@@ -343,7 +345,7 @@ export class OffLogClient {
       // Nobody can take more now: connect the servers whose rest is over, and look again later.
       let wake = Infinity;
       for (const s of this.servers) {
-        if (s.conn === null && !s.connecting) {
+        if (s.conn === null && s.opening === null) {
           if (s.downUntil <= now) void this.open(s).then(() => this.schedulePump(), () => this.schedulePump());
           else wake = Math.min(wake, s.downUntil);
         }
@@ -382,7 +384,8 @@ export class OffLogClient {
       this.inFlightEvents -= batch.events;
       return true;
     };
-    server.conn!.submitBackground(FN_BATCH, batch.body, batch.unique, batch.priority).then(
+    const conn = server.conn!;
+    conn.submitBackground(FN_BATCH, batch.body, batch.unique, batch.priority).then(
       () => {
         if (!settled()) return;
         server.stats.acknowledgedJobs++;
@@ -397,14 +400,21 @@ export class OffLogClient {
         if (!settled()) return;
         this.counters.sent -= batch.events;
         this.queue.unshift(batch);
-        this.markDown(server, err);
+        this.markDown(server, err, conn);
         this.schedulePump();
       },
     );
   }
 
-  private async open(server: Server): Promise<GearmanConnection> {
-    server.connecting = true;
+  /** Connects to a server, or joins the attempt already under way: one connection per server, whoever asks. */
+  private open(server: Server): Promise<GearmanConnection> {
+    server.opening ??= this.connect(server).finally(() => {
+      server.opening = null;
+    });
+    return server.opening;
+  }
+
+  private async connect(server: Server): Promise<GearmanConnection> {
     server.stats.state = 'connecting';
     try {
       const conn = await GearmanConnection.connect(server.address);
@@ -419,17 +429,21 @@ export class OffLogClient {
       server.everConnected = true;
       server.conn = conn;
       server.stats.state = 'up';
-      conn.onClose((err) => this.markDown(server, err));
+      conn.onClose((err) => this.markDown(server, err, conn));
       return conn;
     } catch (err) {
-      this.markDown(server, err as Error);
+      this.markDown(server, err as Error, null);
       throw err;
-    } finally {
-      server.connecting = false;
     }
   }
 
-  private markDown(server: Server, err: Error): void {
+  /**
+   * `failed` is the connection that failed (null: a connection attempt). A
+   * failure of a connection the server no longer uses is old news: it must not
+   * close or rest the one that replaced it.
+   */
+  private markDown(server: Server, err: Error, failed: GearmanConnection | null): void {
+    if (failed !== server.conn) return;
     if (server.conn && server.conn.isOpen) server.conn.close();
     const wasUp = server.stats.state === 'up' || server.stats.state === 'connecting';
     server.conn = null;
