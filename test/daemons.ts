@@ -99,10 +99,10 @@ export async function gearmand(t: TestContext): Promise<Daemon> {
   return d;
 }
 
-/** A memcached of the test's own, on a free port; stopped when the test ends. */
-export async function memcached(t: TestContext): Promise<Daemon> {
+/** A memcached of the test's own, on a free port (256 MB unless told); stopped when the test ends. */
+export async function memcached(t: TestContext, megabytes = 256): Promise<Daemon> {
   const port = await freePort();
-  const d = new Daemon('memcached', port, () => ['memcached', '-u', 'root', '-l', '127.0.0.1', '-p', String(port), '-U', '0', '-m', '256']);
+  const d = new Daemon('memcached', port, () => ['memcached', '-u', 'root', '-l', '127.0.0.1', '-p', String(port), '-U', '0', '-m', String(megabytes)]);
   t.after(() => d.kill());
   return d;
 }
