@@ -46,6 +46,12 @@ export class Daemon {
   private child: ChildProcess | undefined;
   constructor(readonly name: string, readonly port: number, private readonly argv: () => string[]) {}
 
+  /** The running daemon's PID, if one runs. */
+  get pid(): number | undefined {
+    const c = this.child;
+    return c && c.exitCode === null && c.signalCode === null ? c.pid : undefined;
+  }
+
   async start(): Promise<void> {
     if (await portInUse(this.port)) {
       throw new Error(`${this.name}: port ${this.port} is already in use; an orphan from an earlier run? (ss -ltnp 'sport = :${this.port}' names it)`);
