@@ -4,12 +4,12 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { OffLogClient } from '../lib/pipeline/client.ts';
+import { OffLogClient, type ClientStats } from '../lib/pipeline/client.ts';
 import type { HostPort } from '../lib/base/config.ts';
 import { decodeBatch } from '../lib/domain/contract.ts';
 import { InputError } from '../lib/base/errors.ts';
 import { flush } from '../lib/pipeline/flush.ts';
-import { GearmanConnection } from '../lib/wire/gearman.ts';
+import { adminCommand, GearmanConnection } from '../lib/wire/gearman.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
 import { FN_BATCH } from '../lib/domain/contract.ts';
 import { Worker } from '../lib/pipeline/worker.ts';
@@ -153,6 +153,94 @@ test('memory bound with no server up: the oldest are dropped and counted, nothin
   assert.deepEqual(await readCounts(mine), expected.asStrings(), 'exactly the newest events survive');
   await g.kill();
   await mine.close();
+});
+
+/** The books a client must keep at every moment: each accepted event is in exactly one place. */
+function assertBalanced(s: ClientStats, when: string): void {
+  assert.equal(
+    s.acknowledged + s.dropped + s.buffered + s.inFlight, s.accepted,
+    `${when}: accepted ${s.accepted} != acknowledged ${s.acknowledged} + dropped ${s.dropped} + buffered ${s.buffered} + in flight ${s.inFlight}`,
+  );
+}
+
+test('stats() always balance: gearmand killed mid-stream, then hung while close() times out; acknowledged is what the worker counts', async (t) => {
+  const g = await gearmand(t);
+  await g.start();
+  const { rt: mine } = isolate();
+  await mine.store.migrate();
+  const client = new OffLogClient({ servers: [local(g.port)], batchSize: 100, window: 8 });
+  // Pass or fail, nothing of this test may keep the process alive (a hung gearmand holds the client's socket open).
+  t.after(async () => {
+    await client.close({ timeoutMs: 0 });
+    await mine.close();
+  });
+  let samples = 0;
+  const sample = (when: string): ClientStats => {
+    const s = client.stats();
+    assertBalanced(s, when);
+    samples++;
+    return s;
+  };
+  for (let i = 0; i < 40_000; i++) {
+    client.log(i % 100, 1, { at });
+    if (i % 500 === 0) {
+      sample(`event ${i}`);
+      await new Promise((r) => setImmediate(r));
+    }
+    if (i === 15_000) await g.kill();
+    if (i === 25_000) await g.start();
+  }
+  assert.equal(await client.flush({ timeoutMs: 30_000 }), true);
+  assert.deepEqual(sample('after the restart'), { ...client.stats(), acknowledged: 40_000, inFlight: 0, buffered: 0, dropped: 0 });
+
+  // A hung gearmand (SIGSTOP) takes the bytes but never answers: batches stay in flight past close()'s deadline.
+  g.pause();
+  for (let i = 0; i < 5_000; i++) client.log(i % 100, 1, { at });
+  await new Promise((r) => setTimeout(r, 100));
+  assert.ok(sample('gearmand hung').inFlight > 0, 'batches are in flight');
+  const closed = await client.close({ timeoutMs: 300 });
+  assertBalanced(closed, 'close() timed out');
+  assert.equal(closed.inFlight + closed.buffered, 0);
+  assert.equal(closed.droppedBecause.closeTimeout, 5_000, 'every unacknowledged event is counted as dropped');
+  await new Promise((r) => setTimeout(r, 50)); // the closed connections' rejections arrive: counted once, not again
+  assert.deepEqual(sample('after close'), closed);
+  assert.ok(samples > 80);
+
+  // What gearmand acknowledged is all queued; of what was dropped at the deadline some may have reached it.
+  g.resume();
+  const worker = mine.worker({}, { gearmanServers: [local(g.port)], now: () => at });
+  await worker.run({ idle: true });
+  await mine.flush(flushNow);
+  let counted = 0;
+  for (const [c] of (await readCounts(mine)).values()) counted += Number(c);
+  assert.ok(counted >= closed.acknowledged && counted <= closed.acknowledged + closed.droppedBecause.closeTimeout, `counted ${counted}`);
+});
+
+test('concurrent send() calls share one connection attempt: one connection, no reconnect, none closed by another', async (t) => {
+  const g = await gearmand(t);
+  await g.start();
+  const client = new OffLogClient({ servers: [local(g.port)] });
+  t.after(() => client.close({ timeoutMs: 0 }));
+  // gearmand's own list of its connections, less the admin connection asking.
+  const connections = async () => (await adminCommand(local(g.port), 'workers')).length - 1;
+  const sendMany = (n: number, from: number) =>
+    Promise.all(Array.from({ length: n }, (_, i) => client.send([{ userId: String(from + i), actionId: 1, value: 0, at }])));
+
+  await sendMany(10, 0);
+  assert.equal(await connections(), 1);
+  await sendMany(10, 10);
+  assert.equal(await connections(), 1);
+  let s = client.stats();
+  assert.deepEqual([s.acknowledged, s.reconnects, s.servers[`127.0.0.1:${g.port}`]!.errors], [20, 0, 0]);
+
+  // gearmand restarted: the old connection is gone, and the callers share the one new connection.
+  await g.restart();
+  await sendMany(10, 20);
+  assert.equal(await connections(), 1);
+  s = client.stats();
+  assert.deepEqual([s.acknowledged, s.reconnects], [30, 1], 'one reconnection, not one per caller');
+  const jobs = (await adminCommand(local(g.port), 'status')).find((l) => l.startsWith(`${FN_BATCH}\t`));
+  assert.equal(Number(jobs?.split('\t')[1]), s.acknowledged, 'gearmand holds exactly the jobs acknowledged');
 });
 
 test('logErrorReturn goes out at high priority, ahead of queued work', async (t) => {

@@ -64,6 +64,12 @@ export class Daemon {
   private child: ChildProcess | undefined;
   constructor(readonly name: string, readonly port: number, private readonly argv: () => string[]) {}
 
+  /** The running daemon's PID, if one runs. */
+  get pid(): number | undefined {
+    const c = this.child;
+    return c && c.exitCode === null && c.signalCode === null ? c.pid : undefined;
+  }
+
   async start(): Promise<void> {
     if (await portInUse(this.port)) {
       throw new Error(`${this.name}: port ${this.port} is already in use; an orphan from an earlier run? (ss -ltnp 'sport = :${this.port}' names it)`);
@@ -83,6 +89,16 @@ export class Daemon {
     const exited = new Promise((r) => c.once('exit', r));
     c.kill('SIGKILL');
     await exited;
+  }
+
+  /** SIGSTOP: the daemon keeps its connections but answers nothing, like a hung server. */
+  pause(): void {
+    this.child?.kill('SIGSTOP');
+  }
+
+  /** SIGCONT after pause(). */
+  resume(): void {
+    this.child?.kill('SIGCONT');
   }
 
   async restart(): Promise<void> {
@@ -107,10 +123,10 @@ export async function gearmand(t: Scope): Promise<Daemon> {
   return d;
 }
 
-/** A memcached of the test's own, on a free port; stopped when the test ends. */
-export async function memcached(t: Scope): Promise<Daemon> {
+/** A memcached of the test's own, on a free port (256 MB unless told); stopped when the test ends. */
+export async function memcached(t: Scope, megabytes = 256): Promise<Daemon> {
   const port = await freePort();
-  const d = new Daemon('memcached', port, () => ['memcached', '-u', 'root', '-l', '127.0.0.1', '-p', String(port), '-U', '0', '-m', '256']);
+  const d = new Daemon('memcached', port, () => ['memcached', '-u', 'root', '-l', '127.0.0.1', '-p', String(port), '-U', '0', '-m', String(megabytes)]);
   t.after(() => d.kill());
   return d;
 }

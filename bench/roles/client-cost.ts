@@ -85,7 +85,7 @@ runRole(async () => {
       // below its memory bound (dropping would make log() cheaper than it is).
       if (b % 10 === 9) {
         await yieldToLoop();
-        while (client.stats().buffered > 200_000) await sleep(1);
+        while (client.stats().buffered + client.stats().inFlight > 200_000) await sleep(1);
       }
     }
   };

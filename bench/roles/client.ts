@@ -10,7 +10,7 @@
  * for gearmand the loop pauses (and says for how long): a load generator must
  * not outrun the client's memory bound, or the run would measure dropping.
  */
-import { OffLogClient } from '../../lib/pipeline/client.ts';
+import { OffLogClient, type ClientStats } from '../../lib/pipeline/client.ts';
 import { generate, workloadSpecs, type WorkloadName } from '../workloads.ts';
 import { config, cpuMs, logger, params, peakRssMb, round1, rssMb, runRole, send, sleep, waitForGo, yieldToLoop } from './common.ts';
 
@@ -27,6 +27,8 @@ export interface ClientParams {
 const YIELD_EVERY = 1_000;
 const MAX_OUTSTANDING = 200_000;
 const RESUME_BELOW = 100_000;
+/** Events not yet acknowledged: waiting here or with gearmand. */
+const outstanding = (s: ClientStats): number => s.buffered + s.inFlight;
 
 runRole(async () => {
   const p = params<ClientParams>();
@@ -55,10 +57,10 @@ runRole(async () => {
     logged = i + 1;
     if (logged % YIELD_EVERY === 0) {
       const s = client.stats();
-      if (s.buffered > MAX_OUTSTANDING) {
+      if (outstanding(s) > MAX_OUTSTANDING) {
         const b0 = performance.now();
         pauses++;
-        while (client.stats().buffered > RESUME_BELOW) await sleep(1);
+        while (outstanding(client.stats()) > RESUME_BELOW) await sleep(1);
         blockedMs += performance.now() - b0;
       } else {
         await yieldToLoop();

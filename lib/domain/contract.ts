@@ -5,6 +5,7 @@
  * OffLogClient, ingest and the worker all use them — so the client refuses
  * exactly what the worker would, with messages that name the field.
  */
+import { z } from 'zod';
 import { InputError } from '../base/errors.ts';
 
 /** Canonical decimal form of an unsigned 64-bit user id (no sign, no leading zeros). */
@@ -42,6 +43,34 @@ export interface DeadLetterJob {
   receivedAt: string;
   /** The job's payload, base64: it may not be valid UTF-8. */
   payload: string;
+}
+
+const deadLetterJob: z.ZodType<DeadLetterJob> = z.object({
+  fn: z.string(),
+  unique: z.string(),
+  handle: z.string(),
+  error: z.string(),
+  // Years a DATETIME holds: anything else is not a time our worker wrote.
+  receivedAt: z.iso.datetime().refine((t) => t >= '1000' && t < '9999-12-32', 'must be a time in years 1000-9999'),
+  payload: z.base64(),
+});
+
+/**
+ * Reads a dead letter off the `offlog.deadletter` queue. Anything not shaped
+ * as the worker writes it (not JSON, a field missing or of the wrong type) is
+ * an InputError naming the field: the queue is open to any Gearman client.
+ */
+export function decodeDeadLetter(data: Buffer): DeadLetterJob {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(data.toString('utf8'));
+  } catch {
+    throw new InputError('dead letter', `is not JSON, got ${excerpt(data.toString('utf8'))}`);
+  }
+  const parsed = deadLetterJob.safeParse(raw);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0]!;
+  throw new InputError(issue.path.length === 0 ? 'dead letter' : `dead letter.${issue.path.join('.')}`, issue.message);
 }
 
 export const MAX_U64 = 18_446_744_073_709_551_615n;

@@ -54,11 +54,17 @@ export interface ServerStats {
   reconnects: number;
 }
 
+/** Always balances: accepted = acknowledged + dropped + buffered + inFlight. */
 export interface ClientStats {
   accepted: number;
+  /** Events with a server now or acknowledged (acknowledged + inFlight). */
   sent: number;
   acknowledged: number;
+  /** Events held here, not yet with a server. */
   buffered: number;
+  /** Events sent to gearmand, not yet acknowledged. */
+  inFlight: number;
+  /** Never acknowledged and given up: past the memory cap, or still unacknowledged when close() ran out of time. */
   dropped: number;
   droppedBecause: { memory: number; closeTimeout: number };
   reconnects: number;
@@ -75,7 +81,8 @@ interface Batch {
 interface Server {
   address: HostPort;
   conn: GearmanConnection | null;
-  connecting: boolean;
+  /** The connection attempt under way, shared by every caller that needs this server meanwhile. */
+  opening: Promise<GearmanConnection> | null;
   downUntil: number;
   backoffMs: number;
   inflight: number;
@@ -109,6 +116,10 @@ export class OffLogClient {
   private lingerTimer: NodeJS.Timeout | null = null;
   /** Sealed batches waiting for a server, oldest first. */
   private readonly queue: Batch[] = [];
+  /** Batches a server has and has not acknowledged: each leaves exactly once, acknowledged, given back, or dropped by close(). */
+  private readonly inFlight = new Set<Batch>();
+  private inFlightEvents = 0;
+  /** Events and bytes of sealed batches, queued or in flight (what the memory cap bounds). */
   private heldEvents = 0;
   private heldBytes = 0;
   private pumpScheduled = false;
@@ -130,7 +141,7 @@ export class OffLogClient {
     this.servers = options.servers.map((address) => ({
       address,
       conn: null,
-      connecting: false,
+      opening: null,
       downUntil: 0,
       backoffMs: MIN_BACKOFF_MS,
       inflight: 0,
@@ -179,8 +190,9 @@ export class OffLogClient {
     const errors: string[] = [];
     for (let i = 0; i < this.servers.length; i++) {
       const server = this.servers[(this.next + i) % this.servers.length]!;
+      let conn: GearmanConnection | null = null;
       try {
-        const conn = server.conn?.isOpen ? server.conn : await this.open(server);
+        conn = server.conn?.isOpen ? server.conn : await this.open(server);
         await conn.submitBackground(FN_BATCH, batch.body, batch.unique, batch.priority);
         this.next = (this.next + i + 1) % this.servers.length;
         this.counters.accepted += events.length;
@@ -191,7 +203,7 @@ export class OffLogClient {
         return;
       } catch (err) {
         errors.push((err as Error).message);
-        this.markDown(server, err as Error);
+        if (conn) this.markDown(server, err as Error, conn); // open() marks its own failures
       }
     }
     throw new GearmanUnavailableError(`no Gearman server took the job: ${errors.join('; ')}`);
@@ -223,6 +235,11 @@ export class OffLogClient {
     if (this.lingerTimer) clearTimeout(this.lingerTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     for (const b of this.queue.splice(0)) this.counters.droppedClose += b.events;
+    // Unacknowledged at the deadline: given up here, so the rejections closing brings are not counted again.
+    for (const b of this.inFlight) this.counters.droppedClose += b.events;
+    this.counters.sent -= this.inFlightEvents;
+    this.inFlight.clear();
+    this.inFlightEvents = 0;
     this.heldEvents = 0;
     this.heldBytes = 0;
     for (const s of this.servers) {
@@ -240,7 +257,8 @@ export class OffLogClient {
       accepted: c.accepted,
       sent: c.sent,
       acknowledged: c.acknowledged,
-      buffered: this.heldEvents + this.normal.length + this.high.length,
+      buffered: this.heldEvents - this.inFlightEvents + this.normal.length + this.high.length,
+      inFlight: this.inFlightEvents,
       dropped: c.droppedMemory + c.droppedClose,
       droppedBecause: { memory: c.droppedMemory, closeTimeout: c.droppedClose },
       reconnects: c.reconnects,
@@ -342,7 +360,7 @@ export class OffLogClient {
       // Nobody can take more now: connect the servers whose rest is over, and look again later.
       let wake = Infinity;
       for (const s of this.servers) {
-        if (s.conn === null && !s.connecting) {
+        if (s.conn === null && s.opening === null) {
           if (s.downUntil <= now) void this.open(s).then(() => this.schedulePump(), () => this.schedulePump());
           else wake = Math.min(wake, s.downUntil);
         }
@@ -373,9 +391,18 @@ export class OffLogClient {
     server.inflight++;
     server.stats.sentJobs++;
     this.counters.sent += batch.events;
-    server.conn!.submitBackground(FN_BATCH, batch.body, batch.unique, batch.priority).then(
+    this.inFlight.add(batch);
+    this.inFlightEvents += batch.events;
+    const settled = (): boolean => {
+      server.inflight--;
+      if (!this.inFlight.delete(batch)) return false; // close() already counted it as dropped
+      this.inFlightEvents -= batch.events;
+      return true;
+    };
+    const conn = server.conn!;
+    conn.submitBackground(FN_BATCH, batch.body, batch.unique, batch.priority).then(
       () => {
-        server.inflight--;
+        if (!settled()) return;
         server.stats.acknowledgedJobs++;
         server.backoffMs = MIN_BACKOFF_MS;
         this.counters.acknowledged += batch.events;
@@ -385,17 +412,24 @@ export class OffLogClient {
       },
       (err: Error) => {
         // Not acknowledged: give it back, at the front, for a live server.
-        server.inflight--;
+        if (!settled()) return;
         this.counters.sent -= batch.events;
         this.queue.unshift(batch);
-        this.markDown(server, err);
+        this.markDown(server, err, conn);
         this.schedulePump();
       },
     );
   }
 
-  private async open(server: Server): Promise<GearmanConnection> {
-    server.connecting = true;
+  /** Connects to a server, or joins the attempt already under way: one connection per server, whoever asks. */
+  private open(server: Server): Promise<GearmanConnection> {
+    server.opening ??= this.connect(server).finally(() => {
+      server.opening = null;
+    });
+    return server.opening;
+  }
+
+  private async connect(server: Server): Promise<GearmanConnection> {
     server.stats.state = 'connecting';
     try {
       const conn = await GearmanConnection.connect(server.address);
@@ -410,17 +444,21 @@ export class OffLogClient {
       server.everConnected = true;
       server.conn = conn;
       server.stats.state = 'up';
-      conn.onClose((err) => this.markDown(server, err));
+      conn.onClose((err) => this.markDown(server, err, conn));
       return conn;
     } catch (err) {
-      this.markDown(server, err as Error);
+      this.markDown(server, err as Error, null);
       throw err;
-    } finally {
-      server.connecting = false;
     }
   }
 
-  private markDown(server: Server, err: Error): void {
+  /**
+   * `failed` is the connection that failed (null: a connection attempt). A
+   * failure of a connection the server no longer uses is old news: it must not
+   * close or rest the one that replaced it.
+   */
+  private markDown(server: Server, err: Error, failed: GearmanConnection | null): void {
+    if (failed !== server.conn) return;
     if (server.conn && server.conn.isOpen) server.conn.close();
     const wasUp = server.stats.state === 'up' || server.stats.state === 'connecting';
     server.conn = null;

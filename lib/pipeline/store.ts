@@ -47,6 +47,8 @@ export interface DeadLetter {
   fn: string;
   unique: string;
   error: string;
+  /** When the worker received the bad job. */
+  receivedAt: Date;
   payload: Buffer;
 }
 
@@ -184,7 +186,7 @@ export class Store {
   async addDeadLetters(letters: readonly DeadLetter[]): Promise<void> {
     if (letters.length === 0) return;
     await this.query(`INSERT INTO \`${this.tables.dead}\` (received_at, function_name, job_unique, error, payload) VALUES ?`, [
-      letters.map((d) => [new Date(), d.fn.slice(0, 64), d.unique.slice(0, 255), d.error, d.payload]),
+      letters.map((d) => [d.receivedAt, d.fn.slice(0, 64), d.unique.slice(0, 255), d.error, d.payload]),
     ]);
   }
 

@@ -25,35 +25,44 @@ export interface Job {
 
 type Waiter<T> = { resolve: (v: T) => void; reject: (e: Error) => void };
 
+/**
+ * A request gearmand has not answered yet. WORK_COMPLETE gets no reply when
+ * it succeeds but an ERROR when gearmand does not know the job, so it holds
+ * a place too: until a reply to a later request shows it passed.
+ */
+type Pending =
+  | { kind: 'submit'; waiter: Waiter<string> }
+  | { kind: 'grab'; waiter: Waiter<Job | null> }
+  | { kind: 'complete' };
+
 export class GearmanConnection {
   readonly server: HostPort;
   private readonly socket: GearmanSocket;
   private closed = false;
   private closeError: Error | undefined;
-  /** Gearman answers a connection's requests in order, so FIFO queues match replies to requests. */
-  private readonly submits: Waiter<string>[] = [];
-  private readonly grabs: Waiter<Job | null>[] = [];
-  private wake: (() => void) | undefined;
+  /** gearmand answers a connection's requests strictly in order: one FIFO of them, oldest first, matches each reply to its request. */
+  private readonly pending: Pending[] = [];
+  /** Pending sleep() calls: each leaves the set when it ends, however it ends. */
+  private readonly sleepers = new Set<() => void>();
   private readonly closeListeners: ((err: Error) => void)[] = [];
 
   private constructor(server: HostPort, socket: GearmanSocket) {
     this.server = server;
     this.socket = socket;
-    socket.on('JOB_CREATED', (handle) => this.submits.shift()?.resolve(handle));
+    socket.on('JOB_CREATED', (handle) => this.answer('submit')?.resolve(handle));
     socket.on('ERROR', (code, text) => {
-      // gearmand reports protocol errors and then keeps the connection; fail the oldest request.
-      const err = new GearmanUnavailableError(`gearmand ${label(server)} answered ERROR ${code}: ${text}`);
-      (this.submits.shift() ?? this.grabs.shift())?.reject(err);
+      // The oldest request is the one refused; gearmand keeps the connection.
+      const refused = this.pending.shift();
+      // A refused WORK_COMPLETE names a job gearmand no longer holds for us: nothing waits on it, and nothing is left to redo.
+      if (refused !== undefined && refused.kind !== 'complete') {
+        refused.waiter.reject(new GearmanUnavailableError(`gearmand ${label(server)} answered ERROR ${code}: ${text}`));
+      }
     });
     socket.on('JOB_ASSIGN_UNIQ', (j) =>
-      this.grabs.shift()?.resolve({ handle: j.handle, fn: j.func_name, unique: j.unique_id, data: j.payload, conn: this }),
+      this.answer('grab')?.resolve({ handle: j.handle, fn: j.func_name, unique: j.unique_id, data: j.payload, conn: this }),
     );
-    socket.on('NO_JOB', () => this.grabs.shift()?.resolve(null));
-    socket.on('NOOP', () => {
-      const wake = this.wake;
-      this.wake = undefined;
-      wake?.();
-    });
+    socket.on('NO_JOB', () => this.answer('grab')?.resolve(null));
+    socket.on('NOOP', () => this.wakeSleepers());
     socket.on('error', (err) => this.fail(new GearmanUnavailableError(`gearmand ${label(server)}: ${err.message}`)));
     socket.on('close', () => this.fail(new GearmanUnavailableError(`gearmand ${label(server)} closed the connection`)));
   }
@@ -91,7 +100,7 @@ export class GearmanConnection {
   submitBackground(fn: string, data: Buffer | string, unique: string, priority: Priority = 'normal'): Promise<string> {
     if (this.closed) return Promise.reject(this.closeError);
     return new Promise((resolve, reject) => {
-      this.submits.push({ resolve, reject });
+      this.pending.push({ kind: 'submit', waiter: { resolve, reject } });
       this.socket.submitJob(fn, data, { background: true, priority, unique_id: unique });
     });
   }
@@ -110,7 +119,7 @@ export class GearmanConnection {
   grab(): Promise<Job | null> {
     if (this.closed) return Promise.reject(this.closeError);
     return new Promise((resolve, reject) => {
-      this.grabs.push({ resolve, reject });
+      this.pending.push({ kind: 'grab', waiter: { resolve, reject } });
       this.socket.grabUniqueJob();
     });
   }
@@ -119,35 +128,64 @@ export class GearmanConnection {
   sleep(maxMs: number): Promise<void> {
     if (this.closed) return Promise.reject(this.closeError);
     return new Promise((resolve) => {
-      const timer = setTimeout(done, maxMs);
-      const self = this;
-      function done(): void {
+      // NOOP, close() and the timer all end a sleep through the set, so nothing of it outlives it.
+      const done = (): void => {
         clearTimeout(timer);
-        if (self.wake === done) self.wake = undefined;
+        this.sleepers.delete(done);
         resolve();
-      }
-      this.wake = done;
-      this.closeListeners.push(done);
+      };
+      const timer = setTimeout(done, maxMs);
+      this.sleepers.add(done);
       this.socket.preSleep();
     });
   }
 
+  /** Callbacks this connection holds (close listeners and pending sleeps): a long-lived worker's must stay flat. */
+  get listenerCount(): number {
+    return this.closeListeners.length + this.sleepers.size;
+  }
+
+  private wakeSleepers(): void {
+    for (const done of [...this.sleepers]) done();
+  }
+
   /** Acknowledges a job: gearmand forgets it. Only after its counts are stored. */
   complete(handle: string): void {
-    if (!this.closed) this.socket.sendWorkComplete(handle, '');
+    if (this.closed) return;
+    this.pending.push({ kind: 'complete' });
+    this.socket.sendWorkComplete(handle, '');
   }
 
   close(): void {
     this.fail(new GearmanUnavailableError(`gearmand ${label(this.server)}: connection closed`));
   }
 
+  /**
+   * The request a JOB_CREATED, JOB_ASSIGN or NO_JOB answers: the oldest one
+   * after the completions it proves went through. A reply of the wrong kind
+   * means the two sides no longer agree on the order: the connection is
+   * failed (everything pending is rejected) rather than a reply handed to
+   * the wrong request.
+   */
+  private answer(kind: 'submit'): Waiter<string> | undefined;
+  private answer(kind: 'grab'): Waiter<Job | null> | undefined;
+  private answer(kind: 'submit' | 'grab'): Waiter<string> | Waiter<Job | null> | undefined {
+    while (this.pending[0]?.kind === 'complete') this.pending.shift();
+    const head = this.pending[0];
+    if (head !== undefined && head.kind === kind) {
+      this.pending.shift();
+      return head.waiter;
+    }
+    this.fail(new GearmanUnavailableError(`gearmand ${label(this.server)} sent a reply to a ${kind} while ${head ? `a ${head.kind}` : 'nothing'} was pending`));
+    return undefined;
+  }
+
   private fail(err: Error): void {
     if (this.closed) return;
     this.closed = true;
     this.closeError = err;
-    for (const w of this.submits.splice(0)) w.reject(err);
-    for (const w of this.grabs.splice(0)) w.reject(err);
-    this.wake?.();
+    for (const p of this.pending.splice(0)) if (p.kind !== 'complete') p.waiter.reject(err);
+    this.wakeSleepers();
     for (const l of this.closeListeners.splice(0)) l(err);
     this.socket.close();
   }
