@@ -31,10 +31,21 @@ export function cleanEnv(extra: Record<string, string> = {}): Record<string, str
   return { ...env, ...extra };
 }
 
-/** `osls package --package <dir>`: the zips and the CloudFormation template land in `dir`. Throws with the output when it fails. */
+let isolated: Promise<boolean> | undefined;
+/** Whether this machine can run a command in a network namespace of its own (root on Linux can): no network at all. */
+const canIsolate = (): Promise<boolean> => (isolated ??= run('unshare', ['-n', 'true']).then((r) => r.code === 0, () => false));
+
+/**
+ * `osls package --package <dir>`: the zips and the CloudFormation template
+ * land in `dir`. Run without network where the machine allows it, and never
+ * with AWS credentials: packaging must need neither. Throws with the output
+ * when it fails.
+ */
 export async function oslsPackage(dir: string, env: Record<string, string> = {}, stage?: string): Promise<Run> {
   const args = ['package', '--package', dir, ...(stage ? ['--stage', stage] : [])];
-  const r = await run('node_modules/.bin/osls', args, { env: cleanEnv(env) });
+  const noAws = { AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_SESSION_TOKEN: undefined, AWS_PROFILE: undefined };
+  const [cmd, argv] = (await canIsolate()) ? ['unshare', ['-n', 'node_modules/.bin/osls', ...args]] : ['node_modules/.bin/osls', args];
+  const r = await run(cmd, argv, { env: { ...cleanEnv(env), ...noAws } });
   if (r.code !== 0) throw new Error(`osls ${args.join(' ')} exited ${r.code}:\n${r.stdout}\n${r.stderr}`);
   return r;
 }

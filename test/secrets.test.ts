@@ -53,6 +53,11 @@ test('a Secrets Manager secret in the RDS JSON shape becomes a URL with the pass
   const env = await resolveSecrets({ OFFLOG_MYSQL_URL_SECRET: 'offlog/prod/mysql' }, awsSources(aws.env));
   assert.equal(env.OFFLOG_MYSQL_URL, 'mysql://flush:p%40ss%3A%2Fword@db.internal:3307/offlog');
   assert.equal(mysqlUrlFromSecret('mysql://u:p@h:1/d'), 'mysql://u:p@h:1/d', 'a plain URL is taken as it is');
+  assert.equal(
+    mysqlUrlFromSecret(JSON.stringify({ username: 'u', password: 'p', host: 'db.c1a2b3.eu-west-1.rds.amazonaws.com', dbname: 'offlog' })),
+    'mysql://u:p@db.c1a2b3.eu-west-1.rds.amazonaws.com:3306/offlog?ssl=Amazon%20RDS',
+    'an RDS host gets TLS against the RDS certificate authorities',
+  );
   assert.equal(mysqlUrlFromSecret('{"url":"mysql://u:p@h:1/d"}'), 'mysql://u:p@h:1/d');
   assert.throws(() => mysqlUrlFromSecret('{"username":"u","password":"p","host":"h"}'), /the secret's JSON has no "dbname"/);
 });

@@ -70,7 +70,9 @@ async function fetchOne(key: string, name: string, get: (name: string) => Promis
 /**
  * A secret holds either the URL itself or the JSON that RDS and Secrets
  * Manager rotation write ({username, password, host, port, dbname}); the
- * latter is turned into a URL with the password escaped.
+ * latter is turned into a URL with the password escaped. An RDS or Aurora
+ * host gets TLS checked against the RDS certificate authorities (mysql2's
+ * bundled "Amazon RDS" profile): a URL stored whole says for itself.
  */
 export function mysqlUrlFromSecret(value: string): string {
   if (!value.startsWith('{')) return value;
@@ -87,7 +89,8 @@ export function mysqlUrlFromSecret(value: string): string {
   }
   const port = s.port === undefined ? 3306 : Number(s.port);
   const e = encodeURIComponent;
-  return `mysql://${e(s.username as string)}:${e(s.password as string)}@${s.host as string}:${port}/${e(database as string)}`;
+  const tls = /\.rds\.amazonaws\.com$/.test(s.host as string) ? `?ssl=${e('Amazon RDS')}` : '';
+  return `mysql://${e(s.username as string)}:${e(s.password as string)}@${s.host as string}:${port}/${e(database as string)}${tls}`;
 }
 
 /** The real thing: the AWS SDK v3 clients, in the function's region, with its role's credentials. */
