@@ -42,7 +42,7 @@ after(async () => {
   await Promise.all(runtimes.map((rt) => rt.close()));
 });
 
-test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounded by the jobs it held', async () => {
+test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounded by the jobs it held', async (t) => {
   const rt = fresh();
   await rt.store.migrate();
   const env = { ...process.env, OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_TABLE_PREFIX: rt.config.tablePrefix, OFFLOG_LOG_LEVEL: 'error' };
@@ -59,6 +59,8 @@ test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounde
   await client.close();
 
   const first = spawn('node', ['bin/offlog.js', 'worker'], { env, stdio: 'ignore' });
+  // Should an assertion fail first, a worker left running would drain (and miscount) every later test's jobs.
+  t.after(() => first.kill('SIGKILL'));
   // Kill it once it is well into the stream.
   for (let i = 0; i < 400; i++) {
     const queued = (await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)?.queued ?? 0;
@@ -68,6 +70,7 @@ test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounde
   first.kill('SIGKILL');
   await new Promise((r) => first.once('exit', r));
   const second = spawn('node', ['bin/offlog.js', 'worker', '--until-idle'], { env, stdio: 'ignore' });
+  t.after(() => second.kill('SIGKILL'));
   assert.equal(await new Promise((r) => second.once('exit', r)), 0);
 
   const now = new Date(Date.now() + 3 * SLICE * 1000);
