@@ -1,6 +1,13 @@
 #!/usr/bin/env node
-// The operator CLI is TypeScript; tsx runs it without a build step.
-import { register } from 'tsx/esm/api';
+// Installed from the package: the compiled CLI in dist/. In a clone (the TypeScript source is
+// there): tsx runs the source, so no build step stands between an edit and `npx offlog`.
+import { existsSync } from 'node:fs';
 
-register();
-await import('../local/cli.ts');
+const source = new URL('../local/cli.ts', import.meta.url);
+if (existsSync(source)) {
+  const { register } = await import('tsx/esm/api');
+  register();
+  await import(source.href);
+} else {
+  await import('../dist/local/cli.js');
+}

@@ -6,5 +6,5 @@ export async function handler(event: { time?: string; now?: string; force?: bool
   const given = event?.now ?? event?.time;
   const now = given === undefined ? new Date() : new Date(given);
   checkFlushTime(now, Date.now(), event?.force === true);
-  return getRuntime().flush(now);
+  return (await getRuntime()).flush(now);
 }

@@ -5,7 +5,7 @@ import { getRuntime } from './runtime.ts';
 interface HttpEvent { body?: string | null; isBase64Encoded?: boolean; headers?: Record<string, string | undefined>; requestContext?: unknown }
 
 export async function handler(event: HttpEvent | object): Promise<IngestResponse> {
-  const rt = getRuntime();
+  const rt = await getRuntime();
   const http = 'requestContext' in event ? (event as HttpEvent) : undefined;
   const raw = http ? (http.body ?? '') : JSON.stringify(event);
   const body = http?.isBase64Encoded ? Buffer.from(raw, 'base64').toString('utf8') : raw;

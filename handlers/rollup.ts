@@ -5,7 +5,7 @@ import { getRuntime } from './runtime.ts';
 
 export async function handler(event: unknown) {
   const { fromMs, toMs } = parseSliceFlushed(event);
-  const rt = getRuntime();
+  const rt = await getRuntime();
   const result = await rollup(rt.store, fromMs, toMs);
   rt.log.info({ sliceStart: new Date(fromMs).toISOString(), ...result }, 'SliceFlushed: rolled up');
   return result;

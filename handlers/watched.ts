@@ -7,5 +7,5 @@ const MARGIN_MS = 5000;
 export async function handler(event: { idle?: boolean } | null, context?: { getRemainingTimeInMillis?: () => number }) {
   const remaining = context?.getRemainingTimeInMillis?.() ?? 60_000;
   const deadlineMs = Date.now() + Math.max(1000, remaining - MARGIN_MS);
-  return getRuntime().watchedDrain().run({ deadlineMs, idle: event?.idle === true });
+  return (await getRuntime()).watchedDrain().run({ deadlineMs, idle: event?.idle === true });
 }

@@ -92,7 +92,7 @@ test('POST /events → worker → flush via the Lambda endpoint → rows in ol_c
   // Three slices on: the request may have crossed into the next slice after acceptedAt was read.
   const now = new Date(sliceStartMs(slice, rt.config.sliceSeconds) + 3 * rt.config.sliceSeconds * 1000 + 1000);
   const lambda = new LambdaClient({ endpoint: `http://127.0.0.1:${LAMBDA_PORT}`, region: 'eu-west-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
-  const res = await lambda.send(new InvokeCommand({ FunctionName: 'offlog-dev-flush', Payload: Buffer.from(JSON.stringify({ now: now.toISOString(), force: true })) }));
+  const res = await lambda.send(new InvokeCommand({ FunctionName: 'offlog-local-flush', Payload: Buffer.from(JSON.stringify({ now: now.toISOString(), force: true })) }));
   lambda.destroy();
   const result = JSON.parse(Buffer.from(res.Payload!).toString()) as { ran: boolean; rows: number };
   assert.equal(result.ran, true);

@@ -2,7 +2,8 @@
  * Configuration: the OFFLOG_* environment, parsed and validated once at start
  * and passed in from there. Nothing below lib/ reads process.env.
  */
-import { z } from 'zod';
+// A namespace import, so that a bundle keeps only the parts of zod used here (`import { z }` keeps all of it, locales included).
+import * as z from 'zod';
 import { ConfigError } from './errors.ts';
 
 export interface HostPort { host: string; port: number }
