@@ -72,7 +72,7 @@ after(async () => {
 async function invoke(fn: string, payload: unknown): Promise<Record<string, unknown>> {
   const lambda = new LambdaClient({ endpoint: `http://127.0.0.1:${LAMBDA_PORT}`, region: 'eu-west-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
   try {
-    const res = await lambda.send(new InvokeCommand({ FunctionName: `offlog-dev-${fn}`, Payload: Buffer.from(JSON.stringify(payload)) }));
+    const res = await lambda.send(new InvokeCommand({ FunctionName: `offlog-local-${fn}`, Payload: Buffer.from(JSON.stringify(payload)) }));
     const body = JSON.parse(Buffer.from(res.Payload!).toString()) as Record<string, unknown>;
     if (res.FunctionError) throw new Error(`${fn} failed: ${JSON.stringify(body)}`);
     return body;
