@@ -58,20 +58,23 @@ test('VPC: every function in the given subnets and security groups, with the ENI
   assert.doesNotMatch(managed(noVpc), /AWSLambdaVPCAccessExecutionRole/);
 });
 
-test('IAM: its own log groups, and reading exactly the named parameter or secret; nothing else', () => {
+test('IAM: its own log groups, putting events on its own bus, and reading exactly the named parameter or secret; nothing else', () => {
   const statements = (t: Template) => t.Resources.IamRoleLambdaExecution!.Properties.Policies[0].PolicyDocument.Statement as { Action: string[]; Resource: unknown[] }[];
   const sub = (s: string) => ({ 'Fn::Sub': s });
   const logs = (stage: string) => [
     { Effect: 'Allow', Action: ['logs:CreateLogStream', 'logs:CreateLogGroup', 'logs:TagResource'], Resource: [sub(`arn:\${AWS::Partition}:logs:\${AWS::Region}:\${AWS::AccountId}:log-group:/aws/lambda/offlog-${stage}*:*`)] },
     { Effect: 'Allow', Action: ['logs:PutLogEvents'], Resource: [sub(`arn:\${AWS::Partition}:logs:\${AWS::Region}:\${AWS::AccountId}:log-group:/aws/lambda/offlog-${stage}*:*:*`)] },
   ];
+  const bus = (stage: string) => ({ Effect: 'Allow', Action: ['events:PutEvents'], Resource: [sub(`arn:\${AWS::Partition}:events:\${AWS::Region}:\${AWS::AccountId}:event-bus/offlog-${stage}`)] });
   assert.deepEqual(statements(vpc), [
     ...logs('prod'),
+    bus('prod'),
     { Effect: 'Allow', Action: ['ssm:GetParameter'], Resource: [sub('arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/offlog/prod/ingest-token')] },
     { Effect: 'Allow', Action: ['secretsmanager:GetSecretValue'], Resource: [sub('arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:offlog/prod/mysql-??????')] },
   ]);
   assert.deepEqual(statements(noVpc), [
     ...logs('staging'),
+    bus('staging'),
     { Effect: 'Allow', Action: ['ssm:GetParameter'], Resource: [sub('arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/offlog/staging/mysql-url')] },
   ]);
   assert.equal(of(vpc, 'AWS::IAM::Role').length, 1, 'one role');

@@ -109,7 +109,11 @@ export class EventBridgeBus implements Bus {
 
   private connect() {
     const { endpoint } = this.options;
-    return (this.sdk ??= import('@aws-sdk/client-eventbridge').then(({ EventBridgeClient, PutEventsCommand }) => ({
+    // An optional peer of the installed SDK package (a Lambda's runtime has it): loaded only when something is published.
+    const sdk = import('@aws-sdk/client-eventbridge').catch((err: Error) => {
+      throw new Error(`OFFLOG_EVENT_BUS is set but @aws-sdk/client-eventbridge cannot be loaded (${err.message}): npm install @aws-sdk/client-eventbridge`);
+    });
+    return (this.sdk ??= sdk.then(({ EventBridgeClient, PutEventsCommand }) => ({
       PutEventsCommand,
       client: new EventBridgeClient({
         // A bus outage must cost the flush seconds, not minutes: short timeouts, one SDK retry.
