@@ -11,6 +11,8 @@ import { flush, type FlushDeps, type FlushResult } from './pipeline/flush.ts';
 import { Ring } from './pipeline/ring.ts';
 import { Store } from './pipeline/store.ts';
 import { Worker, type WorkerDeps, type WorkerOptions } from './pipeline/worker.ts';
+import { prune, type PruneResult } from './pipeline/prune.ts';
+import type { ReportDeps } from './report/api.ts';
 
 export class Runtime {
   readonly log: Logger;
@@ -51,6 +53,18 @@ export class Runtime {
   /** Flushes every finished slice as of `now`. */
   flush(now: Date, options: { lockWaitSeconds?: number } = {}): Promise<FlushResult> {
     return flush(this.flushDeps, now, options);
+  }
+
+  /** What the report function and `offlog report` read with. */
+  get reportDeps(): ReportDeps {
+    const c = this.config;
+    return { store: this.store, ring: this.ring, gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, token: c.reportToken, log: this.log };
+  }
+
+  /** Deletes rows past their retention (OFFLOG_RETENTION_DAYS and the rollups' own), as of `now`. */
+  prune(now: Date, options: { batchRows?: number; maxSeconds?: number } = {}): Promise<PruneResult> {
+    const c = this.config;
+    return prune(this.store, now, { rawDays: c.retentionDays, hourlyDays: c.hourlyRetentionDays, dailyDays: c.dailyRetentionDays, ...options }, this.log);
   }
 
   async close(): Promise<void> {

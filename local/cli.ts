@@ -6,6 +6,11 @@
  *   offlog flush [--now ISO-8601 [--force]]  flush finished slices to MySQL (a --now ahead of the clock needs --force)
  *   offlog status                      queues, ring, watermark and lag
  *   offlog deadletters [--limit N]     move dead letters into MySQL and show the latest
+ *   offlog report series|top|timeline|health|actions [--from T --to T | --last 30d] [--step 10m|1h|1d]
+ *                 [--action N | --actions 1,2] [--user N] [--limit N] [--slices N] [--json]
+ *                                      the dashboard's reports as tables (or the API's JSON)
+ *   offlog actions list | set ID NAME | rm ID   action names, shown wherever an action id is
+ *   offlog prune [--now ISO-8601]      delete rows past their retention, in small batches
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -19,8 +24,14 @@ import { label } from '../lib/base/config.ts';
 import { Runtime } from '../lib/runtime.ts';
 import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
 import { FlushClockError } from '../lib/base/errors.ts';
+import { parseActionId } from '../lib/domain/contract.ts';
+import { handleReport } from '../lib/report/api.ts';
+import { ReportQueries, type Action } from '../lib/report/queries.ts';
+import { formatActions, formatHealth, formatSeries, formatTimeline, formatTop } from './report-format.ts';
 
-const USAGE = `usage: offlog services up|down|status | migrate | worker [--until-idle] | flush [--now ISO-8601 [--force]] | status | deadletters [--limit N]`;
+const USAGE = `usage: offlog services up|down|status | migrate | worker [--until-idle] | flush [--now ISO-8601 [--force]] | status | deadletters [--limit N]
+       | report series|top|timeline|health|actions [--from T --to T | --last 30d] [--step 10m|1h|1d] [--action N | --actions 1,2] [--user N] [--limit N] [--slices N] [--json]
+       | actions list | actions set ID NAME | actions rm ID | prune [--now ISO-8601]`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -28,11 +39,16 @@ async function main(argv: string[]): Promise<number> {
     const script = fileURLToPath(new URL('./services.sh', import.meta.url));
     return spawnSync('bash', [script, ...rest], { stdio: 'inherit' }).status ?? 1;
   }
-  const { values } = parseArgs({
+  const { values, positionals } = parseArgs({
     args: rest,
-    options: { 'until-idle': { type: 'boolean' }, now: { type: 'string' }, force: { type: 'boolean' }, limit: { type: 'string' } },
+    options: {
+      'until-idle': { type: 'boolean' }, now: { type: 'string' }, force: { type: 'boolean' }, limit: { type: 'string' },
+      ...REPORT_OPTIONS,
+    },
     strict: true,
+    allowPositionals: true,
   });
+  if (positionals.length > 0 && command !== 'report' && command !== 'actions') throw new ConfigError(`${command}: unexpected argument ${positionals[0]}\n${USAGE}`);
   const rt = new Runtime(loadConfig(process.env));
   const c = rt.config;
   try {
@@ -63,6 +79,16 @@ async function main(argv: string[]): Promise<number> {
         print({ moved, latest: letters.map((d) => ({ ...d, payload: d.payload.toString('utf8').slice(0, 200) })) });
         return 0;
       }
+      case 'report':
+        return await report(rt, positionals, values);
+      case 'actions':
+        return await actions(rt, positionals);
+      case 'prune': {
+        const now = values.now === undefined ? new Date() : new Date(values.now);
+        if (Number.isNaN(now.getTime())) throw new ConfigError(`--now: ${JSON.stringify(values.now)} is not an ISO-8601 time`);
+        print(await rt.prune(now));
+        return 0;
+      }
       default:
         process.stderr.write(`${USAGE}\n`);
         return 64;
@@ -70,6 +96,58 @@ async function main(argv: string[]): Promise<number> {
   } finally {
     await rt.close();
   }
+}
+
+const REPORT_OPTIONS = {
+  from: { type: 'string' }, to: { type: 'string' }, last: { type: 'string' }, step: { type: 'string' }, action: { type: 'string' },
+  actions: { type: 'string' }, user: { type: 'string' }, slices: { type: 'string' }, json: { type: 'boolean' },
+} as const;
+const REPORT_QUERY = ['from', 'to', 'last', 'step', 'action', 'actions', 'user', 'limit', 'slices'] as const;
+
+/** The API's own handler answers, so the CLI validates and reads exactly as GET /api/<kind> does. */
+async function report(rt: Runtime, positionals: string[], values: Record<string, string | boolean | undefined>): Promise<number> {
+  const [kind, extra] = positionals;
+  const formats: Record<string, (body: never) => string> = {
+    series: formatSeries, top: formatTop, timeline: formatTimeline, health: formatHealth, actions: (b: { actions: Action[] }) => formatActions(b.actions),
+  };
+  if (kind === undefined || !(kind in formats) || extra !== undefined) throw new ConfigError(`report: say which one: series, top, timeline, health or actions\n${USAGE}`);
+  const query = Object.fromEntries(REPORT_QUERY.filter((k) => values[k] !== undefined).map((k) => [k, String(values[k])]));
+  const res = await handleReport({ method: 'GET', path: `/api/${kind}`, query, headers: {} }, { ...rt.reportDeps, token: undefined });
+  if (res.statusCode !== 200) {
+    const body = JSON.parse(res.body) as { error: string; field?: string };
+    // The API names query parameters; on the command line they are flags.
+    throw new ConfigError(body.field && (REPORT_QUERY as readonly string[]).includes(body.field) ? `--${body.error}` : body.error);
+  }
+  process.stdout.write(`${values.json === true ? res.body : formats[kind]!(JSON.parse(res.body) as never)}\n`);
+  return 0;
+}
+
+async function actions(rt: Runtime, positionals: string[]): Promise<number> {
+  const [sub, id, ...name] = positionals;
+  const q = new ReportQueries(rt.store, rt.config.sliceSeconds);
+  if (sub === 'list' || sub === undefined) {
+    process.stdout.write(`${formatActions(await q.actions())}\n`);
+    return 0;
+  }
+  const actionId = (() => {
+    try {
+      return parseActionId(id, 'ID');
+    } catch (err) {
+      throw new ConfigError(`actions ${sub}: ${(err as Error).message}`);
+    }
+  })();
+  if (sub === 'set') {
+    const text = name.join(' ').trim();
+    if (text.length === 0 || text.length > 64) throw new ConfigError(`actions set: NAME: must be 1 to 64 characters, got ${JSON.stringify(text)}`);
+    await q.setActionName(actionId, text);
+    process.stdout.write(`action ${actionId} is now named ${JSON.stringify(text)}\n`);
+    return 0;
+  }
+  if (sub === 'rm') {
+    process.stdout.write((await q.removeActionName(actionId)) ? `action ${actionId} has no name now\n` : `action ${actionId} had no name\n`);
+    return 0;
+  }
+  throw new ConfigError(`actions: list, set ID NAME or rm ID, not ${JSON.stringify(sub)}`);
 }
 
 const STATUS_BATCH_PAIRS = 5000;

@@ -16,6 +16,10 @@ export interface Tables {
   migrations: string;
   hourly: string;
   daily: string;
+  /** Action names (`offlog actions set 1 logon`), shown wherever an action id is. */
+  actions: string;
+  /** Per-action totals per slice, hour and day: what a series reads (see rollup.ts). */
+  series: string;
 }
 
 export interface Migration {
@@ -94,6 +98,36 @@ export const MIGRATIONS: readonly Migration[] = [
         value_sum BIGINT UNSIGNED NOT NULL,
         PRIMARY KEY (day_start, user_id, action_id)
       ) ENGINE=InnoDB`,
+    ],
+  },
+  {
+    version: 5,
+    name: 'reports: action names, per-action series, rollup indexes by action and by user',
+    statements: (t) => [
+      `CREATE TABLE IF NOT EXISTS \`${t.actions}\` (
+        action_id SMALLINT UNSIGNED NOT NULL PRIMARY KEY,
+        name VARCHAR(64) NOT NULL,
+        updated_at DATETIME(3) NOT NULL
+      ) ENGINE=InnoDB`,
+      // One row per (action, step, bucket): a 30-day series is one short primary-key range,
+      // whatever the number of users. \`users\` = distinct users of the action in the bucket.
+      `CREATE TABLE IF NOT EXISTS \`${t.series}\` (
+        action_id SMALLINT UNSIGNED NOT NULL,
+        step ENUM('slice','hour','day') NOT NULL,
+        bucket DATETIME NOT NULL COMMENT 'UTC',
+        count BIGINT UNSIGNED NOT NULL,
+        value_sum BIGINT UNSIGNED NOT NULL,
+        users INT UNSIGNED NOT NULL,
+        PRIMARY KEY (action_id, step, bucket)
+      ) ENGINE=InnoDB`,
+      // Covering indexes: top users of an action (by action, then time) and one user's
+      // timeline (by user, then time) read only the index, never the table.
+      `ALTER TABLE \`${t.hourly}\`
+        ADD INDEX IF NOT EXISTS by_action (action_id, hour_start, user_id, count, value_sum),
+        ADD INDEX IF NOT EXISTS by_user (user_id, hour_start, action_id, count, value_sum)`,
+      `ALTER TABLE \`${t.daily}\`
+        ADD INDEX IF NOT EXISTS by_action (action_id, day_start, user_id, count, value_sum),
+        ADD INDEX IF NOT EXISTS by_user (user_id, day_start, action_id, count, value_sum)`,
     ],
   },
 ];
