@@ -165,6 +165,11 @@ test('without the token the API refuses and the page asks for it; with it the da
   const message = await page.textContent('#notice');
   assert.match(message!, /^This range cannot be shown: to: must be after from \(/);
   await page.screenshot({ path: join(SHOTS, 'dashboard-bad-range.png') });
+  await page.fill('#from', 'last tuesday');
+  await page.fill('#to', new Date(END).toISOString().slice(0, 16));
+  await page.click('#custom button');
+  await page.waitForFunction(() => /from:/.test(document.getElementById('notice')!.textContent ?? ''));
+  assert.match((await page.textContent('#notice'))!, /^This range cannot be shown: from: must be epoch milliseconds or an ISO-8601 date-time/);
   await page.context().close();
 });
 

@@ -24,9 +24,9 @@
   const colorOf = (id) => PALETTE[(id - 1) % PALETTE.length];
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
   const tzDate = (ts) => uPlot.tzDate(new Date(ts * 1e3), 'Etc/UTC');
-  // datetime-local inputs hold UTC here (the page says so): no local-time guesswork.
-  const toInput = (ms) => new Date(ms).toISOString().slice(0, 16);
-  const fromInput = (v) => (v ? `${v}:00Z` : '');
+  // The range inputs hold UTC (the page says so) as "YYYY-MM-DD HH:MM"; anything else goes to the API as typed, which says what is wrong with it.
+  const toInput = (ms) => new Date(ms).toISOString().slice(0, 16).replace('T', ' ');
+  const fromInput = (v) => { const t = v.trim(); return /^\d{4}-\d\d-\d\d[ T]\d\d:\d\d$/.test(t) ? `${t.replace(' ', 'T')}:00Z` : t; };
 
   // ── the API ──
   class ApiError extends Error {
@@ -53,7 +53,7 @@
   function explain(err) {
     if (err instanceof ApiError && err.status === 400) {
       const what = ['from', 'to', 'last'].includes(err.field) ? 'This range cannot be shown' : err.field === 'step' ? 'This step cannot be shown' : 'This request is not valid';
-      return `${what}: ${err.message}`;
+      return `${what}: ${err.message}. Still showing the last range that worked.`;
     }
     if (err instanceof ApiError) return `The report failed (HTTP ${err.status}): ${err.message}`;
     return `Could not reach OffLog: ${err.message}`;
@@ -78,8 +78,23 @@
     charts[key] = new uPlot({
       width: chartWidth(el), height: chartHeight(el), tzDate, series, legend: { show: false }, cursor: { drag: { x: true, y: false } },
       scales: { y: { range: (u, min, max) => [0, max > 0 ? max * 1.08 : 1] } },
-      axes: [axis, Object.assign({}, axis, { size: 56, values: (u, vals) => vals.map((v) => (v >= 1e6 ? `${+(v / 1e6).toFixed(1)}M` : v >= 1e3 ? `${+(v / 1e3).toFixed(1)}k` : v)) })],
+      axes: [Object.assign({}, axis, { values: timeTicks }), Object.assign({}, axis, { size: 56, values: (u, vals) => vals.map((v) => (v >= 1e6 ? `${+(v / 1e6).toFixed(1)}M` : v >= 1e3 ? `${+(v / 1e3).toFixed(1)}k` : v)) })],
     }, data, el);
+  }
+
+  /** 24-hour UTC tick labels: the date at midnight, the time otherwise. */
+  function timeTicks(u, splits) {
+    return splits.map((s) => {
+      const d = new Date(s * 1000);
+      return d.getUTCHours() === 0 && d.getUTCMinutes() === 0 ? `${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}` : `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}`;
+    });
+  }
+
+  function resizeCharts() {
+    for (const [key, id] of [['actions', 'chart-actions'], ['action', 'chart-action'], ['user', 'chart-user']]) {
+      const el = $(id);
+      if (charts[key] && el.clientWidth > 0) charts[key].setSize({ width: chartWidth(el), height: chartHeight(el) });
+    }
   }
 
   function legend(el, lines) {
@@ -113,10 +128,12 @@
     state.topAction = select.value ? Number(select.value) : null;
     const chosen = s.lines.find((l) => l.action.id === state.topAction);
     if (chosen) {
-      drawChart('action', $('chart-action'), s.t, [
-        { label: 'events', color: colorOf(chosen.action.id), values: chosen.count.map(Number) },
-        { label: 'users', color: '#98a2b3', values: chosen.users },
-      ], { fill: true });
+      const pair = [
+        { label: `${actionName(chosen.action)} events`, color: colorOf(chosen.action.id), values: chosen.count.map(Number), total: chosen.total.count },
+        { label: 'distinct users per step', color: '#98a2b3', values: chosen.users, total: String(Math.max(0, ...chosen.users)) },
+      ];
+      drawChart('action', $('chart-action'), s.t, pair, { fill: true });
+      $('legend-action').innerHTML = `<span><i style="background:${pair[0].color}"></i>${esc(pair[0].label)} <b>${group(pair[0].total)}</b></span><span><i style="background:${pair[1].color}"></i>${esc(pair[1].label)}, at most <b>${group(pair[1].total)}</b></span>`;
     }
   }
 
@@ -189,6 +206,9 @@
     if (loading) return;
     loading = true;
     document.body.dataset.state = 'loading';
+    // Visible while loading, so that charts measure the width they will have.
+    const wasHidden = $('main').hidden;
+    $('main').hidden = false;
     try {
       const results = await Promise.allSettled([loadSeries().then(loadTop), loadHealth(), loadUser()]);
       const failed = results.find((r) => r.status === 'rejected');
@@ -201,7 +221,7 @@
       } else {
         notice('');
         $('token-form').hidden = true;
-        $('main').hidden = false;
+        if (wasHidden) resizeCharts();
       }
       $('updated').textContent = `updated ${new Date().toISOString().slice(11, 19)} UTC`;
     } finally {
@@ -284,12 +304,7 @@
   $('refresh').addEventListener('click', refresh);
   $('auto').addEventListener('change', schedule);
   let resizeTimer = null;
-  addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(() => {
-    for (const [key, id] of [['actions', 'chart-actions'], ['action', 'chart-action'], ['user', 'chart-user']]) {
-      const el = $(id);
-      if (charts[key] && el.clientWidth > 0) charts[key].setSize({ width: chartWidth(el), height: chartHeight(el) });
-    }
-  }, 120); });
+  addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(resizeCharts, 120); });
 
   readHash();
   markPreset();
