@@ -10,6 +10,7 @@ import type { RowDataPacket } from 'mysql2/promise';
 import { rollup } from '../lib/pipeline/rollup.ts';
 import { handleReport, type ReportDeps } from '../lib/report/api.ts';
 import { decompose, type SeriesReport, type TimelineReport, type TopReport } from '../lib/report/queries.ts';
+import { topUsers } from '../lib/report/top.ts';
 import { prng, testRuntime } from './support.ts';
 
 const DAY = 86_400_000;
@@ -104,19 +105,26 @@ test('top users over ragged ranges equal a GROUP BY over the raw rows, ids and s
     [START, END],
     [START + DAY + 3 * SLICE, START + DAY + 9 * SLICE],
   ];
+  let deeper = 0;
   for (const [from, to] of ranges) {
-    for (const action of [1, 2, 4]) {
-      const { status, body } = await get('/api/top', { from: new Date(from!).toISOString(), to: new Date(to!).toISOString(), action: String(action), limit: '15' });
+    for (const [action, limit] of [[1, 15], [2, 15], [4, 15], [1, 1], [3, 5], [1, 1000]] as const) {
+      const { status, body } = await get('/api/top', { from: new Date(from!).toISOString(), to: new Date(to!).toISOString(), action: String(action), limit: String(limit) });
       assert.equal(status, 200, JSON.stringify(body));
       const r = body as unknown as TopReport;
       const want = await sql(
         `SELECT CAST(user_id AS CHAR) u, CAST(SUM(count) AS CHAR) c, CAST(SUM(value_sum) AS CHAR) v FROM \`${p}counts\`
-         WHERE action_id = ? AND slice_start >= FROM_UNIXTIME(?) AND slice_start < FROM_UNIXTIME(?) GROUP BY user_id ORDER BY SUM(count) DESC, user_id LIMIT 15`,
-        [action, from! / 1000, to! / 1000],
+         WHERE action_id = ? AND slice_start >= FROM_UNIXTIME(?) AND slice_start < FROM_UNIXTIME(?) GROUP BY user_id ORDER BY SUM(count) DESC, user_id LIMIT ?`,
+        [action, from! / 1000, to! / 1000, limit],
       );
-      assert.deepEqual(r.users.map((u) => [u.userId, u.count, u.valueSum]), want.map((w) => [w.u, w.c, w.v]), `action ${action} ${new Date(from!).toISOString()}`);
+      assert.deepEqual(r.users.map((u) => [u.userId, u.count, u.valueSum]), want.map((w) => [w.u, w.c, w.v]), `action ${action} limit ${limit} ${new Date(from!).toISOString()}`);
+      assert.equal(r.stats.method, 'threshold');
+      // The same, reading the lists 2 rows at a time: many rounds, the same exact answer.
+      const slow = await topUsers(rt.store, action, decompose(from!, to!), limit, 2);
+      assert.deepEqual(slow.rows.map((u) => [u.userId, String(u.count), String(u.valueSum)]), want.map((w) => [w.u, w.c, w.v]));
+      if (slow.stats.rounds > 2) deeper++;
     }
   }
+  assert.ok(deeper > 0, 'the small first depth took several rounds');
   const big = (await get('/api/top', { from: new Date(START).toISOString(), to: new Date(END).toISOString(), action: '2', limit: '1000' })).body as unknown as TopReport;
   assert.ok(big.users.some((u) => u.userId === '18446744073709551615' && u.valueSum === '18446744073709551000'));
   assert.equal((big.users[0]!).userId, '7', 'the busy user leads');

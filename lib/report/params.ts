@@ -12,7 +12,8 @@
 import { z } from 'zod';
 import { InputError } from '../base/errors.ts';
 import { parseActionId, parseAt, parseUserId } from '../domain/contract.ts';
-import { DAY_MS, HOUR_MS, stepMs, type Step } from './queries.ts';
+import { stepMs, type Step } from './queries.ts';
+import { DAY_MS, HOUR_MS } from './range.ts';
 
 /** The longest range any query reads. */
 export const MAX_RANGE_DAYS = 3660;

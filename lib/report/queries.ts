@@ -10,11 +10,12 @@
  */
 import type { RowDataPacket } from 'mysql2/promise';
 import type { Store } from '../pipeline/store.ts';
+import { decompose, DAY_MS, HOUR_MS, type Piece } from './range.ts';
+import { topUsers, type TopStats } from './top.ts';
 
 export type Step = 'slice' | 'hour' | 'day';
 
-export const HOUR_MS = 3_600_000;
-export const DAY_MS = 86_400_000;
+export { decompose, DAY_MS, HOUR_MS, type Piece } from './range.ts';
 
 export function stepMs(step: Step, sliceSeconds: number): number {
   return step === 'slice' ? sliceSeconds * 1000 : step === 'hour' ? HOUR_MS : DAY_MS;
@@ -41,7 +42,7 @@ export interface SeriesReport {
 }
 
 export interface TopUser { rank: number; userId: string; count: string; valueSum: string }
-export interface TopReport { action: Action; from: string; to: string; limit: number; users: TopUser[]; sources: Piece[] }
+export interface TopReport { action: Action; from: string; to: string; limit: number; users: TopUser[]; sources: Piece[]; stats: TopStats }
 
 export interface TimelineReport {
   userId: string;
@@ -52,39 +53,6 @@ export interface TimelineReport {
   t: number[];
   /** One line per action the user did in the range, busiest first. */
   lines: SeriesLine[];
-}
-
-/** Part of a range read from one table: raw slices, hourly or daily rollups. */
-export interface Piece { table: 'counts' | 'hourly' | 'daily'; fromMs: number; toMs: number }
-
-/**
- * Splits a slice-aligned [fromMs, toMs) into the coarsest pieces that tile it
- * exactly: whole days from the daily rollup, the partial days at either end
- * from the hourly one, the partial hours from the 10-minute rows.
- */
-export function decompose(fromMs: number, toMs: number): Piece[] {
-  const pieces: Piece[] = [];
-  const add = (table: Piece['table'], a: number, b: number) => {
-    if (b > a) pieces.push({ table, fromMs: a, toMs: b });
-  };
-  const h1 = Math.ceil(fromMs / HOUR_MS) * HOUR_MS;
-  const h2 = Math.floor(toMs / HOUR_MS) * HOUR_MS;
-  if (h1 >= h2) {
-    add('counts', fromMs, toMs);
-    return pieces;
-  }
-  const d1 = Math.ceil(h1 / DAY_MS) * DAY_MS;
-  const d2 = Math.floor(h2 / DAY_MS) * DAY_MS;
-  add('counts', fromMs, h1);
-  if (d1 < d2) {
-    add('hourly', h1, d1);
-    add('daily', d1, d2);
-    add('hourly', d2, h2);
-  } else {
-    add('hourly', h1, h2);
-  }
-  add('counts', h2, toMs);
-  return pieces;
 }
 
 export class ReportQueries {
@@ -161,36 +129,18 @@ export class ReportQueries {
 
   // ── top users ──
 
-  /**
-   * The users with the highest counts of one action over [fromMs, toMs) (slice-aligned), ties by
-   * user id. Whole days come from the daily rollup, partial days from the hourly one, partial hours
-   * from the 10-minute rows, each through an index that starts with the action.
-   */
+  /** The users with the highest counts of one action over [fromMs, toMs) (slice-aligned), ties by user id: see top.ts. */
   async top(actionId: number, fromMs: number, toMs: number, limit: number): Promise<TopReport> {
     const pieces = decompose(fromMs, toMs);
-    const parts: string[] = [];
-    const params: unknown[] = [];
-    for (const p of pieces) {
-      const [table, column, index] =
-        p.table === 'daily' ? [this.t.daily, 'day_start', 'FORCE INDEX (by_action)'] : p.table === 'hourly' ? [this.t.hourly, 'hour_start', 'FORCE INDEX (by_action)'] : [this.t.counts, 'slice_start', ''];
-      parts.push(`SELECT user_id, count, value_sum FROM \`${table}\` ${index} WHERE action_id = ? AND ${column} >= ? AND ${column} < ?`);
-      params.push(actionId, p.table === 'daily' ? sqlDate(p.fromMs) : new Date(p.fromMs), p.table === 'daily' ? sqlDate(p.toMs) : new Date(p.toMs));
-    }
-    const source = parts.length === 1 ? `${parts[0]}` : parts.join(' UNION ALL ');
-    const [rows, names] = await Promise.all([
-      this.rows(
-        `SELECT user_id, SUM(count) AS c, SUM(value_sum) AS v FROM (${source}) x GROUP BY user_id ORDER BY c DESC, user_id ASC LIMIT ?`,
-        [...params, limit],
-      ),
-      this.names([actionId]),
-    ]);
+    const [{ rows, stats }, names] = await Promise.all([topUsers(this.store, actionId, pieces, limit), this.names([actionId])]);
     return {
       action: { id: actionId, name: names.get(actionId) ?? null },
       from: iso(fromMs),
       to: iso(toMs),
       limit,
-      users: rows.map((r, i) => ({ rank: i + 1, userId: String(r.user_id), count: String(r.c), valueSum: String(r.v) })),
+      users: rows.map((r, i) => ({ rank: i + 1, userId: r.userId, count: r.count.toString(), valueSum: r.valueSum.toString() })),
       sources: pieces,
+      stats,
     };
   }
 
