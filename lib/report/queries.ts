@@ -146,22 +146,28 @@ export class ReportQueries {
 
   // ── one user's timeline ──
 
-  /** What one user did, per action and bucket, zero-filled; read through the rollups' by-user indexes. */
+  /**
+   * What one user did, per action and bucket, zero-filled. The rollups' by_action_user index is read
+   * one short range per known action (actions are few; users are many).
+   */
   async timeline(userId: string, fromMs: number, toMs: number, step: Step): Promise<TimelineReport> {
     const size = stepMs(step, this.sliceSeconds);
     const t = buckets(fromMs, toMs, size);
+    const known = (await this.actions()).map((a) => a.id);
     let rows: RowDataPacket[];
-    if (step === 'day') {
+    if (known.length === 0) {
+      rows = [];
+    } else if (step === 'day') {
       rows = await this.rows(
-        `SELECT action_id, UNIX_TIMESTAMP(day_start) AS s, count, value_sum FROM \`${this.t.daily}\` FORCE INDEX (by_user)
-         WHERE user_id = ? AND day_start >= ? AND day_start < ?`,
-        [userId, sqlDate(fromMs), sqlDate(toMs)],
+        `SELECT action_id, UNIX_TIMESTAMP(day_start) AS s, count, value_sum FROM \`${this.t.daily}\` FORCE INDEX (by_action_user)
+         WHERE action_id IN (?) AND user_id = ? AND day_start >= ? AND day_start < ?`,
+        [known, userId, sqlDate(fromMs), sqlDate(toMs)],
       );
     } else {
       const hours = await this.rows(
-        `SELECT action_id, UNIX_TIMESTAMP(hour_start) AS s, count, value_sum FROM \`${this.t.hourly}\` FORCE INDEX (by_user)
-         WHERE user_id = ? AND hour_start >= ? AND hour_start < ?`,
-        [userId, new Date(Math.floor(fromMs / HOUR_MS) * HOUR_MS), new Date(toMs)],
+        `SELECT action_id, UNIX_TIMESTAMP(hour_start) AS s, count, value_sum FROM \`${this.t.hourly}\` FORCE INDEX (by_action_user)
+         WHERE action_id IN (?) AND user_id = ? AND hour_start >= ? AND hour_start < ?`,
+        [known, userId, new Date(Math.floor(fromMs / HOUR_MS) * HOUR_MS), new Date(toMs)],
       );
       if (step === 'hour') {
         rows = hours;

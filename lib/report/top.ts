@@ -11,7 +11,7 @@
  *     first (index by_action_count, scanned backwards), `depth` at a time,
  *     all lists in one statement; the few edge slices are read whole;
  *  2. random access: every user seen for the first time gets its exact total
- *     over the whole range (index by_user);
+ *     over the whole range (index by_action_user);
  *  3. a user not seen yet has at most Σ (the last count read from each list)
  *     — the threshold. Once `limit` users have exact totals above it, no
  *     unseen user can reach the list, and the answer is exact. Otherwise the
@@ -116,7 +116,7 @@ export async function topUsers(store: Store, actionId: number, pieces: Piece[], 
   }
 }
 
-/** Exact totals over all pieces for `users`: days and hours through by_user, edge slices from memory. */
+/** Exact totals over all pieces for `users`: days and hours through by_action_user, edge slices from memory. */
 async function exactTotals(
   store: Store, actionId: number, pieces: Piece[], users: string[], edge: Map<string, { count: bigint; valueSum: bigint }>, into: Map<string, TopRow>, stats: TopStats,
 ): Promise<void> {
@@ -130,8 +130,8 @@ async function exactTotals(
   for (const p of pieces) {
     if (p.table === 'counts') continue;
     const [table, column] = p.table === 'daily' ? [t.daily, 'day_start'] : [t.hourly, 'hour_start'];
-    parts.push(`SELECT user_id, count, value_sum FROM \`${table}\` FORCE INDEX (by_user) WHERE user_id IN (?) AND ${column} >= ? AND ${column} < ? AND action_id = ?`);
-    params.push(users, p.table === 'daily' ? sqlDate(p.fromMs) : new Date(p.fromMs), p.table === 'daily' ? sqlDate(p.toMs) : new Date(p.toMs), actionId);
+    parts.push(`SELECT user_id, count, value_sum FROM \`${table}\` FORCE INDEX (by_action_user) WHERE action_id = ? AND user_id IN (?) AND ${column} >= ? AND ${column} < ?`);
+    params.push(actionId, users, p.table === 'daily' ? sqlDate(p.fromMs) : new Date(p.fromMs), p.table === 'daily' ? sqlDate(p.toMs) : new Date(p.toMs));
   }
   if (parts.length === 0) return;
   const [rows] = await store.pool.query<RowDataPacket[]>(parts.join(' UNION ALL '), params);
