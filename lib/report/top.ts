@@ -7,9 +7,11 @@
  * algorithm over the range's pieces (decompose(): whole days, the hours of
  * partial days, the 10-minute slices of partial hours):
  *
- *  1. sorted access: each day's and each hour's users of the action, busiest
- *     first (index by_action_count, scanned backwards), `depth` at a time,
- *     all lists in one statement; the few edge slices are read whole;
+ *  1. sorted access: each day's users of the action, busiest first (index
+ *     by_action_count, scanned backwards), `depth` at a time, all days in
+ *     one statement. A day the range covers only in part is listed by its
+ *     whole-day row, an upper bound of the part. The few edge slices (part
+ *     of an hour, at most ten) are read whole and walked as one more list;
  *  2. random access: every user seen for the first time gets its exact total
  *     over the whole range (index by_action_user);
  *  3. a user not seen yet has at most Σ (the last count read from each list)
@@ -25,25 +27,28 @@
  */
 import type { RowDataPacket } from 'mysql2/promise';
 import type { Store } from '../pipeline/store.ts';
-import { DAY_MS, HOUR_MS, type Piece } from './range.ts';
+import { DAY_MS, type Piece } from './range.ts';
 
-/** Beyond this many day and hour lists (ranges of months), one GROUP BY is simpler and no slower. */
-const MAX_LISTS = 120;
+/** Beyond this many days (ranges of a year and more), one GROUP BY over the daily rows is simpler. */
+const MAX_LISTS = 400;
 
 export interface TopRow { userId: string; count: bigint; valueSum: bigint }
 export interface TopStats { method: 'threshold' | 'group-by'; rounds: number; rowsRead: number; candidates: number }
 
-interface List { table: string; column: string; at: string | Date; last: { count: string; user: string } | null; done: boolean }
+interface List { table: string; column: string; at: string | Date; /** The range covers the whole day: its value is exact, not a bound. */ whole: boolean; last: { count: string; user: string } | null; done: boolean }
 
 /** `firstDepth`: rows read per list in the first round (tests set it small to exercise the later rounds). */
 export async function topUsers(store: Store, actionId: number, pieces: Piece[], limit: number, firstDepth = Math.max(2 * limit, 64)): Promise<{ rows: TopRow[]; stats: TopStats }> {
   const t = store.tables;
-  const lists: List[] = [];
+  // One sorted list per day touched. A day read only in part (hourly pieces) is still listed by its
+  // daily row: a user's count in part of a day is at most its count in the whole day, so the daily
+  // list bounds the part from above, and the exact part comes from random access.
+  const days = new Map<number, boolean>();
   for (const p of pieces) {
     if (p.table === 'counts') continue;
-    const [table, column, size] = p.table === 'daily' ? [t.daily, 'day_start', DAY_MS] : [t.hourly, 'hour_start', HOUR_MS];
-    for (let ms = p.fromMs; ms < p.toMs; ms += size) lists.push({ table, column, at: p.table === 'daily' ? sqlDate(ms) : new Date(ms), last: null, done: false });
+    for (let ms = Math.floor(p.fromMs / DAY_MS) * DAY_MS; ms < p.toMs; ms += DAY_MS) days.set(ms, p.table === 'daily');
   }
+  const lists: List[] = [...days].sort((a, b) => a[0] - b[0]).map(([ms, whole]) => ({ table: t.daily, column: 'day_start', at: sqlDate(ms), whole, last: null, done: false }));
   if (lists.length > MAX_LISTS) return groupBy(store, actionId, pieces, limit);
 
   const stats: TopStats = { method: 'threshold', rounds: 0, rowsRead: 0, candidates: 0 };
@@ -66,18 +71,22 @@ export async function topUsers(store: Store, actionId: number, pieces: Piece[], 
   let edgeDepth = 0;
 
   const exact = new Map<string, TopRow>();
+  /** What sorted access told about users not yet totalled: their value in each list they were seen in. */
+  const partial = new Map<string, Map<number, bigint>>();
+  const note = (user: string) => {
+    if (!exact.has(user) && !partial.has(user)) partial.set(user, new Map());
+  };
   let depth = firstDepth;
   for (;;) {
     stats.rounds++;
-    const seen = new Set<string>();
-    const open = lists.filter((l) => !l.done);
+    const open = lists.map((l, i) => [l, i] as const).filter(([l]) => !l.done);
     if (open.length > 0) {
       const parts: string[] = [];
       const params: unknown[] = [];
-      open.forEach((l, i) => {
+      open.forEach(([l], k) => {
         const after = l.last === null ? '' : ' AND (count < ? OR (count = ? AND user_id < ?))';
         parts.push(
-          `(SELECT ${i} AS l, user_id, count FROM \`${l.table}\` FORCE INDEX (by_action_count) WHERE action_id = ? AND ${l.column} = ?${after} ORDER BY count DESC, user_id DESC LIMIT ${depth})`,
+          `(SELECT ${k} AS l, user_id, count FROM \`${l.table}\` FORCE INDEX (by_action_count) WHERE action_id = ? AND ${l.column} = ?${after} ORDER BY count DESC, user_id DESC LIMIT ${depth})`,
         );
         params.push(actionId, l.at, ...(l.last === null ? [] : [l.last.count, l.last.count, l.last.user]));
       });
@@ -85,35 +94,61 @@ export async function topUsers(store: Store, actionId: number, pieces: Piece[], 
       stats.rowsRead += rows.length;
       const got = new Array<number>(open.length).fill(0);
       for (const r of rows) {
-        const l = open[Number(r.l)]!;
+        const [l, index] = open[Number(r.l)]!;
         got[Number(r.l)]!++;
         // Rows of one list arrive in its index order, so the last one seen is the lowest.
         if (l.last === null || compareDesc(String(r.count), String(r.user_id), l.last.count, l.last.user) > 0) l.last = { count: String(r.count), user: String(r.user_id) };
         const user = String(r.user_id);
-        if (!exact.has(user)) seen.add(user);
+        note(user);
+        partial.get(user)?.set(index, BigInt(r.count));
       }
-      open.forEach((l, i) => {
-        if (got[i]! < depth) l.done = true;
+      open.forEach(([l], k) => {
+        if (got[k]! < depth) l.done = true;
       });
     }
     const edgeEnd = Math.min(edgeSorted.length, edgeDepth + depth);
-    for (; edgeDepth < edgeEnd; edgeDepth++) {
-      const user = edgeSorted[edgeDepth]![0];
-      if (!exact.has(user)) seen.add(user);
+    for (; edgeDepth < edgeEnd; edgeDepth++) note(edgeSorted[edgeDepth]![0]);
+
+    // Bounds of each user seen but not totalled: whole days seen are exact, a part of a day is at
+    // most its whole-day row, a list not reaching the user yet is at most its last value.
+    const openLast = lists.map((l) => (l.done || l.last === null ? 0n : BigInt(l.last.count)));
+    const bounds = [...partial].map(([user, seen]) => {
+      let low = edge.get(user)?.count ?? 0n;
+      let high = low;
+      lists.forEach((l, i) => {
+        const v = seen.get(i);
+        if (v !== undefined) {
+          high += v;
+          if (l.whole) low += v;
+        } else high += openLast[i]!;
+      });
+      return { user, low, high };
+    });
+    const floor = kthLargest([...[...exact.values()].map((r) => r.count), ...bounds.map((b) => b.low)], limit);
+    const wanted = bounds.filter((b) => floor === null || b.high >= floor).map((b) => b.user);
+    if (wanted.length > 0) {
+      await exactTotals(store, actionId, pieces, wanted, edge, exact, stats);
+      for (const u of wanted) partial.delete(u);
     }
-    if (seen.size > 0) await exactTotals(store, actionId, pieces, [...seen], edge, exact, stats);
 
     const ranked = [...exact.values()].sort(byTotal);
     const allRead = lists.every((l) => l.done) && edgeDepth >= edgeSorted.length;
-    let threshold = 0n;
-    for (const l of lists) if (!l.done && l.last !== null) threshold += BigInt(l.last.count);
+    let threshold = openLast.reduce((a, b) => a + b, 0n);
     if (edgeDepth < edgeSorted.length) threshold += edgeSorted[edgeDepth]![1].count;
+    // Users left untotalled are below `floor`, which is at most the k-th exact total.
     if (allRead || (ranked.length >= limit && ranked[limit - 1]!.count > threshold)) {
       stats.candidates = exact.size;
       return { rows: ranked.slice(0, limit), stats };
     }
     depth *= 2;
   }
+}
+
+/** The k-th largest value, or null when there are fewer than k. */
+function kthLargest(values: bigint[], k: number): bigint | null {
+  if (values.length < k) return null;
+  values.sort((a, b) => (a === b ? 0 : a > b ? -1 : 1));
+  return values[k - 1]!;
 }
 
 /** Exact totals over all pieces for `users`: days and hours through by_action_user, edge slices from memory. */
