@@ -48,7 +48,7 @@ type Fields = typeof fields;
 
 function check<K extends keyof Fields>(query: Query, keys: readonly K[]): { [P in K]: z.output<Fields[P]> } {
   for (const name of Object.keys(query)) {
-    if (!(keys as readonly string[]).includes(name)) throw new InputError(name, `is not a parameter of this report (it takes ${keys.join(', ')})`);
+    if (!(keys as readonly string[]).includes(name)) throw new InputError(name, `is not a parameter of this report (it takes ${keys.length === 0 ? 'none' : keys.join(', ')})`);
   }
   const shape = Object.fromEntries(keys.map((k) => [k, fields[k]])) as Pick<Fields, K>;
   const parsed = z.object(shape).safeParse(query);
