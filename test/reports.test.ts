@@ -5,6 +5,7 @@
  * their parameter, the token, and the health verdict.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
 import { rollup } from '../lib/pipeline/rollup.ts';
@@ -222,4 +223,26 @@ test('health: slice problems, lag and servers, each named', async () => {
   assert.equal(h.gearman.length, 1);
   assert.equal(h.gearman[0]!.error, undefined);
   assert.ok(!('error' in h.memcached) && h.memcached[0]!.limitBytes > 0);
+});
+
+test('the CLI answers as the API does: names, tables, JSON, and flags named in errors', () => {
+  const env = { ...process.env, OFFLOG_TABLE_PREFIX: p, OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_LOG_LEVEL: 'warn' };
+  const cli = (...args: string[]) => spawnSync(process.execPath, ['bin/offlog.js', ...args], { env, encoding: 'utf8' });
+  const set = cli('actions', 'set', '4', 'password', 'reset');
+  assert.equal(set.status, 0, set.stderr);
+  const range = ['--from', new Date(START).toISOString(), '--to', new Date(END).toISOString()];
+  const json = cli('report', 'top', '--action', '1', '--limit', '5', '--json', ...range);
+  assert.equal(json.status, 0, json.stderr);
+  const top = JSON.parse(json.stdout) as TopReport;
+  assert.equal(top.users.length, 5);
+  assert.equal(top.action.name, 'logon');
+  const table = cli('report', 'series', '--step', '1d', ...range);
+  assert.equal(table.status, 0, table.stderr);
+  assert.match(table.stdout, /password reset \(4\)/);
+  assert.match(table.stdout, /^total\s/m);
+  const bad = cli('report', 'top', '--action', '1', '--limit', '5000');
+  assert.equal(bad.status, 78);
+  assert.match(bad.stderr, /--limit: must be at most 1000, got "5000"/);
+  const list = cli('actions', 'list');
+  assert.match(list.stdout, /4\s+password reset/);
 });
