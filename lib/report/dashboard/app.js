@@ -215,7 +215,7 @@
       if (failed && failed.reason instanceof ApiError && failed.reason.status === 401) {
         $('token-form').hidden = false;
         $('main').hidden = true;
-        notice(token ? 'The report token was refused.' : 'Reading the reports needs a token.');
+        notice(token ? 'The report token was refused.' : 'Reading the reports needs a token.', token ? 'error' : 'info');
       } else if (failed) {
         notice(explain(failed.reason));
       } else {
