@@ -12,8 +12,11 @@
  *     one statement. A day the range covers only in part is listed by its
  *     whole-day row, an upper bound of the part. The few edge slices (part
  *     of an hour, at most ten) are read whole and walked as one more list;
- *  2. random access: every user seen for the first time gets its exact total
- *     over the whole range (index by_action_user);
+ *  2. random access: users seen whose upper bound (what they had where seen,
+ *     plus the last value of each list that has not reached them) reaches
+ *     the k-th lower bound get their exact totals over the whole range
+ *     (index by_action_user) — once few enough are left; until then the
+ *     lists are read deeper, which is cheaper per user;
  *  3. a user not seen yet has at most Σ (the last count read from each list)
  *     — the threshold. Once `limit` users have exact totals above it, no
  *     unseen user can reach the list, and the answer is exact. Otherwise the
@@ -35,7 +38,20 @@ const MAX_LISTS = 400;
 export interface TopRow { userId: string; count: bigint; valueSum: bigint }
 export interface TopStats { method: 'threshold' | 'group-by'; rounds: number; rowsRead: number; candidates: number }
 
-interface List { table: string; column: string; at: string | Date; /** The range covers the whole day: its value is exact, not a bound. */ whole: boolean; last: { count: string; user: string } | null; done: boolean }
+interface List { table: string; column: string; at: string | Date; /** The range covers the whole day: its value is exact, not a bound. */ whole: boolean; last: { count: number; user: string } | null; done: boolean }
+
+/**
+ * Bounds are kept in plain numbers (the hot loop runs over tens of thousands of users); a count
+ * of 10^13 or more in one day, which no real action reaches, sends the query to the GROUP BY.
+ */
+const MAX_DIGITS = 13;
+
+class TooBig extends Error {}
+const num = (v: unknown): number => {
+  const text = String(v);
+  if (text.length > MAX_DIGITS) throw new TooBig(text);
+  return Number(text);
+};
 
 /** `firstDepth`: rows read per list in the first round (tests set it small to exercise the later rounds). */
 export async function topUsers(store: Store, actionId: number, pieces: Piece[], limit: number, firstDepth = Math.max(2 * limit, 64)): Promise<{ rows: TopRow[]; stats: TopStats }> {
@@ -50,10 +66,19 @@ export async function topUsers(store: Store, actionId: number, pieces: Piece[], 
   }
   const lists: List[] = [...days].sort((a, b) => a[0] - b[0]).map(([ms, whole]) => ({ table: t.daily, column: 'day_start', at: sqlDate(ms), whole, last: null, done: false }));
   if (lists.length > MAX_LISTS) return groupBy(store, actionId, pieces, limit);
+  try {
+    return await threshold(store, actionId, pieces, limit, firstDepth, lists);
+  } catch (err) {
+    if (err instanceof TooBig) return groupBy(store, actionId, pieces, limit);
+    throw err;
+  }
+}
 
+async function threshold(store: Store, actionId: number, pieces: Piece[], limit: number, firstDepth: number, lists: List[]): Promise<{ rows: TopRow[]; stats: TopStats }> {
+  const t = store.tables;
   const stats: TopStats = { method: 'threshold', rounds: 0, rowsRead: 0, candidates: 0 };
   // The edge slices are few (at most ten): read whole, summed per user, and walked as one sorted list.
-  const edge = new Map<string, { count: bigint; valueSum: bigint }>();
+  const edge = new Map<string, { count: bigint; valueSum: bigint; n: number }>();
   for (const p of pieces.filter((x) => x.table === 'counts')) {
     const [rows] = await store.pool.query<RowDataPacket[]>(
       `SELECT user_id, count, value_sum FROM \`${t.counts}\` WHERE slice_start >= ? AND slice_start < ? AND action_id = ?`,
@@ -61,20 +86,21 @@ export async function topUsers(store: Store, actionId: number, pieces: Piece[], 
     );
     stats.rowsRead += rows.length;
     for (const r of rows) {
-      const e = edge.get(String(r.user_id)) ?? { count: 0n, valueSum: 0n };
+      const e = edge.get(String(r.user_id)) ?? { count: 0n, valueSum: 0n, n: 0 };
       e.count += BigInt(r.count);
       e.valueSum += BigInt(r.value_sum);
+      e.n = num(e.count);
       edge.set(String(r.user_id), e);
     }
   }
-  const edgeSorted = [...edge].sort((a, b) => (a[1].count === b[1].count ? 0 : a[1].count > b[1].count ? -1 : 1));
+  const edgeSorted = [...edge].sort((a, b) => b[1].n - a[1].n);
   let edgeDepth = 0;
 
   const exact = new Map<string, TopRow>();
-  /** What sorted access told about users not yet totalled: their value in each list they were seen in. */
-  const partial = new Map<string, Map<number, bigint>>();
+  /** What sorted access told about users not yet totalled: the lists they were seen in, and the values. */
+  const partial = new Map<string, { lists: number[]; values: number[] }>();
   const note = (user: string) => {
-    if (!exact.has(user) && !partial.has(user)) partial.set(user, new Map());
+    if (!exact.has(user) && !partial.has(user)) partial.set(user, { lists: [], values: [] });
   };
   let depth = firstDepth;
   for (;;) {
@@ -90,17 +116,24 @@ export async function topUsers(store: Store, actionId: number, pieces: Piece[], 
         );
         params.push(actionId, l.at, ...(l.last === null ? [] : [l.last.count, l.last.count, l.last.user]));
       });
-      const [rows] = await store.pool.query<RowDataPacket[]>(parts.join(' UNION ALL '), params);
+      // Arrays, not objects: this can be a hundred thousand rows.
+      const [rows] = await store.pool.query<RowDataPacket[]>({ sql: parts.join(' UNION ALL '), rowsAsArray: true }, params);
       stats.rowsRead += rows.length;
       const got = new Array<number>(open.length).fill(0);
-      for (const r of rows) {
-        const [l, index] = open[Number(r.l)]!;
-        got[Number(r.l)]!++;
-        // Rows of one list arrive in its index order, so the last one seen is the lowest.
-        if (l.last === null || compareDesc(String(r.count), String(r.user_id), l.last.count, l.last.user) > 0) l.last = { count: String(r.count), user: String(r.user_id) };
-        const user = String(r.user_id);
+      for (const r of rows as unknown as [number | string, string, string][]) {
+        const k = Number(r[0]);
+        const [l, index] = open[k]!;
+        got[k]!++;
+        const count = num(r[2]);
+        const user = String(r[1]);
+        // The lowest row of a list so far (its index order: count, then user id, descending) is where the next read resumes.
+        if (l.last === null || count < l.last.count || (count === l.last.count && userBelow(user, l.last.user))) l.last = { count, user };
         note(user);
-        partial.get(user)?.set(index, BigInt(r.count));
+        const p = partial.get(user);
+        if (p !== undefined) {
+          p.lists.push(index);
+          p.values.push(count);
+        }
       }
       open.forEach(([l], k) => {
         if (got[k]! < depth) l.done = true;
@@ -111,32 +144,42 @@ export async function topUsers(store: Store, actionId: number, pieces: Piece[], 
 
     // Bounds of each user seen but not totalled: whole days seen are exact, a part of a day is at
     // most its whole-day row, a list not reaching the user yet is at most its last value.
-    const openLast = lists.map((l) => (l.done || l.last === null ? 0n : BigInt(l.last.count)));
-    const bounds = [...partial].map(([user, seen]) => {
-      let low = edge.get(user)?.count ?? 0n;
-      let high = low;
-      lists.forEach((l, i) => {
-        const v = seen.get(i);
-        if (v !== undefined) {
-          high += v;
-          if (l.whole) low += v;
-        } else high += openLast[i]!;
-      });
-      return { user, low, high };
-    });
-    const floor = kthLargest([...[...exact.values()].map((r) => r.count), ...bounds.map((b) => b.low)], limit);
-    const wanted = bounds.filter((b) => floor === null || b.high >= floor).map((b) => b.user);
-    if (wanted.length > 0) {
+    const openLast = lists.map((l) => (l.done || l.last === null ? 0 : l.last.count));
+    const allOpenLast = openLast.reduce((a, b) => a + b, 0);
+    const users: string[] = [];
+    const lows: number[] = [];
+    const highs: number[] = [];
+    for (const [user, p] of partial) {
+      let low = edge.get(user)?.n ?? 0;
+      let high = low + allOpenLast;
+      for (let k = 0; k < p.lists.length; k++) {
+        const i = p.lists[k]!;
+        high += p.values[k]! - openLast[i]!;
+        if (lists[i]!.whole) low += p.values[k]!;
+      }
+      users.push(user);
+      lows.push(low);
+      highs.push(high);
+    }
+    const floor = kthLargest([...[...exact.values()].map((r) => Number(r.count)), ...lows], limit);
+    const wanted = users.filter((_, k) => floor === null || highs[k]! >= floor);
+    const allRead = lists.every((l) => l.done) && edgeDepth >= edgeSorted.length;
+    // Totalling a user costs a range read per list; reading the lists deeper costs a row per list
+    // per step of depth. So while more users could still make the list than the next round would
+    // read per list, read deeper first: the bounds tighten and the crowd thins out.
+    if (wanted.length > 0 && (allRead || wanted.length <= Math.max(2 * limit + 100, depth))) {
       await exactTotals(store, actionId, pieces, wanted, edge, exact, stats);
       for (const u of wanted) partial.delete(u);
+    } else if (wanted.length > 0) {
+      depth *= 2;
+      continue;
     }
 
     const ranked = [...exact.values()].sort(byTotal);
-    const allRead = lists.every((l) => l.done) && edgeDepth >= edgeSorted.length;
-    let threshold = openLast.reduce((a, b) => a + b, 0n);
-    if (edgeDepth < edgeSorted.length) threshold += edgeSorted[edgeDepth]![1].count;
+    let threshold = allOpenLast;
+    if (edgeDepth < edgeSorted.length) threshold += edgeSorted[edgeDepth]![1].n;
     // Users left untotalled are below `floor`, which is at most the k-th exact total.
-    if (allRead || (ranked.length >= limit && ranked[limit - 1]!.count > threshold)) {
+    if (allRead || (ranked.length >= limit && Number(ranked[limit - 1]!.count) > threshold)) {
       stats.candidates = exact.size;
       return { rows: ranked.slice(0, limit), stats };
     }
@@ -145,15 +188,20 @@ export async function topUsers(store: Store, actionId: number, pieces: Piece[], 
 }
 
 /** The k-th largest value, or null when there are fewer than k. */
-function kthLargest(values: bigint[], k: number): bigint | null {
+function kthLargest(values: number[], k: number): number | null {
   if (values.length < k) return null;
-  values.sort((a, b) => (a === b ? 0 : a > b ? -1 : 1));
-  return values[k - 1]!;
+  const sorted = Float64Array.from(values).sort();
+  return sorted[sorted.length - k]!;
+}
+
+/** Whether user id `a` is below `b` (decimal strings of unsigned 64-bit integers). */
+function userBelow(a: string, b: string): boolean {
+  return a.length !== b.length ? a.length < b.length : a < b;
 }
 
 /** Exact totals over all pieces for `users`: days and hours through by_action_user, edge slices from memory. */
 async function exactTotals(
-  store: Store, actionId: number, pieces: Piece[], users: string[], edge: Map<string, { count: bigint; valueSum: bigint }>, into: Map<string, TopRow>, stats: TopStats,
+  store: Store, actionId: number, pieces: Piece[], users: string[], edge: Map<string, { count: bigint; valueSum: bigint; n: number }>, into: Map<string, TopRow>, stats: TopStats,
 ): Promise<void> {
   const t = store.tables;
   for (const u of users) {
@@ -204,16 +252,6 @@ function byTotal(a: TopRow, b: TopRow): number {
   const x = BigInt(a.userId);
   const y = BigInt(b.userId);
   return x < y ? -1 : x > y ? 1 : 0;
-}
-
-/** > 0 when (c1, u1) comes after (c2, u2) in `ORDER BY count DESC, user_id DESC`. */
-function compareDesc(c1: string, u1: string, c2: string, u2: string): number {
-  const a = BigInt(c1);
-  const b = BigInt(c2);
-  if (a !== b) return a < b ? 1 : -1;
-  const x = BigInt(u1);
-  const y = BigInt(u2);
-  return x < y ? 1 : x > y ? -1 : 0;
 }
 
 /** A DATE parameter as text: a Date would be sent as a DATETIME, and compared as one. */
