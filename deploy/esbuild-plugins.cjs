@@ -8,6 +8,7 @@
  */
 'use strict';
 
+const { execFileSync } = require('node:child_process');
 const path = require('node:path');
 
 const withoutCjkCodePages = {
@@ -19,4 +20,23 @@ const withoutCjkCodePages = {
   },
 };
 
-module.exports = [withoutCjkCodePages];
+/**
+ * The dashboard (lib/report/page.ts) is assembled from files read at run time,
+ * which a one-file bundle does not carry. At build time the page is built once,
+ * by page.ts itself (one source of truth), and the bundle gets a module that
+ * returns it as a string.
+ */
+const dashboardInlined = {
+  name: 'offlog-dashboard-inlined',
+  setup(build) {
+    build.onLoad({ filter: /[\\/]lib[\\/]report[\\/]page\.ts$/ }, (args) => {
+      const root = path.resolve(path.dirname(args.path), '..', '..');
+      const html = execFileSync(process.execPath, ['--import', 'tsx', '-e', "import('./lib/report/page.ts').then((m) => process.stdout.write(m.dashboardPage()))"], {
+        cwd: root, encoding: 'utf8', maxBuffer: 16 * 1024 * 1024,
+      });
+      return { contents: `export function dashboardPage() { return ${JSON.stringify(html)}; }`, loader: 'js' };
+    });
+  },
+};
+
+module.exports = [withoutCjkCodePages, dashboardInlined];

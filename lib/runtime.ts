@@ -15,6 +15,8 @@ import { createBus, type Bus } from './pipeline/bus.ts';
 import { publishSlices, type OutboxResult } from './pipeline/outbox.ts';
 import { WatchList } from './pipeline/watch.ts';
 import { WatchedDrain } from './pipeline/watched.ts';
+import { prune, type PruneResult } from './pipeline/prune.ts';
+import type { ReportDeps } from './report/api.ts';
 
 export class Runtime {
   readonly log: Logger;
@@ -84,6 +86,18 @@ export class Runtime {
       throw err;
     }
     return { ...result, published: await publishSlices(this.store, this.bus, this.config.sliceSeconds, this.log) };
+  }
+
+  /** What the report function and `offlog report` read with. */
+  get reportDeps(): ReportDeps {
+    const c = this.config;
+    return { store: this.store, ring: this.ring, gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, token: c.reportToken, log: this.log };
+  }
+
+  /** Deletes rows past their retention (OFFLOG_RETENTION_DAYS and the rollups' own), as of `now`. */
+  prune(now: Date, options: { batchRows?: number; maxSeconds?: number } = {}): Promise<PruneResult> {
+    const c = this.config;
+    return prune(this.store, now, { rawDays: c.retentionDays, hourlyDays: c.hourlyRetentionDays, dailyDays: c.dailyRetentionDays, ...options }, this.log);
   }
 
   async close(): Promise<void> {

@@ -9,6 +9,11 @@
  *   offlog watch add|rm|list [--user N | --action N]   the watch lists (raw records kept, ActivityWatched published)
  *   offlog watched [--until-idle]      drain offlog.watched into MySQL and onto the bus (long-lived unless --until-idle)
  *   offlog rollup --from ISO --to ISO  recompute the hourly and daily rollups of every hour and day in the range
+ *   offlog report series|top|timeline|health|actions [--from T --to T | --last 30d] [--step 10m|1h|1d]
+ *                 [--action N | --actions 1,2] [--user N] [--limit N] [--slices N] [--json]
+ *                                      the dashboard's reports as tables (or the API's JSON)
+ *   offlog actions list | set ID NAME | rm ID   action names, shown wherever an action id is
+ *   offlog prune [--now ISO-8601]      delete rows past their retention, in small batches
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -19,11 +24,14 @@ import { drainDeadLetters } from '../lib/pipeline/deadletter.ts';
 import { checkFlushTime } from '../lib/pipeline/flush.ts';
 import { Runtime } from '../lib/runtime.ts';
 import { busCommand } from './bus-commands.ts';
+import { actions, REPORT_OPTIONS, report } from './report-commands.ts';
 import { status } from './status.ts';
 import { FlushClockError, InputError } from '../lib/base/errors.ts';
 
 const USAGE = `usage: offlog services up|down|status | migrate | worker [--until-idle] | flush [--now ISO-8601 [--force]] | status | deadletters [--limit N]
-       | watch add|rm|list [--user N | --action N] | watched [--until-idle] | rollup --from ISO-8601 --to ISO-8601`;
+       | watch add|rm|list [--user N | --action N] | watched [--until-idle] | rollup --from ISO-8601 --to ISO-8601
+       | report series|top|timeline|health|actions [--from T --to T | --last 30d] [--step 10m|1h|1d] [--action N | --actions 1,2] [--user N] [--limit N] [--slices N] [--json]
+       | actions list | actions set ID NAME | actions rm ID | prune [--now ISO-8601]`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -35,12 +43,12 @@ async function main(argv: string[]): Promise<number> {
     args: rest,
     options: {
       'until-idle': { type: 'boolean' }, now: { type: 'string' }, force: { type: 'boolean' }, limit: { type: 'string' },
-      user: { type: 'string' }, action: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' },
+      ...REPORT_OPTIONS,
     },
     allowPositionals: true,
     strict: true,
   });
-  if (positionals.length > 0 && command !== 'watch') {
+  if (positionals.length > 0 && command !== 'watch' && command !== 'report' && command !== 'actions') {
     process.stderr.write(`offlog ${command}: unexpected ${JSON.stringify(positionals.join(' '))}\n${USAGE}\n`);
     return 64;
   }
@@ -79,6 +87,16 @@ async function main(argv: string[]): Promise<number> {
       case 'rollup':
         print(await busCommand(rt, command, positionals, values));
         return 0;
+      case 'report':
+        return await report(rt, positionals, values);
+      case 'actions':
+        return await actions(rt, positionals);
+      case 'prune': {
+        const now = values.now === undefined ? new Date() : new Date(values.now);
+        if (Number.isNaN(now.getTime())) throw new ConfigError(`--now: ${JSON.stringify(values.now)} is not an ISO-8601 time`);
+        print(await rt.prune(now));
+        return 0;
+      }
       default:
         process.stderr.write(`${USAGE}\n`);
         return 64;

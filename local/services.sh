@@ -19,6 +19,7 @@
 #   OFFLOG_MEMCACHED_PORT  11211
 #   OFFLOG_MEMCACHED_MB    512
 #   OFFLOG_MYSQL_PORT      3306
+#   OFFLOG_MYSQL_BUFFER_POOL_MB  (MariaDB's default, 128)  InnoDB buffer pool
 #   OFFLOG_SERVICES_TIMEOUT 60            seconds to wait for each daemon
 #
 # Nothing here uses the system services (systemd / init.d): every daemon
@@ -40,6 +41,7 @@ GEARMAN_PORT=${OFFLOG_GEARMAN_PORT:-4730}
 MEMCACHED_PORT=${OFFLOG_MEMCACHED_PORT:-11211}
 MEMCACHED_MB=${OFFLOG_MEMCACHED_MB:-512}
 MYSQL_PORT=${OFFLOG_MYSQL_PORT:-3306}
+MYSQL_BUFFER_POOL_MB=${OFFLOG_MYSQL_BUFFER_POOL_MB:-}
 TIMEOUT=${OFFLOG_SERVICES_TIMEOUT:-60}
 
 GEARMAN_DIR="$DATA_DIR/gearmand"
@@ -63,6 +65,7 @@ check_int OFFLOG_MEMCACHED_PORT "$MEMCACHED_PORT" 1 65535
 check_int OFFLOG_MYSQL_PORT "$MYSQL_PORT" 1 65535
 check_int OFFLOG_MEMCACHED_MB "$MEMCACHED_MB" 8 1048576
 check_int OFFLOG_SERVICES_TIMEOUT "$TIMEOUT" 1 3600
+[[ -z $MYSQL_BUFFER_POOL_MB ]] || check_int OFFLOG_MYSQL_BUFFER_POOL_MB "$MYSQL_BUFFER_POOL_MB" 8 1048576
 
 # First command found among the candidates (MariaDB ships mysql* aliases).
 pick() { local c; for c in "$@"; do command -v "$c" 2>/dev/null && return 0; done; return 1; }
@@ -308,7 +311,10 @@ mysql_server_opts() {
     --character-set-server=utf8mb4
     --collation-server=utf8mb4_unicode_ci
     --skip-name-resolve
+    # Its own temporary directory: big GROUP BYs spill to disk, and a shared /tmp may be cleaned under them.
+    --tmpdir="$MYSQL_DIR/tmp"
   )
+  [[ -z $MYSQL_BUFFER_POOL_MB ]] || MYSQL_OPTS+=(--innodb-buffer-pool-size="${MYSQL_BUFFER_POOL_MB}M")
 }
 
 mysql_init_datadir() {
@@ -351,7 +357,7 @@ start_mysql() {
     server=$(pick mariadbd mysqld) || die "mariadbd not found (run: $0 install)"
     (( ${#MYSQL_SOCKET} < 108 )) ||
       die "socket path $MYSQL_SOCKET is too long for a unix socket; use a shorter OFFLOG_DATA_DIR"
-    mkdir -p "$MYSQL_DIR"
+    mkdir -p "$MYSQL_DIR" "$MYSQL_DIR/tmp"
     mysql_server_opts
     mysql_init_datadir
     log "starting mariadbd on 127.0.0.1:$MYSQL_PORT (datadir $MYSQL_DATADIR)"

@@ -19,6 +19,9 @@ export OFFLOG_MYSQL_URL="mysql://offlog:offlog@127.0.0.1:$OFFLOG_MYSQL_PORT/offl
 export OFFLOG_LOG_LEVEL=${OFFLOG_LOG_LEVEL:-warn}
 
 npx tsc -p .
+# The dashboard test drives a real Chromium (Debian's package, installed like the servers).
+bash local/browser.sh install
+export OFFLOG_CHROMIUM="$(bash local/browser.sh path)"
 started=0
 if ! bash local/services.sh status >/dev/null 2>&1; then
   bash local/services.sh up

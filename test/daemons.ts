@@ -179,3 +179,44 @@ export class Proxy {
     return this.start();
   }
 }
+
+/**
+ * `osls offline start` on free ports with `env` on top of this process's
+ * environment (schedules pushed a day out so none fires mid-test); resolves
+ * once it serves, with its HTTP and Lambda ports and `stop()` (kills its whole
+ * process group; also done on exit if the caller never gets to it).
+ */
+export async function serverlessOffline(env: Record<string, string>): Promise<{ httpPort: number; lambdaPort: number; stop: () => void }> {
+  const [httpPort, lambdaPort, websocketPort, albPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const child = spawn('node_modules/.bin/osls', ['offline', 'start'], {
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: {
+      ...process.env,
+      OFFLOG_HTTP_PORT: String(httpPort), OFFLOG_LAMBDA_PORT: String(lambdaPort), OFFLOG_WEBSOCKET_PORT: String(websocketPort), OFFLOG_ALB_PORT: String(albPort),
+      OFFLOG_FLUSH_SCHEDULE: 'rate(1 day)', OFFLOG_PRUNE_SCHEDULE: 'rate(1 day)',
+      ...env,
+    },
+  });
+  live.add(child);
+  child.once('exit', () => live.delete(child));
+  const stop = () => {
+    if (child.pid && child.exitCode === null && child.signalCode === null) process.kill(-child.pid, 'SIGTERM');
+  };
+  process.once('exit', stop);
+  let output = '';
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`serverless-offline did not start:\n${output}`)), 60_000);
+    const watch = (chunk: Buffer) => {
+      output += chunk.toString();
+      if (output.includes('Server ready')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+    child.stdout!.on('data', watch);
+    child.stderr!.on('data', watch);
+    child.once('exit', (code) => reject(new Error(`serverless-offline exited ${code}:\n${output}`)));
+  });
+  return { httpPort, lambdaPort, stop };
+}

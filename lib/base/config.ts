@@ -36,6 +36,15 @@ export interface Config {
   watchedRetentionDays: number;
   /** How old the worker's copy of the watch lists may get before it is re-read (in the background). */
   watchListTtlSeconds: number;
+  // ── reports and retention ──
+  /** When set, every report read (API and dashboard data) requires `Authorization: Bearer <token>`. */
+  reportToken: string | undefined;
+  /** Days the 10-minute rows (and their per-slice series and slice records) are kept. */
+  retentionDays: number;
+  /** Days the hourly rollups are kept. */
+  hourlyRetentionDays: number;
+  /** Days the daily rollups are kept; 0 = for ever. */
+  dailyRetentionDays: number;
 }
 
 const hostPort = (fallback: string, defaultPort: number) =>
@@ -81,6 +90,10 @@ const schema = z.object({
   OFFLOG_INGEST_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
   OFFLOG_MAX_BODY_BYTES: int(1_024, 64 * 1024 * 1024, 1024 * 1024),
   OFFLOG_MAX_BATCH_EVENTS: int(1, 1_000_000, 10_000),
+  OFFLOG_REPORT_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
+  OFFLOG_RETENTION_DAYS: int(1, 100_000, 35),
+  OFFLOG_HOURLY_RETENTION_DAYS: int(1, 100_000, 400),
+  OFFLOG_DAILY_RETENTION_DAYS: int(0, 100_000, 0),
   OFFLOG_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   // A bus name (AWS: [/.-_A-Za-z0-9], at most 256) or its ARN.
   OFFLOG_EVENT_BUS: z.string().regex(/^(arn:[A-Za-z0-9\-]+:events:[a-z0-9\-]+:\d{12}:event-bus\/)?[/.\-_A-Za-z0-9]{1,256}$/, 'must be an event bus name ([/.-_A-Za-z0-9], at most 256) or its ARN').optional(),
@@ -99,6 +112,11 @@ export function loadConfig(env: Record<string, string | undefined> = {}): Config
     throw new ConfigError(`invalid configuration:\n  ${lines.join('\n  ')}`);
   }
   const e = parsed.data;
+  // Rollups are recomputed from the finer rows, so a finer level must never outlive a coarser one.
+  const retention: string[] = [];
+  if (e.OFFLOG_HOURLY_RETENTION_DAYS < e.OFFLOG_RETENTION_DAYS) retention.push(`OFFLOG_HOURLY_RETENTION_DAYS: must be at least OFFLOG_RETENTION_DAYS (${e.OFFLOG_RETENTION_DAYS}) (got ${e.OFFLOG_HOURLY_RETENTION_DAYS})`);
+  if (e.OFFLOG_DAILY_RETENTION_DAYS !== 0 && e.OFFLOG_DAILY_RETENTION_DAYS < e.OFFLOG_HOURLY_RETENTION_DAYS) retention.push(`OFFLOG_DAILY_RETENTION_DAYS: must be 0 (for ever) or at least OFFLOG_HOURLY_RETENTION_DAYS (${e.OFFLOG_HOURLY_RETENTION_DAYS}) (got ${e.OFFLOG_DAILY_RETENTION_DAYS})`);
+  if (retention.length > 0) throw new ConfigError(`invalid configuration:\n  ${retention.join('\n  ')}`);
   return {
     gearmanServers: e.OFFLOG_GEARMAN_SERVERS,
     memcachedServers: e.OFFLOG_MEMCACHED_SERVERS,
@@ -116,5 +134,9 @@ export function loadConfig(env: Record<string, string | undefined> = {}): Config
     eventBridgeEndpoint: e.OFFLOG_EVENTBRIDGE_ENDPOINT,
     watchedRetentionDays: e.OFFLOG_WATCHED_RETENTION_DAYS,
     watchListTtlSeconds: e.OFFLOG_WATCHLIST_TTL_SECONDS,
+    reportToken: e.OFFLOG_REPORT_TOKEN,
+    retentionDays: e.OFFLOG_RETENTION_DAYS,
+    hourlyRetentionDays: e.OFFLOG_HOURLY_RETENTION_DAYS,
+    dailyRetentionDays: e.OFFLOG_DAILY_RETENTION_DAYS,
   };
 }

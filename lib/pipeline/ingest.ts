@@ -2,7 +2,7 @@
  * HTTP ingest: authenticate, check size, validate the whole body, then hand
  * it to Gearman as one job. All or nothing: a bad event rejects the batch.
  */
-import { timingSafeEqual, createHash } from 'node:crypto';
+import { tokenMatches } from '../base/token.ts';
 import type { OffLogClient } from './client.ts';
 import type { Config } from '../base/config.ts';
 import { GearmanUnavailableError, InputError } from '../base/errors.ts';
@@ -45,14 +45,6 @@ export async function ingest(req: IngestRequest, deps: { config: Config; client:
     throw err;
   }
   return reply(202, { accepted: events.length });
-}
-
-/** Constant-time comparison of `Bearer <token>` (hashed first, so lengths never leak). */
-function tokenMatches(header: string | undefined, token: string): boolean {
-  const given = /^Bearer (.+)$/.exec(header ?? '')?.[1] ?? '';
-  const a = createHash('sha256').update(given).digest();
-  const b = createHash('sha256').update(token).digest();
-  return timingSafeEqual(a, b) && given.length > 0;
 }
 
 function reply(statusCode: number, body: object): IngestResponse {

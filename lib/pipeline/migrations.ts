@@ -18,6 +18,10 @@ export interface Tables {
   daily: string;
   watches: string;
   watched: string;
+  /** Action names (`offlog actions set 1 logon`), shown wherever an action id is. */
+  actions: string;
+  /** Per-action totals per slice, hour and day: what a series reads (see rollup.ts). */
+  series: string;
 }
 
 export interface Migration {
@@ -123,6 +127,38 @@ export const MIGRATIONS: readonly Migration[] = [
         INDEX by_user (user_id, at),
         INDEX by_action (action_id, at)
       ) ENGINE=InnoDB`,
+    ],
+  },
+  {
+    version: 5,
+    name: 'reports: action names, per-action series, rollup indexes for top users and timelines',
+    statements: (t) => [
+      `CREATE TABLE IF NOT EXISTS \`${t.actions}\` (
+        action_id SMALLINT UNSIGNED NOT NULL PRIMARY KEY,
+        name VARCHAR(64) NOT NULL,
+        updated_at DATETIME(3) NOT NULL
+      ) ENGINE=InnoDB`,
+      // One row per (action, step, bucket): a 30-day series is one short primary-key range,
+      // whatever the number of users. \`users\` = distinct users of the action in the bucket.
+      `CREATE TABLE IF NOT EXISTS \`${t.series}\` (
+        action_id SMALLINT UNSIGNED NOT NULL,
+        step ENUM('slice','hour','day') NOT NULL,
+        bucket DATETIME NOT NULL COMMENT 'UTC',
+        count BIGINT UNSIGNED NOT NULL,
+        value_sum BIGINT UNSIGNED NOT NULL,
+        users INT UNSIGNED NOT NULL,
+        PRIMARY KEY (action_id, step, bucket)
+      ) ENGINE=InnoDB`,
+      // Top users read each hour's and each day's users of an action busiest first (by_action_count,
+      // scanned backwards), then the exact totals of the few candidates (by_action_user: one short
+      // range per user). One user's timeline reads by_action_user too, one range per action.
+      // Both indexes cover their queries: the table itself is not read.
+      `ALTER TABLE \`${t.hourly}\`
+        ADD INDEX IF NOT EXISTS by_action_count (action_id, hour_start, count, user_id),
+        ADD INDEX IF NOT EXISTS by_action_user (action_id, user_id, hour_start, count, value_sum)`,
+      `ALTER TABLE \`${t.daily}\`
+        ADD INDEX IF NOT EXISTS by_action_count (action_id, day_start, count, user_id),
+        ADD INDEX IF NOT EXISTS by_action_user (action_id, user_id, day_start, count, value_sum)`,
     ],
   },
 ];

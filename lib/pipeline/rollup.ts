@@ -4,6 +4,7 @@
  * never `+=`), so running a rollup twice, or for an event delivered twice,
  * changes nothing. A sum past 2^64 − 1 is held there, as everywhere else.
  */
+import { rollupSeries } from './series.ts';
 import type { Store } from './store.ts';
 
 const HOUR_MS = 3_600_000;
@@ -41,5 +42,7 @@ export async function rollup(store: Store, fromMs: number, toMs: number): Promis
      ON DUPLICATE KEY UPDATE count = VALUES(count), value_sum = VALUES(value_sum)`,
     [new Date(dayFrom), new Date(dayTo)],
   );
+  // The reports' per-action series follow the rollups they summarise.
+  await rollupSeries(store, fromMs, toMs);
   return { hours: (hourTo - hourFrom) / HOUR_MS, days: (dayTo - dayFrom) / DAY_MS, hourlyRows: h.affectedRows, dailyRows: d.affectedRows };
 }
