@@ -12,6 +12,7 @@
 import { FlushClockError } from '../base/errors.ts';
 import type { Logger } from '../base/log.ts';
 import type { CountRows } from '../domain/counts.ts';
+import { U64_MAX_TEXT } from '../domain/u64.ts';
 import type { Ring } from './ring.ts';
 import type { SliceReader, SliceTotals } from './slice-reader.ts';
 import { flushableRange, sliceOf, sliceStartMs, type SliceId } from '../domain/slice.ts';
@@ -167,9 +168,9 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   if (t.events !== null && t.counted < t.events) incomplete.push(`rows hold ${t.counted} events but workers counted ${t.events}`);
   if (incomplete.length > 0 && status === 'flushed') status = 'incomplete';
   notes.push(...incomplete);
-  if (t.saturated > 0n) {
+  if (t.saturated > 0) {
     if (status === 'flushed') status = 'saturated';
-    notes.push(`${t.saturated} value sum(s) would have passed 2^64-1 (BIGINT UNSIGNED) and are held at 18446744073709551615`);
+    notes.push(`${t.saturated} value sum(s) reached 2^64-1 (BIGINT UNSIGNED's maximum) and are held at ${U64_MAX_TEXT}: the true sums may be larger`);
   }
   return { status, note: notes.join('; ') };
 }
@@ -199,7 +200,7 @@ function record(status: SliceRecord['status'], t: SliceTotals | null, note: stri
     chunksMissing: t?.missingChunks ?? 0,
     events: t?.events ?? null,
     late: t?.late ?? 0n,
-    sumsSaturated: Number(t?.saturated ?? 0n),
+    sumsSaturated: t?.saturated ?? 0,
     corruptItems: t?.corrupt ?? 0,
     note,
   };
