@@ -7,7 +7,7 @@ import { loadConfig } from '../lib/base/config.ts';
 import { ConfigError, FlushClockError, InputError } from '../lib/base/errors.ts';
 import { decodeBatch, decodeBatchColumns, encodeBatch, newEventColumns, parseBody, parseLogSimple, type LogEvent } from '../lib/domain/contract.ts';
 import { flushableRange, sliceOf, sliceStartMs, writeSlice, type SliceId } from '../lib/domain/slice.ts';
-import { checkFlushTime } from '../lib/pipeline/flush.ts';
+import { checkFlushTime, restartedAfter } from '../lib/pipeline/flush.ts';
 import { fnv1a, Placement } from '../lib/pipeline/placement.ts';
 
 const S = (n: number) => n as SliceId;
@@ -286,6 +286,13 @@ describe('flush clock', () => {
     checkFlushTime(new Date(wall + 60_000), wall, false);
     checkFlushTime(new Date(wall - 86_400_000), wall, false); // catching up on the past is always allowed
     assert.throws(() => checkFlushTime(new Date(NaN), wall, true), FlushClockError);
+  });
+  test('a memcached restart in the first seconds of a slice is one after its start (memcached reports its start ~2 s early)', () => {
+    const start = Date.UTC(2026, 10, 29, 4, 30); // seen: a restart at 04:30:02 reported as booted at 04:30:00
+    assert.equal(restartedAfter(start / 1000, start), true);
+    assert.equal(restartedAfter(start / 1000 - 2, start), true);
+    assert.equal(restartedAfter(start / 1000 + 300, start), true);
+    assert.equal(restartedAfter(start / 1000 - 60, start), false, 'a restart a minute before the slice took nothing of it');
   });
 });
 
