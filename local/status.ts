@@ -35,7 +35,7 @@ export async function status(rt: Runtime) {
       const t = reader.totals();
       slices.push({
         slice: s, start: new Date(sliceStartMs(s as SliceId, c.sliceSeconds)).toISOString(), pairs: t.rows, events: t.events?.toString() ?? '0',
-        late: t.late.toString(), pairsMissing: t.missingPairs, sumsSaturated: t.saturated.toString(), corrupt: t.corrupt,
+        late: t.late.toString(), pairsMissing: t.missingPairs, sumsSaturated: t.saturated, corrupt: t.corrupt,
       });
     }
   } catch (err) {

@@ -253,6 +253,29 @@ describe('MemcacheConnection', () => {
     assert.deepEqual([...(await mc.incrMany([], []))], []);
   });
 
+  test('incrMany flags a counter memcached wrapped past 2^64 − 1 (flag 2), whatever the sizes of the reply and the amount', async () => {
+    const MAX = 2n ** 64n - 1n;
+    // [start value, amount, flag, value after]
+    const cases: [bigint, number | bigint, number, bigint][] = [
+      [MAX - 1n, 1, 1, MAX], // reaches the maximum: not wrapped
+      [MAX, 1, 2, 0n], // one past
+      [MAX - 2n, 5, 2, 2n], // short reply, small amount
+      [5n, MAX, 2, 4n], // short reply, amount 2^64 − 1
+      [0n, MAX, 1, MAX],
+      [2n ** 60n, 1, 1, 2n ** 60n + 1n], // long reply, small amount
+      [MAX, 2n ** 62n, 2, 2n ** 62n - 1n], // long reply, bigint amount
+      [1n, 2n ** 62n, 1, 2n ** 62n + 1n],
+      [MAX, Number.MAX_SAFE_INTEGER, 2, 2n ** 53n - 2n], // long reply, amount a number ≥ 10^15
+      [2n ** 63n, Number.MAX_SAFE_INTEGER, 1, 2n ** 63n + 2n ** 53n - 1n],
+    ];
+    const keys = cases.map((_, i) => `wrap:${i}`);
+    await mc.exec(cases.map(([start], i) => ({ kind: 'set', key: keys[i]!, value: String(start), ttl: 0 })));
+    const flags = await mc.incrMany(keys, cases.map(([, amount]) => amount));
+    assert.deepEqual([...flags], cases.map(([, , flag]) => flag));
+    const after = await mc.getMulti(keys);
+    cases.forEach(([, , , value], i) => assert.equal(after.get(keys[i]!)!.toString().trim(), String(value), `${keys[i]} after`));
+  });
+
   test('incrMany and addMany check keys and amounts unless told the keys are valid; a server error fails only that batch', async () => {
     await assert.rejects(mc.incrMany(['has space'], [1]), (e: Error) => e instanceof MemcacheError && e.message.includes('"has space"'));
     await assert.rejects(mc.addMany(['nl\n'], ['1'], 60), MemcacheError);

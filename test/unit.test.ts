@@ -1,11 +1,13 @@
 /** Pure logic: no servers. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { Deltas, OVERFLOW, addValue } from '../lib/domain/aggregate.ts';
+import { Deltas, addValue } from '../lib/domain/aggregate.ts';
+import { retry } from '../lib/base/backoff.ts';
 import { loadConfig } from '../lib/base/config.ts';
-import { ConfigError, InputError } from '../lib/base/errors.ts';
+import { ConfigError, FlushClockError, InputError } from '../lib/base/errors.ts';
 import { decodeBatch, decodeBatchColumns, encodeBatch, newEventColumns, parseBody, parseLogSimple, type LogEvent } from '../lib/domain/contract.ts';
 import { flushableRange, sliceOf, sliceStartMs, writeSlice, type SliceId } from '../lib/domain/slice.ts';
+import { checkFlushTime, restartedAfter } from '../lib/pipeline/flush.ts';
 import { fnv1a, Placement } from '../lib/pipeline/placement.ts';
 
 const S = (n: number) => n as SliceId;
@@ -154,7 +156,7 @@ describe('pre-aggregation', () => {
       d.pairs.map((p) => `${p.slice}:${p.userId}:${p.actionId}`).sort(),
       ['100:1:1', '100:2:1', '99:1:1'],
     );
-    assert.deepEqual(d.pairs.find((p) => p.slice === 100 && p.userId === '1'), { slice: 100, userId: '1', actionId: 1, count: 4, value: 7, saturated: false });
+    assert.deepEqual(d.pairs.find((p) => p.slice === 100 && p.userId === '1'), { slice: 100, userId: '1', actionId: 1, count: 4, value: 7 });
   });
   test('user ids of every size fold apart, and columns fold like events', () => {
     const cur = S(100);
@@ -175,20 +177,24 @@ describe('pre-aggregation', () => {
     assert.deepEqual(c.pairs, d.pairs.filter((p) => p.userId.length < 16));
     assert.equal(c.events, small.length);
   });
-  test('value sums stay exact past 2^53, up to 2^64 - 1, and overflow is flagged, never wrapped', () => {
+  test('value sums stay exact past 2^53, up to 2^64 - 1, and are held there, never wrapped', () => {
     assert.equal(addValue(Number.MAX_SAFE_INTEGER, 2), 9007199254740993n);
     assert.equal(addValue(5, 6), 11);
     assert.equal(addValue(18446744073709551614n, 1), 18446744073709551615n);
-    assert.equal(addValue(18446744073709551615n, 1), OVERFLOW);
-    // 4,096 events of 2^53 - 1 for one pair pass 2^64: the pair is saturated and flagged.
-    const d = new Deltas();
+    assert.equal(addValue(18446744073709551615n, 1), 18446744073709551615n);
+    assert.equal(addValue(18446744073709551615n, 18446744073709551615n), 18446744073709551615n);
     const at = 100 * 60_000;
-    for (let i = 0; i < 4096; i++) d.add({ userId: '7', actionId: 1, value: Number.MAX_SAFE_INTEGER, at }, S(100), 60);
-    assert.equal(d.pairs.length, 1);
-    assert.equal(d.pairs[0]!.count, 4096);
-    assert.equal(d.pairs[0]!.value, 18446744073709551615n);
-    assert.equal(d.pairs[0]!.saturated, true);
-    assert.deepEqual([...d.saturatedBySlice()], [[100, 1]]);
+    // 4,096 events of 2^53 - 1 for one pair pass 2^64: the sum is held, the count exact.
+    const d = new Deltas();
+    d.addAll(Array.from({ length: 4096 }, (): LogEvent => ({ userId: '7', actionId: 1, value: Number.MAX_SAFE_INTEGER, at })), S(100), 60);
+    assert.deepEqual(d.pairs, [{ slice: 100, userId: '7', actionId: 1, count: 4096, value: 18446744073709551615n }]);
+    // The columns' fast path takes values up to 15 digits: 20,000 of the largest pass 2^64 too.
+    const cols = newEventColumns(1);
+    const events = Array.from({ length: 20_000 }, (): LogEvent => ({ userId: '7', actionId: 1, value: 999_999_999_999_999, at }));
+    assert.ok(decodeBatchColumns(Buffer.from(encodeBatch(events)), cols), 'the fast path reads the batch');
+    const c = new Deltas();
+    c.addColumns(cols, S(100), 60);
+    assert.deepEqual(c.pairs, [{ slice: 100, userId: '7', actionId: 1, count: 20_000, value: 18446744073709551615n }]);
   });
   test('moving slices the flush took: every moved event is late once, those the guard had clamped too', () => {
     const d = new Deltas();
@@ -209,6 +215,17 @@ describe('pre-aggregation', () => {
     // Taken up to 100 but moved to 105: the event of 105 the guard had clamped into 100 is home, not late.
     const h = d.movedAbove(S(100), S(105));
     assert.deepEqual([...h.late], [[105, 4]]);
+  });
+  test('moved twice (the watermark rose again meanwhile): still late once; eventsThrough says what moved', () => {
+    const at = (s: number) => s * 60_000 + 5;
+    const d = new Deltas();
+    d.addAll([{ userId: '1', actionId: 1, value: 2, at: at(99) }, { userId: '1', actionId: 1, value: 3, at: at(100) }, { userId: '1', actionId: 1, value: 4, at: at(90) }], S(100), 60);
+    const once = d.movedAbove(S(99), S(101));
+    assert.deepEqual([...once.late].sort(), [[100, 1], [101, 1]]);
+    const twice = once.movedAbove(S(101), S(102));
+    assert.deepEqual([...twice.late], [[102, 3]]);
+    assert.deepEqual(twice.pairs.map((p) => [p.slice, p.count, p.value]), [[102, 3, 9]]);
+    assert.deepEqual([d.eventsThrough(S(98)), d.eventsThrough(S(99)), d.eventsThrough(S(101))], [0, 1, 3]);
   });
   test('FNV-1a matches its published test vectors', () => {
     // From the FNV reference (32-bit FNV-1a): "" → 0x811c9dc5, "a" → 0xe40c292c, "foobar" → 0xbf9cf968.
@@ -232,6 +249,50 @@ describe('pre-aggregation', () => {
     }
     assert.ok(both > 150 && both < 250, `about two thirds of keys moved (${both} of 300)`);
     assert.deepEqual(new Placement([a]).readers('x'), [0]);
+  });
+});
+
+describe('retry', () => {
+  class Outage extends Error {}
+  test('retries only what is retryable, and gives up within 100 ms of being stopped, with the last error', async () => {
+    let calls = 0;
+    const failing = () => {
+      calls++;
+      return Promise.reject(calls === 1 ? new Outage('away') : new Error('broken'));
+    };
+    const errors: string[] = [];
+    const opts = { stopped: () => false, retryable: (e: Error) => e instanceof Outage, onError: (e: Error) => errors.push(e.message), baseMs: 1 };
+    await assert.rejects(retry(failing, opts), /broken/);
+    assert.deepEqual([calls, errors], [2, ['away']], 'the outage was retried, the other error thrown at once');
+
+    let stop = false;
+    const started = Date.now();
+    setTimeout(() => (stop = true), 300);
+    await assert.rejects(retry(() => Promise.reject(new Outage('still away')), { ...opts, stopped: () => stop, baseMs: 10_000 }), /still away/);
+    const took = Date.now() - started;
+    assert.ok(took >= 300 && took < 1500, `gave up ${took} ms after the start, stopped at 300 ms`);
+    assert.equal(await retry(() => Promise.resolve(7), opts), 7);
+  });
+});
+
+describe('flush clock', () => {
+  const wall = Date.UTC(2026, 5, 1, 12);
+  test('a "now" more than a minute ahead of the wall clock needs force, and the refusal says why', () => {
+    assert.throws(
+      () => checkFlushTime(new Date(wall + 30 * 60_000), wall, false),
+      (err: unknown) => err instanceof FlushClockError && /1800 s ahead/.test(err.message) && /--force/.test(err.message) && /counted as late/.test(err.message),
+    );
+    checkFlushTime(new Date(wall + 30 * 60_000), wall, true);
+    checkFlushTime(new Date(wall + 60_000), wall, false);
+    checkFlushTime(new Date(wall - 86_400_000), wall, false); // catching up on the past is always allowed
+    assert.throws(() => checkFlushTime(new Date(NaN), wall, true), FlushClockError);
+  });
+  test('a memcached restart in the first seconds of a slice is one after its start (memcached reports its start ~2 s early)', () => {
+    const start = Date.UTC(2026, 10, 29, 4, 30); // seen: a restart at 04:30:02 reported as booted at 04:30:00
+    assert.equal(restartedAfter(start / 1000, start), true);
+    assert.equal(restartedAfter(start / 1000 - 2, start), true);
+    assert.equal(restartedAfter(start / 1000 + 300, start), true);
+    assert.equal(restartedAfter(start / 1000 - 60, start), false, 'a restart a minute before the slice took nothing of it');
   });
 });
 

@@ -15,10 +15,8 @@ export interface PairDelta {
   userId: UserId;
   actionId: ActionId;
   count: number;
-  /** A number while it is exact; a bigint once the sum passes 2^53-1; never above 2^64-1 (see `saturated`). */
+  /** A number while it is exact; a bigint once the sum passes 2^53-1; held at 2^64-1 (see addValue). */
   value: number | bigint;
-  /** The sum passed 2^64-1 (BIGINT UNSIGNED): `value` is held at 2^64-1 and the slice reports it. */
-  saturated: boolean;
 }
 
 export class Deltas {
@@ -37,16 +35,7 @@ export class Deltas {
 
   /** Folds `event` into the slice the guard allows at `current`. */
   add(event: LogEvent, current: SliceId, sliceSeconds: number): void {
-    const slice = this.targetSlice(sliceOf(event.at, sliceSeconds), current);
-    const id = event.userId;
-    // Canonical ids under 16 digits are exact numbers; longer ones are split as a bigint.
-    if (id.length < 16) {
-      const user = Number(id);
-      this.addPair(slice, hiOf(user), loOf(user), id, event.actionId, 1, event.value);
-    } else {
-      const big = BigInt(id);
-      this.addPair(slice, Number(big >> 32n), Number(big & 0xffff_ffffn), id, event.actionId, 1, event.value);
-    }
+    this.addUser(this.targetSlice(sliceOf(event.at, sliceSeconds), current), event.userId, event.actionId, 1, event.value);
   }
 
   addAll(events: readonly LogEvent[], current: SliceId, sliceSeconds: number): void {
@@ -82,8 +71,7 @@ export class Deltas {
         movedOut.set(slice, (movedOut.get(slice) ?? 0) + d.count);
         slice = to;
       }
-      const big = BigInt(d.userId);
-      moved.addPair(slice, Number(big >> 32n), Number(big & 0xffff_ffffn), d.userId, d.actionId, d.count, d.value, d.saturated);
+      moved.addUser(slice, d.userId, d.actionId, d.count, d.value);
     }
     for (const [slice, events] of movedOut) {
       // Its events are those the guard put there (by their own slice) and the rest, whose own slice it is.
@@ -103,11 +91,11 @@ export class Deltas {
     return [...new Set(this.pairs.map((d) => d.slice))];
   }
 
-  /** Value sums held at 2^64-1, by slice. */
-  saturatedBySlice(): Map<SliceId, number> {
-    const out = new Map<SliceId, number>();
-    for (const d of this.pairs) if (d.saturated) out.set(d.slice, (out.get(d.slice) ?? 0) + 1);
-    return out;
+  /** Events in slices at or below `slice`. */
+  eventsThrough(slice: SliceId): number {
+    let n = 0;
+    for (const d of this.pairs) if (d.slice <= slice) n += d.count;
+    return n;
   }
 
   get lateEvents(): number {
@@ -132,8 +120,20 @@ export class Deltas {
     from.set(own, (from.get(own) ?? 0) + n);
   }
 
+  /** addPair for a user id given as text. */
+  private addUser(slice: SliceId, id: UserId, actionId: ActionId, count: number, value: number | bigint): void {
+    // Canonical ids under 16 digits are exact numbers; longer ones are split as a bigint.
+    if (id.length < 16) {
+      const user = Number(id);
+      this.addPair(slice, hiOf(user), loOf(user), id, actionId, count, value);
+    } else {
+      const big = BigInt(id);
+      this.addPair(slice, Number(big >> 32n), Number(big & 0xffff_ffffn), id, actionId, count, value);
+    }
+  }
+
   /** Adds `count` events with a total of `value` to the pair; the user id is given as halves and as text (or a number) for a new pair. */
-  private addPair(slice: SliceId, hi: number, lo: number, userId: UserId | number, actionId: ActionId, count: number, value: number | bigint, saturated = false): void {
+  private addPair(slice: SliceId, hi: number, lo: number, userId: UserId | number, actionId: ActionId, count: number, value: number | bigint): void {
     let table = this.lastTable;
     if (slice !== this.lastSlice || table === null) {
       table = this.tables.get(slice) ?? null;
@@ -143,32 +143,26 @@ export class Deltas {
     }
     const index = table.getOrAdd(hi, lo, actionId, this.pairs.length);
     if (index < 0) {
-      this.pairs.push({ slice, userId: String(userId), actionId, count, value, saturated });
+      this.pairs.push({ slice, userId: String(userId), actionId, count, value });
     } else {
       const pair = this.pairs[index]!;
       pair.count += count;
-      if (value !== 0) {
-        const sum = addValue(pair.value, value);
-        if (sum === OVERFLOW) {
-          pair.value = MAX_U64;
-          pair.saturated = true;
-        } else pair.value = sum;
-      }
-      if (saturated) pair.saturated = true;
+      if (value !== 0) pair.value = addValue(pair.value, value);
     }
     this.events += count;
   }
 }
 
-/** What addValue returns when a sum would pass 2^64-1. */
-export const OVERFLOW = -1n;
-
-/** sum + value, exact (a number while it can be), or OVERFLOW past 2^64-1 (BIGINT UNSIGNED's maximum). */
+/**
+ * sum + value, exact (a number while it can be), held at 2^64-1 (BIGINT
+ * UNSIGNED's maximum) past it: a sum is never wrapped, and the flush reports
+ * every pair it finds there.
+ */
 export function addValue(sum: number | bigint, value: number | bigint): number | bigint {
   if (typeof sum === 'number' && typeof value === 'number') {
     const next = sum + value;
     if (Number.isSafeInteger(next)) return next;
   }
   const big = BigInt(sum) + BigInt(value);
-  return big > MAX_U64 ? OVERFLOW : big;
+  return big > MAX_U64 ? MAX_U64 : big;
 }

@@ -5,7 +5,8 @@
  * running sum) could pass 2^53 − 1, which keeps every value up to 2^64 − 1 exact.
  */
 
-const U64_MAX_TEXT = '18446744073709551615';
+/** 2^64 − 1, BIGINT UNSIGNED's maximum, where a sum that would pass it is held. */
+export const U64_MAX_TEXT = '18446744073709551615';
 /** Any decimal of at most 15 digits is below 2^50, so Number() of it is exact and sums of two stay exact. */
 const SAFE_DIGITS = 15;
 

@@ -12,6 +12,7 @@
 import { FlushClockError } from '../base/errors.ts';
 import type { Logger } from '../base/log.ts';
 import type { CountRows } from '../domain/counts.ts';
+import { U64_MAX_TEXT } from '../domain/u64.ts';
 import type { Ring } from './ring.ts';
 import type { SliceReader, SliceTotals } from './slice-reader.ts';
 import { flushableRange, sliceOf, sliceStartMs, type SliceId } from '../domain/slice.ts';
@@ -103,7 +104,7 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
 
     const restartedAt = await memcachedRestart(ring, store, log);
     for (let s = next; s <= newest; s = (s + 1) as SliceId) {
-      const restarted = restartedAt !== null && restartedAt * 1000 > sliceStartMs(s, sliceSeconds);
+      const restarted = restartedAt !== null && restartedAfter(restartedAt, sliceStartMs(s, sliceSeconds));
       // Writers see the slice as taken from here on; those already inside finish first.
       const inside = await ring.seal(s, SEAL_WAIT_MS);
       if (inside > 0) log.warn({ slice: iso(s, sliceSeconds), writers: inside }, 'writers still inside the slice after the wait (a worker died mid-store?); reading it anyway');
@@ -167,11 +168,22 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   if (t.events !== null && t.counted < t.events) incomplete.push(`rows hold ${t.counted} events but workers counted ${t.events}`);
   if (incomplete.length > 0 && status === 'flushed') status = 'incomplete';
   notes.push(...incomplete);
-  if (t.saturated > 0n) {
+  if (t.saturated > 0) {
     if (status === 'flushed') status = 'saturated';
-    notes.push(`${t.saturated} value sum(s) would have passed 2^64-1 (BIGINT UNSIGNED) and are held at 18446744073709551615`);
+    notes.push(`${t.saturated} value sum(s) reached 2^64-1 (BIGINT UNSIGNED's maximum) and are held at ${U64_MAX_TEXT}: the true sums may be larger`);
   }
   return { status, note: notes.join('; ') };
+}
+
+/**
+ * Whether a memcached restart (its start time, whole seconds) may have taken
+ * counts of a slice starting at `sliceStartMs`. memcached reports its start
+ * up to a couple of seconds early (it starts its clock back), so a restart in
+ * a slice's first seconds looked like one before it; within the tolerance, it
+ * counts as after.
+ */
+export function restartedAfter(restartedAtS: number, sliceStartMs: number): boolean {
+  return (restartedAtS + BOOT_TOLERANCE_S) * 1000 > sliceStartMs;
 }
 
 /** The newest boot time of a memcached server that restarted since the last flush, or null. */
@@ -199,7 +211,7 @@ function record(status: SliceRecord['status'], t: SliceTotals | null, note: stri
     chunksMissing: t?.missingChunks ?? 0,
     events: t?.events ?? null,
     late: t?.late ?? 0n,
-    sumsSaturated: Number(t?.saturated ?? 0n),
+    sumsSaturated: t?.saturated ?? 0,
     corruptItems: t?.corrupt ?? 0,
     note,
   };

@@ -7,7 +7,6 @@
  *   {p}{slice}:rn                  register chunks written so far   — on the slice's server
  *   {p}{slice}:r:{n}               register chunk n: pairs, 10 bytes each (u64 user, u16 action)
  *   {p}{slice}:n / :late           events counted into the slice / of which late
- *   {p}{slice}:ovf                 value sums that would have passed 2^64 − 1 (saturated instead)
  *   {p}{slice}:w                   writers inside the slice right now (see Ring.enter / Ring.seal)
  *   {p}j:{unique}                  "job applied" marks (idempotency)
  *   {p}wm                          the flush's watermark: the last slice it committed
@@ -18,7 +17,10 @@ import { createHash } from 'node:crypto';
 import type { ActionId, UserId } from '../domain/contract.ts';
 import type { SliceId } from '../domain/slice.ts';
 
-export type SliceCounter = 'rn' | 'n' | 'late' | 'ovf' | 'w';
+export type SliceCounter = 'rn' | 'n' | 'late' | 'w';
+
+/** A register entry: the user id (u64) and the action id (u16), big-endian, written by Ring and read by SliceReader. */
+export const REGISTER_ENTRY_BYTES = 10;
 
 export class RingKeys {
   constructor(readonly prefix: string) {

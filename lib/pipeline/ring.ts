@@ -11,9 +11,9 @@
  * counters nobody can find. Two workers creating the same pair at once may both
  * list it; readers de-duplicate.
  *
- * Sums never wrap: a pair whose fold passes 2^64 − 1 is held there, and an
- * increment memcached wrapped (it wraps silently at 2^64) is set back to
- * 2^64 − 1; both are counted on the slice (`ovf`) for the flush to report.
+ * Sums never wrap: a fold holds a pair's sum at 2^64 − 1, and a counter
+ * memcached wrapped (it wraps silently at 2^64) is set back to 2^64 − 1,
+ * where the flush finds and reports it.
  *
  * Writers and the flush never share a slice (the slice guard, and the
  * watermark): a writer announces itself on each slice it is about to write
@@ -24,10 +24,10 @@
  */
 import type { HostPort } from '../base/config.ts';
 import type { Deltas, PairDelta } from '../domain/aggregate.ts';
-import { MAX_U64 } from '../domain/contract.ts';
 import type { SliceId } from '../domain/slice.ts';
+import { U64_MAX_TEXT } from '../domain/u64.ts';
 import { MemcacheConnection, type MemcacheOp, type MemcacheReply } from '../wire/memcache.ts';
-import { RingKeys, shardOfPair, shardOfSlice } from './keys.ts';
+import { REGISTER_ENTRY_BYTES, RingKeys, shardOfPair, shardOfSlice } from './keys.ts';
 import { Placement } from './placement.ts';
 import { counterText, SliceReader } from './slice-reader.ts';
 
@@ -41,18 +41,11 @@ export interface RingOptions {
   opTimeoutMs?: number;
 }
 
-/** memcached holds something in a ring key that is not what OffLog writes there. */
-export class RingDataError extends Error {
-  override name = 'RingDataError';
-}
-
 export interface ApplyStats { ops: number; newPairs: number; wrapped: number }
 
-const ENTRY_BYTES = 10;
 /** 50,000 pairs × 10 bytes: well under memcached's 1 MB item limit. */
 const CHUNK_PAIRS = 50_000;
 const MAX_RACE_RETRIES = 5;
-const MAX_TEXT = MAX_U64.toString();
 
 export class Ring {
   readonly keys: RingKeys;
@@ -108,7 +101,8 @@ export class Ring {
       to.push(2 * i, d.count);
       if (d.value !== 0) to.push(2 * i + 1, d.value);
     }
-    const wraps: number[] = [];
+    // Counters memcached wrapped past 2^64 − 1 (and back to near 0), per server.
+    const wraps = this.conns.map(() => counters.list());
     const missing = await this.incr(bumps, wraps);
     // 2. Pairs new to this slice (their count was missing): list them in the
     // register first, then create their counters, the value sum too even when 0.
@@ -125,11 +119,12 @@ export class Ring {
     }
     if (created.length > 0) await this.register(created);
     await this.ensure(missing, wraps);
-    // 3. Counters memcached wrapped past 2^64 − 1: held there, and counted on their slice.
-    const wrapped = wraps.length > 0 ? await this.saturate(wraps, pairs) : new Map<SliceId, number>();
+    // 3. Counters memcached wrapped: their true totals are past 2^64 − 1, so they are held there (the flush reports them).
+    const held = wraps.map((w) => Array.from({ length: w.length }, (_, i): MemcacheOp => ({ kind: 'set', key: w.at(i)!, value: U64_MAX_TEXT, ttl: this.ttl })));
+    await Promise.all(held.map((ops, server) => this.exec(server, ops)));
     // 4. The slice totals (tags −1, −2, …), once every pair's counters are in (see above).
     const sums = this.conns.map(() => counters.list());
-    const total = (slice: SliceId, name: 'n' | 'late' | 'ovf', n: number): void => {
+    const total = (slice: SliceId, name: 'n' | 'late', n: number): void => {
       totals.push(keys.sliceCounter(slice, name));
       sums[placement.writer(shardOfSlice(slice))]!.push(-totals.length, n);
     };
@@ -137,12 +132,9 @@ export class Ring {
     for (const d of pairs) perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + d.count);
     for (const [slice, n] of perSlice) total(slice, 'n', n);
     for (const [slice, n] of deltas.late) total(slice, 'late', n);
-    const saturated = new Map(deltas.saturatedBySlice());
-    for (const [slice, n] of wrapped) saturated.set(slice, (saturated.get(slice) ?? 0) + n);
-    for (const [slice, n] of saturated) total(slice, 'ovf', n);
     // A slice's event total does not reach 2^64: a wrap there is not looked for.
-    await this.ensure(await this.incr(sums, []), []);
-    return { ops: this.ops - before, newPairs: created.length, wrapped: wraps.length };
+    await this.ensure(await this.incr(sums));
+    return { ops: this.ops - before, newPairs: created.length, wrapped: held.reduce((n, ops) => n + ops.length, 0) };
   }
 
   /**
@@ -284,10 +276,10 @@ export class Ring {
     const ops: MemcacheOp[] = [];
     for (let i = 0; i < chunkCount; i++) {
       const part = list.slice(i * CHUNK_PAIRS, (i + 1) * CHUNK_PAIRS);
-      const buf = Buffer.allocUnsafe(part.length * ENTRY_BYTES);
+      const buf = Buffer.allocUnsafe(part.length * REGISTER_ENTRY_BYTES);
       for (let j = 0; j < part.length; j++) {
         const d = part[j]!;
-        const o = j * ENTRY_BYTES;
+        const o = j * REGISTER_ENTRY_BYTES;
         // Ids under 16 digits are exact numbers: two 32-bit halves, no BigInt.
         if (d.userId.length < 16) {
           const u = Number(d.userId);
@@ -314,10 +306,10 @@ export class Ring {
 
   /**
    * Increments each counter, every server's batch at once; returns, per
-   * server, the ones that do not exist yet, and pushes the tags of those
-   * memcached wrapped onto `wraps`.
+   * server, the ones that do not exist yet, and adds those memcached
+   * wrapped to that server's list in `wraps` (when given).
    */
-  private async incr(bumps: CounterList[], wraps: number[]): Promise<CounterList[]> {
+  private async incr(bumps: CounterList[], wraps?: CounterList[]): Promise<CounterList[]> {
     return Promise.all(
       bumps.map(async (b, server) => {
         const missing = b.counters.list();
@@ -327,7 +319,7 @@ export class Ring {
         const found = await this.conns[server]!.incrMany(b, b.amounts, { keysValid: true });
         for (let i = 0; i < found.length; i++) {
           if (found[i] === 0) missing.push(b.tags[i]!, b.amounts[i]!);
-          else if (found[i] === 2) wraps.push(b.tags[i]!);
+          else if (found[i] === 2) wraps?.[server]!.push(b.tags[i]!, 0);
         }
         return missing;
       }),
@@ -335,7 +327,7 @@ export class Ring {
   }
 
   /** Creates missing counters with `add`; a key someone else created meanwhile is incremented instead. */
-  private async ensure(bumps: CounterList[], wraps: number[]): Promise<void> {
+  private async ensure(bumps: CounterList[], wraps?: CounterList[]): Promise<void> {
     let pending = bumps;
     for (let attempt = 0; pending.some((b) => b.length > 0); attempt++) {
       if (attempt === MAX_RACE_RETRIES) {
@@ -355,21 +347,6 @@ export class Ring {
       );
       pending = await this.incr(raced, wraps);
     }
-  }
-
-  /** Sets wrapped pair counters to 2^64 − 1 (the true total is at least that); returns how many, per slice. */
-  private async saturate(tags: number[], pairs: readonly PairDelta[]): Promise<Map<SliceId, number>> {
-    const { keys, placement } = this;
-    const ops = this.conns.map((): MemcacheOp[] => []);
-    const perSlice = new Map<SliceId, number>();
-    for (const tag of tags) {
-      const d = pairs[tag >> 1]!;
-      const key = (tag & 1) === 0 ? keys.count(d.slice, d.userId, d.actionId) : keys.valueSum(d.slice, d.userId, d.actionId);
-      ops[placement.writer(shardOfPair(d.userId, d.actionId))]!.push({ kind: 'set', key, value: MAX_TEXT, ttl: this.ttl });
-      perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + 1);
-    }
-    await Promise.all(ops.map((list, s) => this.exec(s, list)));
-    return perSlice;
   }
 
   private exec(server: number, ops: MemcacheOp[]): Promise<MemcacheReply[]> {

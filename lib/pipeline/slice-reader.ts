@@ -12,7 +12,8 @@
  * Nothing memcached holds can stop the reader: an item that is not what
  * OffLog writes (a register chunk of the wrong length, a pair with action 0,
  * a counter that is not a number) is skipped and counted in `corrupt`, with
- * the first such key named, and the rest of the slice is read.
+ * the first such key named, and the rest of the slice is read. Value sums
+ * held at 2^64 − 1 (see Ring.apply) are counted in `saturated`.
  *
  * Memory: the batch being read, up to REGISTER_CHUNKS_PER_GET register
  * chunks, and a PairTable of the pairs seen so far (≤ 56 bytes a pair).
@@ -20,9 +21,10 @@
 import type { CountRows } from '../domain/counts.ts';
 import { PairTable } from '../domain/pairtable.ts';
 import type { SliceId } from '../domain/slice.ts';
-import { isU64Decimal, U64Sum } from '../domain/u64.ts';
+import { MAX_U64 } from '../domain/contract.ts';
+import { isU64Decimal, U64_MAX_TEXT, U64Sum } from '../domain/u64.ts';
 import type { MemcacheConnection } from '../wire/memcache.ts';
-import { shardOfPair, shardOfSlice, type RingKeys, type SliceCounter } from './keys.ts';
+import { REGISTER_ENTRY_BYTES, shardOfPair, shardOfSlice, type RingKeys, type SliceCounter } from './keys.ts';
 import type { Placement } from './placement.ts';
 
 /** A slice's head, summed over the servers that may hold it: read once, before its pairs. */
@@ -33,8 +35,6 @@ export interface SliceHead {
   /** Events the workers counted into this slice (null when the counter itself is gone). */
   events: bigint | null;
   late: bigint;
-  /** Value sums that would have passed 2^64 − 1 and were held there instead. */
-  saturated: bigint;
 }
 
 /** What a SliceReader found, once it has read the whole slice. */
@@ -43,6 +43,8 @@ export interface SliceTotals extends SliceHead {
   rows: number;
   /** Sum of the rows' counts, to compare with `events`. */
   counted: bigint;
+  /** Rows whose value sum is held at 2^64 − 1 (BIGINT UNSIGNED's maximum): the true sum may be larger. */
+  saturated: number;
   missingPairs: number;
   missingChunks: number;
   /** Pairs listed more than once (two workers raced to create them); read once. */
@@ -52,7 +54,6 @@ export interface SliceTotals extends SliceHead {
   corruptNote: string;
 }
 
-const ENTRY_BYTES = 10;
 /** Register chunks fetched per round trip while reading: at most 16 × 500 KB in memory at once. */
 const REGISTER_CHUNKS_PER_GET = 16;
 
@@ -68,6 +69,7 @@ export class SliceReader {
   private readonly seen = new PairTable(4096);
   private readonly counted = new U64Sum();
   private rows = 0;
+  private saturated = 0;
   private missingPairs = 0;
   private missingChunks = 0;
   private duplicates = 0;
@@ -76,7 +78,7 @@ export class SliceReader {
   /** Register walk: which head server, the next chunk number there (from 1), chunks fetched and not yet walked. */
   private home = 0;
   private nextChunk = 1;
-  private chunkBuffers: Buffer[] = [];
+  private chunks: { key: string; buf: Buffer }[] = [];
   private offset = 0;
 
   private constructor(
@@ -91,12 +93,12 @@ export class SliceReader {
   /** Opens a finished slice: reads its head from every server that may hold it. */
   static async open(slice: SliceId, batchPairs: number, deps: ReaderDeps): Promise<SliceReader> {
     const homes = deps.placement.readers(shardOfSlice(slice));
-    const names: SliceCounter[] = ['rn', 'n', 'late', 'ovf'];
+    const names: SliceCounter[] = ['rn', 'n', 'late'];
     const found = await Promise.all(homes.map((h) => {
       deps.countOps(names.length);
       return deps.conns[h]!.getMulti(names.map((n) => deps.keys.sliceCounter(slice, n)));
     }));
-    const head: SliceHead = { slice, chunks: [], events: null, late: 0n, saturated: 0n };
+    const head: SliceHead = { slice, chunks: [], events: null, late: 0n };
     const partial = { corrupt: 0, note: '' };
     const read = (values: Map<string, Buffer>, name: SliceCounter): bigint | null => {
       const key = deps.keys.sliceCounter(slice, name);
@@ -115,7 +117,6 @@ export class SliceReader {
       const n = read(values, 'n');
       if (n !== null) head.events = (head.events ?? 0n) + n;
       head.late += read(values, 'late') ?? 0n;
-      head.saturated += read(values, 'ovf') ?? 0n;
     }
     const reader = new SliceReader(head, homes, batchPairs, deps);
     reader.corrupt = partial.corrupt;
@@ -140,6 +141,7 @@ export class SliceReader {
       ...this.head,
       rows: this.rows,
       counted: this.counted.value,
+      saturated: this.saturated,
       missingPairs: this.missingPairs,
       missingChunks: this.missingChunks,
       duplicates: this.duplicates,
@@ -158,18 +160,19 @@ export class SliceReader {
     const users: string[] = [];
     const actions: number[] = [];
     while (users.length < this.batchPairs) {
-      const buf = this.chunkBuffers[0];
-      if (buf === undefined) {
+      const chunk = this.chunks[0];
+      if (chunk === undefined) {
         if (!(await this.fetchChunks())) break;
         continue;
       }
+      const buf = chunk.buf;
       let o = this.offset;
-      for (; o + ENTRY_BYTES <= buf.length && users.length < this.batchPairs; o += ENTRY_BYTES) {
+      for (; o + REGISTER_ENTRY_BYTES <= buf.length && users.length < this.batchPairs; o += REGISTER_ENTRY_BYTES) {
         const hi = buf.readUInt32BE(o);
         const lo = buf.readUInt32BE(o + 4);
         const actionId = buf.readUInt16BE(o + 8);
         if (actionId === 0) {
-          this.noteCorrupt(`slice ${this.head.slice}: a register entry has action id 0`);
+          this.noteCorrupt(`memcached key ${chunk.key} has a register entry with action id 0 (bytes ${o}–${o + REGISTER_ENTRY_BYTES - 1})`);
           continue;
         }
         if (!this.seen.add(hi, lo, actionId)) {
@@ -180,9 +183,9 @@ export class SliceReader {
         users.push(hi < 0x20_0000 ? String(hi * 0x1_0000_0000 + lo) : buf.readBigUInt64BE(o).toString());
         actions.push(actionId);
       }
-      if (o + ENTRY_BYTES <= buf.length) this.offset = o;
+      if (o + REGISTER_ENTRY_BYTES <= buf.length) this.offset = o;
       else {
-        this.chunkBuffers.shift();
+        this.chunks.shift();
         this.offset = 0;
       }
     }
@@ -208,8 +211,8 @@ export class SliceReader {
       const buf = found.get(key);
       if (buf === undefined) this.missingChunks++;
       else {
-        if (buf.length % ENTRY_BYTES !== 0) this.noteCorrupt(`memcached key ${key} is ${buf.length} bytes, not a whole number of ${ENTRY_BYTES}-byte register entries`);
-        if (buf.length >= ENTRY_BYTES) this.chunkBuffers.push(buf);
+        if (buf.length % REGISTER_ENTRY_BYTES !== 0) this.noteCorrupt(`memcached key ${key} is ${buf.length} bytes, not a whole number of ${REGISTER_ENTRY_BYTES}-byte register entries`);
+        if (buf.length >= REGISTER_ENTRY_BYTES) this.chunks.push({ key, buf });
       }
     }
     return true;
@@ -264,6 +267,7 @@ export class SliceReader {
       rows.actions.push(actions[i]!);
       rows.counts.push(count);
       rows.valueSums.push(sum);
+      if (sum === U64_MAX_TEXT) this.saturated++;
       this.counted.add(count);
     }
     rows.length = rows.users.length;
@@ -273,7 +277,6 @@ export class SliceReader {
 }
 
 const SERVER_0 = [0];
-const MAX_U64 = 18_446_744_073_709_551_615n;
 
 function addU64Text(a: string, b: string): string {
   const s = BigInt(a) + BigInt(b);

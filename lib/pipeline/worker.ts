@@ -308,8 +308,10 @@ export class Worker {
   /**
    * Stores a fold's counts, dead-letters its bad jobs, marks its jobs applied,
    * then acknowledges every one. memcached being unreachable is retried (the
-   * jobs stay held) until it answers or the worker stops; any other failure
-   * dead-letters the fold's jobs with the reason, so nothing can stall here.
+   * jobs stay held) until it answers or the worker stops: stopped before the
+   * counts are in, the jobs go back to gearmand; after, they are acknowledged
+   * even without their marks. Any other failure to store dead-letters the
+   * fold's jobs with the reason, so nothing can stall here.
    */
   private async store(fold: Fold): Promise<void> {
     const { ring, log } = this.deps;
@@ -322,7 +324,8 @@ export class Worker {
       try {
         deltas = await retry(() => this.applyOutsideFlushed(deltas), retrying);
       } catch (err) {
-        if (err instanceof MemcacheUnavailableError || this.stopped()) {
+        // An outage is retried until the worker stops (see retrying), so this one ended with a stop.
+        if (err instanceof MemcacheUnavailableError) {
           this.storing = new Set();
           throw new WorkerStoppedError(`stopped while memcached was unreachable; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
         }
@@ -334,10 +337,13 @@ export class Worker {
     }
     for (const { job, error } of dead) await this.deadLetter(job, error);
     const stored = applied.filter((j) => !dead.some((d) => d.job === j));
-    await retry(() => ring.markApplied(stored.map((j) => j.unique)), retrying).catch((err: Error) => {
-      this.storing = new Set();
-      throw new WorkerStoppedError(`stopped before the fold's jobs were marked applied (${err.message})`);
-    });
+    try {
+      await retry(() => ring.markApplied(stored.map((j) => j.unique)), retrying);
+    } catch (err) {
+      // The counts are in: a job handed back now would be counted again, so it is acknowledged
+      // anyway. Without its mark, only a client's re-send of that same job could count twice.
+      log.warn({ err: (err as Error).message, jobs: stored.length }, 'could not mark the stored jobs applied; acknowledging them anyway');
+    }
     for (const job of jobs) job.conn.complete(job.handle);
     this.storing = new Set();
     this.stats.folds++;
@@ -352,29 +358,34 @@ export class Worker {
    * the flush has already taken is moved, with its events counted as late,
    * to the first slice it has not. Returns the deltas as applied.
    */
-  private async applyOutsideFlushed(deltas: Deltas): Promise<Deltas> {
-    const { ring } = this.deps;
+  private async applyOutsideFlushed(folded: Deltas): Promise<Deltas> {
+    const { ring, log, sliceSeconds } = this.deps;
     const entered: SliceId[] = [];
+    let deltas = folded;
     try {
       for (;;) {
-        const slices = deltas.slices().filter((s) => !entered.includes(s));
-        const wm = await ring.enter(slices);
-        entered.push(...slices);
+        // Known taken slices are left before announcing anything; the watermark read after announcing may say more.
+        const taken = this.watermark;
+        if (taken !== null && deltas.slices().some((s) => s <= taken)) {
+          deltas = deltas.movedAbove(taken, Math.max(sliceOf(this.now(), sliceSeconds), taken + 1) as SliceId);
+        }
+        const fresh = deltas.slices().filter((s) => !entered.includes(s));
+        const wm = await ring.enter(fresh);
+        entered.push(...fresh);
         if (wm !== null && (this.watermark === null || wm > this.watermark)) this.watermark = wm;
-        const sealed = this.watermark;
-        if (sealed === null || deltas.slices().every((s) => s > sealed)) break;
-        const to = Math.max(sliceOf(this.now(), this.deps.sliceSeconds), sealed + 1) as SliceId;
-        const moved = deltas.movedAbove(sealed, to);
-        // Every event of a taken slice, late before or not (and even one moved back into its own slice).
-        const events = deltas.pairs.reduce((n, d) => (d.slice <= sealed ? n + d.count : n), 0);
-        this.stats.movedPastWatermark += events;
-        this.deps.log.warn({ watermark: sealed, to, events }, 'events for slices the flush already took go to the next open slice');
-        deltas = moved;
+        // Every slice is above `taken` now; if that is still the watermark, none is taken.
+        if (this.watermark === taken) break;
       }
       const before = ring.ops;
       const result = await ring.apply(deltas);
       this.stats.memcachedOps += ring.ops - before;
       this.stats.wrapped += result.wrapped;
+      // Moves only ever go up, to above the last watermark: what moved is what the fold had at or below it.
+      const moved = this.watermark === null ? 0 : folded.eventsThrough(this.watermark);
+      if (moved > 0) {
+        this.stats.movedPastWatermark += moved;
+        log.warn({ watermark: this.watermark, events: moved }, 'events for slices the flush already took went to the next open slice (counted as late)');
+      }
       return deltas;
     } finally {
       await ring.leave(entered).catch(() => undefined);
