@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The local bus: the functions, the worker and the drain below all publish to the mock PutEvents endpoint.
 export OFFLOG_EVENTBRIDGE_PORT=${OFFLOG_EVENTBRIDGE_PORT:-4010}
-export OFFLOG_EVENT_BUS=${OFFLOG_EVENT_BUS:-offlog-dev}
+export OFFLOG_EVENT_BUS=${OFFLOG_EVENT_BUS:-offlog-local}
 export OFFLOG_EVENTBRIDGE_ENDPOINT=${OFFLOG_EVENTBRIDGE_ENDPOINT:-http://127.0.0.1:$OFFLOG_EVENTBRIDGE_PORT}
 bus_env="OFFLOG_EVENT_BUS=$OFFLOG_EVENT_BUS OFFLOG_EVENTBRIDGE_ENDPOINT=$OFFLOG_EVENTBRIDGE_ENDPOINT"
 bash local/services.sh up

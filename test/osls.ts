@@ -21,6 +21,8 @@ export function run(cmd: string, args: string[], options: { cwd?: string; env?: 
       clearTimeout(timer);
       resolve({ code, stdout, stderr, ms: Date.now() - started });
     });
+    // A child that exits before reading its input (`unshare -n true`) closes the pipe: EPIPE then is no failure.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(options.input ?? '');
   });
 }
