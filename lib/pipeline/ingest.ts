@@ -7,19 +7,14 @@ import type { OffLogClient } from './client.ts';
 import type { Config } from '../base/config.ts';
 import { GearmanUnavailableError, InputError } from '../base/errors.ts';
 import { parseBody } from '../domain/contract.ts';
+import type { HttpRequest, HttpResponse } from '../base/http.ts';
 import type { Logger } from '../base/log.ts';
 
-export interface IngestRequest {
+export interface IngestRequest extends HttpRequest {
   body: string;
-  /** Header names lower-cased. */
-  headers: Record<string, string | undefined>;
 }
 
-export interface IngestResponse {
-  statusCode: number;
-  headers: Record<string, string>;
-  body: string;
-}
+export type IngestResponse = HttpResponse;
 
 export async function ingest(req: IngestRequest, deps: { config: Config; client: OffLogClient; log: Logger; now?: number }): Promise<IngestResponse> {
   const { config, client, log } = deps;

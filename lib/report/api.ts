@@ -4,6 +4,7 @@
  * OFFLOG_REPORT_TOKEN set, every /api read needs `Authorization: Bearer …`
  * (the page itself holds no data and asks for the token).
  */
+import type { HttpRequest, HttpResponse } from '../base/http.ts';
 import { tokenMatches } from '../base/token.ts';
 import { InputError } from '../base/errors.ts';
 import type { Logger } from '../base/log.ts';
@@ -12,19 +13,13 @@ import { dashboardPage } from './page.ts';
 import { healthParams, noParams, seriesParams, timelineParams, topParams, type Query } from './params.ts';
 import { ReportQueries } from './queries.ts';
 
-export interface ReportRequest {
+export interface ReportRequest extends HttpRequest {
   method: string;
   path: string;
   query: Query;
-  /** Header names lower-cased. */
-  headers: Record<string, string | undefined>;
 }
 
-export interface ReportResponse {
-  statusCode: number;
-  headers: Record<string, string>;
-  body: string;
-}
+export type ReportResponse = HttpResponse;
 
 export interface ReportDeps extends HealthDeps {
   token: string | undefined;

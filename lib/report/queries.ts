@@ -31,26 +31,25 @@ export interface SeriesLine {
   total: { count: string; valueSum: string };
 }
 
-export interface SeriesReport {
+/** What every time series answer carries: the range read, its step, and the bucket starts. */
+interface Buckets {
   from: string;
   to: string;
   step: Step;
   stepSeconds: number;
   /** Bucket starts, epoch ms: one per step, no gaps. */
   t: number[];
+}
+
+export interface SeriesReport extends Buckets {
   lines: SeriesLine[];
 }
 
 export interface TopUser { rank: number; userId: string; count: string; valueSum: string }
 export interface TopReport { action: Action; from: string; to: string; limit: number; users: TopUser[]; sources: Piece[]; stats: TopStats }
 
-export interface TimelineReport {
+export interface TimelineReport extends Buckets {
   userId: string;
-  from: string;
-  to: string;
-  step: Step;
-  stepSeconds: number;
-  t: number[];
   /** One line per action the user did in the range, busiest first. */
   lines: SeriesLine[];
 }
