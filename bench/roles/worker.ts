@@ -74,6 +74,9 @@ runRole(async () => {
   timed(ring, 'appliedJobs', 'memcachedAppliedJobsMs');
   timed(ring, 'apply', 'memcachedApplyMs');
   timed(ring, 'markApplied', 'memcachedMarkAppliedMs');
+  // The writer's announcement around each fold (Ring.enter / Ring.leave): what the flush protocol costs.
+  timed(ring, 'enter', 'memcachedEnterMs');
+  timed(ring, 'leave', 'memcachedLeaveMs');
 
   send({ type: 'ready' });
   await waitForGo();
@@ -123,7 +126,8 @@ runRole(async () => {
   const first = firstFoldAt ?? 0;
   const wallMs = doneAt - t0 - first;
   const busyMs = hasBusy ? atDone.busyMs! : null;
-  const memcachedMs = (atDone.memcachedAppliedJobsMs ?? 0) + (atDone.memcachedApplyMs ?? 0) + (atDone.memcachedMarkAppliedMs ?? 0);
+  const memcachedMs = (atDone.memcachedAppliedJobsMs ?? 0) + (atDone.memcachedApplyMs ?? 0) + (atDone.memcachedMarkAppliedMs ?? 0) +
+    (atDone.memcachedEnterMs ?? 0) + (atDone.memcachedLeaveMs ?? 0);
   const breakdown = Object.fromEntries(Object.entries(atDone).map(([k, v]) => [k, Math.round(v)]));
   // Decode and fold (prepare) plus the store's own work (acknowledging, dead letters): the fold time that is not memcached's.
   if (hasBusy) breakdown.decodeFoldAckMs = Math.round(atDone.prepareMs! + atDone.storeMs! - memcachedMs);
