@@ -137,26 +137,65 @@ export class Ring {
    * A writer's announcement before writing to `slices` (see the header): the
    * slices' writer counts go up, and then the flush's watermark is read. A
    * caller must call leave() with the same slices afterwards, whatever happens.
+   *
+   * One round trip: on the server that holds a slice's writer count, the
+   * watermark is read in the same pipelined write, *after* the increment
+   * (memcached answers a connection's commands in order), which is all the
+   * protocol needs, since the flush publishes the watermark on every server.
+   * The other servers of the pool are asked for it at the same time, so one
+   * that lost it (restarted) is outvoted.
    */
   async enter(slices: readonly SliceId[]): Promise<SliceId | null> {
-    await Promise.all(slices.map((s) => this.reserve(this.keys.sliceCounter(s, 'w'), this.placement.writer(shardOfSlice(s)), 1)));
-    return this.watermark();
+    const wmKey = this.keys.watermark();
+    const bySlice = new Map<number, SliceId[]>();
+    for (const s of slices) {
+      const home = this.placement.writer(shardOfSlice(s));
+      let list = bySlice.get(home);
+      if (!list) bySlice.set(home, (list = []));
+      list.push(s);
+    }
+    const asked = new Set<number>([...bySlice.keys(), ...this.placement.currentServers]);
+    let again = false;
+    const found = await Promise.all([...asked].map(async (server) => {
+      const ops: MemcacheOp[] = [];
+      // `add` then `incr`: the count exists whether or not another writer created it first.
+      for (const s of bySlice.get(server) ?? []) {
+        const key = this.keys.sliceCounter(s, 'w');
+        ops.push({ kind: 'add', key, value: '0', ttl: this.ttl }, { kind: 'incr', key, amount: 1 });
+      }
+      ops.push({ kind: 'get', key: wmKey });
+      const replies = await this.exec(server, ops);
+      for (let i = 1; i < replies.length - 1; i += 2) {
+        if (replies[i] !== null) continue;
+        // Gone between the add and the incr (evicted at once): announce the slow way, then read the watermark again.
+        await this.reserve(this.keys.sliceCounter(bySlice.get(server)![(i - 1) / 2]!, 'w'), server, 1);
+        again = true;
+      }
+      return replies[replies.length - 1];
+    }));
+    const wm = maxWatermark(found);
+    if (!again) return wm;
+    const later = await this.watermark();
+    return later !== null && (wm === null || later > wm) ? later : wm;
   }
 
+  /**
+   * The writer is out of `slices`. Resolves once the decrements are written,
+   * not answered: the fold's writes were all answered before this is called,
+   * so the flush can only see the count drop after them, and a decrement lost
+   * with its connection leaves the count up, which the flush waits out (as for
+   * a writer that died inside).
+   */
   async leave(slices: readonly SliceId[]): Promise<void> {
-    await Promise.all(slices.map((s) => this.exec(this.placement.writer(shardOfSlice(s)), [{ kind: 'decr', key: this.keys.sliceCounter(s, 'w'), amount: 1 }])));
+    for (const s of slices) {
+      this.exec(this.placement.writer(shardOfSlice(s)), [{ kind: 'decr', key: this.keys.sliceCounter(s, 'w'), amount: 1 }]).catch(() => undefined);
+    }
   }
 
   /** The last slice the flush took (from any server of the current pool), or null if none says. */
   async watermark(): Promise<SliceId | null> {
     const key = this.keys.watermark();
-    const found = await Promise.all(this.placement.currentServers.map((s) => this.exec(s, [{ kind: 'get', key }]).then(([v]) => v)));
-    let wm: number | null = null;
-    for (const v of found) {
-      const text = v instanceof Buffer ? counterText(v) : null;
-      if (text !== null && (wm === null || Number(text) > wm)) wm = Number(text);
-    }
-    return wm as SliceId | null;
+    return maxWatermark(await Promise.all(this.placement.currentServers.map((s) => this.exec(s, [{ kind: 'get', key }]).then(([v]) => v))));
   }
 
   /**
@@ -360,6 +399,16 @@ export class Ring {
     this.ops += ops.length;
     return this.conns[server]!.exec(ops);
   }
+}
+
+/** The highest watermark among the replies of several servers (null where a server has none). */
+function maxWatermark(replies: readonly (MemcacheReply | undefined)[]): SliceId | null {
+  let wm: number | null = null;
+  for (const v of replies) {
+    const text = v instanceof Buffer ? counterText(v) : null;
+    if (text !== null && (wm === null || Number(text) > wm)) wm = Number(text);
+  }
+  return wm as SliceId | null;
 }
 
 /**
