@@ -27,6 +27,9 @@ export class Deltas {
   /** Late (or clamped future) events, by the slice they were counted into. */
   readonly late = new Map<SliceId, number>();
   events = 0;
+  /** pairs[i]'s user id as two 32-bit halves (hi·2^32 + lo), as PairTable and the register take it. */
+  private readonly his: number[] = [];
+  private readonly los: number[] = [];
   /** Indexes into `pairs`, one table per slice. */
   private readonly tables = new Map<SliceId, PairTable>();
   // The table of the slice used last: nearly every event of a fold is in the same one or two slices.
@@ -74,17 +77,27 @@ export class Deltas {
       const target = slice <= sealed ? to : slice;
       moved.late.set(target, (moved.late.get(target) ?? 0) + n);
     }
-    for (const d of this.pairs) {
+    for (let i = 0; i < this.pairs.length; i++) {
+      const d = this.pairs[i]!;
       let slice = d.slice;
       if (slice <= sealed) {
         slice = to;
         moved.late.set(to, (moved.late.get(to) ?? 0) + d.count);
       }
-      const big = BigInt(d.userId);
-      moved.addPair(slice, Number(big >> 32n), Number(big & 0xffff_ffffn), d.userId, d.actionId, d.count, d.value, d.saturated);
+      moved.addPair(slice, this.his[i]!, this.los[i]!, d.userId, d.actionId, d.count, d.value, d.saturated);
     }
     moved.events = this.events;
     return moved;
+  }
+
+  /** The high 32 bits of pairs[i]'s user id. */
+  hi(i: number): number {
+    return this.his[i]!;
+  }
+
+  /** The low 32 bits of pairs[i]'s user id. */
+  lo(i: number): number {
+    return this.los[i]!;
   }
 
   /** Slices these deltas write to. */
@@ -124,6 +137,8 @@ export class Deltas {
     const index = table.getOrAdd(hi, lo, actionId, this.pairs.length);
     if (index < 0) {
       this.pairs.push({ slice, userId: String(userId), actionId, count, value, saturated });
+      this.his.push(hi);
+      this.los.push(lo);
     } else {
       const pair = this.pairs[index]!;
       pair.count += count;

@@ -164,6 +164,9 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   if (restarted) incomplete.push(`memcached restarted at ${new Date(restartedAt! * 1000).toISOString()}, after this slice began: earlier counts are gone`);
   if (t.missingPairs > 0) incomplete.push(`${t.missingPairs} pair(s) listed but their counters are gone (evicted or restarted)`);
   if (t.missingChunks > 0) incomplete.push(`${t.missingChunks} register chunk(s) gone: their pairs cannot be found`);
+  if (t.valueSumsMade !== null && BigInt(t.valueSumsFound) < t.valueSumsMade) {
+    incomplete.push(`${t.valueSumsMade - BigInt(t.valueSumsFound)} value sum(s) gone (evicted or restarted): those pairs' sums read as 0`);
+  }
   if (t.events !== null && t.counted < t.events) incomplete.push(`rows hold ${t.counted} events but workers counted ${t.events}`);
   if (incomplete.length > 0 && status === 'flushed') status = 'incomplete';
   notes.push(...incomplete);

@@ -35,6 +35,8 @@ export interface SliceHead {
   late: bigint;
   /** Value sums that would have passed 2^64 − 1 and were held there instead. */
   saturated: bigint;
+  /** Value-sum counters the writers created (null when the slice has no such figure: none made, or written before it existed). */
+  valueSumsMade: bigint | null;
 }
 
 /** What a SliceReader found, once it has read the whole slice. */
@@ -45,6 +47,8 @@ export interface SliceTotals extends SliceHead {
   counted: bigint;
   missingPairs: number;
   missingChunks: number;
+  /** Value-sum counters found, of registered pairs (compared with `valueSumsMade`: fewer means some were evicted). */
+  valueSumsFound: number;
   /** Pairs listed more than once (two workers raced to create them); read once. */
   duplicates: number;
   /** Items that are not what OffLog writes, skipped; `corruptNote` names the first. */
@@ -70,6 +74,7 @@ export class SliceReader {
   private rows = 0;
   private missingPairs = 0;
   private missingChunks = 0;
+  private valueSumsFound = 0;
   private duplicates = 0;
   private corrupt = 0;
   private corruptNote = '';
@@ -91,12 +96,12 @@ export class SliceReader {
   /** Opens a finished slice: reads its head from every server that may hold it. */
   static async open(slice: SliceId, batchPairs: number, deps: ReaderDeps): Promise<SliceReader> {
     const homes = deps.placement.readers(shardOfSlice(slice));
-    const names: SliceCounter[] = ['rn', 'n', 'late', 'ovf'];
+    const names: SliceCounter[] = ['rn', 'n', 'late', 'ovf', 'vn'];
     const found = await Promise.all(homes.map((h) => {
       deps.countOps(names.length);
       return deps.conns[h]!.getMulti(names.map((n) => deps.keys.sliceCounter(slice, n)));
     }));
-    const head: SliceHead = { slice, chunks: [], events: null, late: 0n, saturated: 0n };
+    const head: SliceHead = { slice, chunks: [], events: null, late: 0n, saturated: 0n, valueSumsMade: null };
     const partial = { corrupt: 0, note: '' };
     const read = (values: Map<string, Buffer>, name: SliceCounter): bigint | null => {
       const key = deps.keys.sliceCounter(slice, name);
@@ -116,6 +121,8 @@ export class SliceReader {
       if (n !== null) head.events = (head.events ?? 0n) + n;
       head.late += read(values, 'late') ?? 0n;
       head.saturated += read(values, 'ovf') ?? 0n;
+      const vn = read(values, 'vn');
+      if (vn !== null) head.valueSumsMade = (head.valueSumsMade ?? 0n) + vn;
     }
     const reader = new SliceReader(head, homes, batchPairs, deps);
     reader.corrupt = partial.corrupt;
@@ -142,6 +149,7 @@ export class SliceReader {
       counted: this.counted.value,
       missingPairs: this.missingPairs,
       missingChunks: this.missingChunks,
+      valueSumsFound: this.valueSumsFound,
       duplicates: this.duplicates,
       corrupt: this.corrupt,
       corruptNote: this.corruptNote,
@@ -244,12 +252,14 @@ export class SliceReader {
       for (const s of single ? SERVER_0 : serversOf![i]!) {
         const c = found[s]!.get(countKeys[i]!);
         const v = found[s]!.get(valueKeys[i]!);
-        if (c === undefined || v === undefined) continue;
+        if (v !== undefined) this.valueSumsFound++;
+        // A pair exists where its count does; its value sum is made only once non-zero.
+        if (c === undefined) continue;
         const ct = counterText(c);
-        const vt = counterText(v);
+        const vt = v === undefined ? '0' : counterText(v);
         if (ct === null || vt === null) {
           bad = true;
-          this.noteCorrupt(`memcached key ${ct === null ? countKeys[i] : valueKeys[i]} holds ${JSON.stringify((ct === null ? c : v).toString('latin1', 0, 40))}, not a counter`);
+          this.noteCorrupt(`memcached key ${ct === null ? countKeys[i] : valueKeys[i]} holds ${JSON.stringify((ct === null ? c : v!).toString('latin1', 0, 40))}, not a counter`);
           continue;
         }
         // Two pools: the same pair counted on two servers adds up (a sum past 2^64 − 1 is held there).
