@@ -62,9 +62,44 @@ export class Deltas {
     const { user, action, value, at } = cols;
     for (let i = 0; i < cols.length; i++) {
       const slice = this.targetSlice(sliceOf(at[i]!, sliceSeconds), current);
-      const u = user[i]!;
-      this.addPair(slice, hiOf(u), loOf(u), u, action[i]!, 1, value[i]!);
+      this.addEvent(slice, user[i]!, action[i]!, value[i]!);
     }
+  }
+
+  /**
+   * One event of a user id below 2^53 with a plain-number value: the fold's
+   * hot path (every event of every batch), kept monomorphic and short.
+   */
+  private addEvent(slice: SliceId, user: number, actionId: ActionId, value: number): void {
+    let table = this.lastTable;
+    if (slice !== this.lastSlice || table === null) table = this.tableOf(slice);
+    const hi = hiOf(user);
+    const lo = loOf(user);
+    const index = table.getOrAdd(hi, lo, actionId, this.pairs.length);
+    if (index < 0) {
+      this.pairs.push({ slice, userId: String(user), actionId, count: 1, value, saturated: false });
+      this.his.push(hi);
+      this.los.push(lo);
+    } else {
+      const pair = this.pairs[index]!;
+      pair.count++;
+      if (value !== 0) {
+        const sum = addValue(pair.value, value);
+        if (sum === OVERFLOW) {
+          pair.value = MAX_U64;
+          pair.saturated = true;
+        } else pair.value = sum;
+      }
+    }
+    this.events++;
+  }
+
+  private tableOf(slice: SliceId): PairTable {
+    let table = this.tables.get(slice) ?? null;
+    if (table === null) this.tables.set(slice, (table = new PairTable()));
+    this.lastSlice = slice;
+    this.lastTable = table;
+    return table;
   }
 
   /**
@@ -128,12 +163,7 @@ export class Deltas {
   /** Adds `count` events with a total of `value` to the pair; the user id is given as halves and as text (or a number) for a new pair. */
   private addPair(slice: SliceId, hi: number, lo: number, userId: UserId | number, actionId: ActionId, count: number, value: number | bigint, saturated = false): void {
     let table = this.lastTable;
-    if (slice !== this.lastSlice || table === null) {
-      table = this.tables.get(slice) ?? null;
-      if (table === null) this.tables.set(slice, (table = new PairTable()));
-      this.lastSlice = slice;
-      this.lastTable = table;
-    }
+    if (slice !== this.lastSlice || table === null) table = this.tableOf(slice);
     const index = table.getOrAdd(hi, lo, actionId, this.pairs.length);
     if (index < 0) {
       this.pairs.push({ slice, userId: String(userId), actionId, count, value, saturated });
