@@ -9,6 +9,7 @@
  *   {p}{slice}:n / :late           events counted into the slice / of which late
  *   {p}{slice}:ovf                 value sums that would have passed 2^64 − 1 (saturated instead)
  *   {p}{slice}:vn                  value-sum counters created (a reader finding fewer knows some were evicted)
+ *   {p}{slice}:nv                  events counted by writers that keep `vn` (equal to `n`: `vn` is complete)
  *   {p}{slice}:w                   writers inside the slice right now (see Ring.enter / Ring.seal)
  *   {p}j:{unique}                  "job applied" marks (idempotency)
  *   {p}wm                          the flush's watermark: the last slice it committed
@@ -19,7 +20,7 @@ import { createHash } from 'node:crypto';
 import type { ActionId, UserId } from '../domain/contract.ts';
 import type { SliceId } from '../domain/slice.ts';
 
-export type SliceCounter = 'rn' | 'n' | 'late' | 'ovf' | 'vn' | 'w';
+export type SliceCounter = 'rn' | 'n' | 'nv' | 'late' | 'ovf' | 'vn' | 'w';
 
 export class RingKeys {
   constructor(readonly prefix: string) {

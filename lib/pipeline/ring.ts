@@ -129,11 +129,13 @@ export class Ring {
     }
     const perSlice = new Map<SliceId, number>();
     for (const d of pairs) perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + d.count);
-    const total = (to: CounterList[], slice: SliceId, name: 'n' | 'late' | 'ovf' | 'vn', n: number): void => {
+    const total = (to: CounterList[], slice: SliceId, name: 'n' | 'nv' | 'late' | 'ovf' | 'vn', n: number): void => {
       totals.push(keys.sliceCounter(slice, name));
       to[placement.writer(shardOfSlice(slice))]!.push(-totals.length, n);
     };
-    for (const [slice, n] of perSlice) total(bumps, slice, 'n', n);
+    // `nv` beside `n`: while they agree, no writer of an older version (which made every value sum,
+    // and did not count them in `vn`) wrote to the slice, so a reader may trust vn = 0 to mean "no sums".
+    for (const [slice, n] of perSlice) total(bumps, slice, 'n', n), total(bumps, slice, 'nv', n);
     for (const [slice, n] of deltas.late) total(bumps, slice, 'late', n);
     for (const [slice, n] of deltas.saturatedBySlice()) total(bumps, slice, 'ovf', n);
     // Value sums this apply created, per slice: counted on the slice (`vn`), so that a reader can tell
