@@ -1,8 +1,9 @@
 /**
  * Reads one finished slice out of memcached in batches, so the flush holds
- * one batch (plus the register chunks it is walking) rather than the whole
- * slice: `next()` walks the register, skips pairs already seen, and
- * multi-gets the counters of the next `batchPairs` pairs.
+ * the slice's pair list and one batch of counters rather than the whole
+ * slice: the first `next()` reads the register whole and sorts its pairs by
+ * (user, action), the counts table's key order, dropping repeats; each
+ * `next()` multi-gets the counters of the next `batchPairs` pairs.
  *
  * While the memcached pool changes (see Placement), a slice may have been
  * written under two pools: the reader walks the register on every server the
@@ -15,10 +16,10 @@
  * the first such key named, and the rest of the slice is read.
  *
  * Memory: the batch being read, up to REGISTER_CHUNKS_PER_GET register
- * chunks, and a PairTable of the pairs seen so far (≤ 56 bytes a pair).
+ * chunks while the register is read, and the sorted pairs (8 bytes a pair).
  */
 import type { CountRows } from '../domain/counts.ts';
-import { PairTable } from '../domain/pairtable.ts';
+import { PairList } from '../domain/pairlist.ts';
 import type { SliceId } from '../domain/slice.ts';
 import { isU64Decimal, U64Sum } from '../domain/u64.ts';
 import type { MemcacheConnection } from '../wire/memcache.ts';
@@ -37,6 +38,8 @@ export interface SliceHead {
   saturated: bigint;
   /** Value-sum counters the writers created (null when the slice has no such figure: none made, or written before it existed). */
   valueSumsMade: bigint | null;
+  /** Events counted by writers that keep `valueSumsMade` (see keys.ts `nv`); equal to `events` when every writer did. */
+  eventsCountingSums: bigint | null;
 }
 
 /** What a SliceReader found, once it has read the whole slice. */
@@ -69,7 +72,9 @@ export interface ReaderDeps {
 }
 
 export class SliceReader {
-  private readonly seen = new PairTable(4096);
+  /** The register's pairs in key order, read whole on the first next() (null until then). */
+  private pairs: PairList | null = null;
+  private nextPair = 0;
   private readonly counted = new U64Sum();
   private rows = 0;
   private missingPairs = 0;
@@ -78,11 +83,9 @@ export class SliceReader {
   private duplicates = 0;
   private corrupt = 0;
   private corruptNote = '';
-  /** Register walk: which head server, the next chunk number there (from 1), chunks fetched and not yet walked. */
+  /** Register walk: which head server, the next chunk number there (from 1). */
   private home = 0;
   private nextChunk = 1;
-  private chunkBuffers: Buffer[] = [];
-  private offset = 0;
 
   private constructor(
     readonly head: SliceHead,
@@ -96,12 +99,12 @@ export class SliceReader {
   /** Opens a finished slice: reads its head from every server that may hold it. */
   static async open(slice: SliceId, batchPairs: number, deps: ReaderDeps): Promise<SliceReader> {
     const homes = deps.placement.readers(shardOfSlice(slice));
-    const names: SliceCounter[] = ['rn', 'n', 'late', 'ovf', 'vn'];
+    const names: SliceCounter[] = ['rn', 'n', 'nv', 'late', 'ovf', 'vn'];
     const found = await Promise.all(homes.map((h) => {
       deps.countOps(names.length);
       return deps.conns[h]!.getMulti(names.map((n) => deps.keys.sliceCounter(slice, n)));
     }));
-    const head: SliceHead = { slice, chunks: [], events: null, late: 0n, saturated: 0n, valueSumsMade: null };
+    const head: SliceHead = { slice, chunks: [], events: null, late: 0n, saturated: 0n, valueSumsMade: null, eventsCountingSums: null };
     const partial = { corrupt: 0, note: '' };
     const read = (values: Map<string, Buffer>, name: SliceCounter): bigint | null => {
       const key = deps.keys.sliceCounter(slice, name);
@@ -123,6 +126,8 @@ export class SliceReader {
       head.saturated += read(values, 'ovf') ?? 0n;
       const vn = read(values, 'vn');
       if (vn !== null) head.valueSumsMade = (head.valueSumsMade ?? 0n) + vn;
+      const nv = read(values, 'nv');
+      if (nv !== null) head.eventsCountingSums = (head.eventsCountingSums ?? 0n) + nv;
     }
     const reader = new SliceReader(head, homes, batchPairs, deps);
     reader.corrupt = partial.corrupt;
@@ -161,49 +166,47 @@ export class SliceReader {
     this.corruptNote ||= what;
   }
 
-  /** Up to batchPairs pairs not seen before, from the register. */
+  /** The next batchPairs pairs in key order (the first call reads the whole register). */
   private async nextPairs(): Promise<{ users: string[]; actions: number[] }> {
+    const pairs = this.pairs ?? (this.pairs = await this.readRegister());
     const users: string[] = [];
     const actions: number[] = [];
-    while (users.length < this.batchPairs) {
-      const buf = this.chunkBuffers[0];
-      if (buf === undefined) {
-        if (!(await this.fetchChunks())) break;
-        continue;
-      }
-      let o = this.offset;
-      for (; o + ENTRY_BYTES <= buf.length && users.length < this.batchPairs; o += ENTRY_BYTES) {
-        const hi = buf.readUInt32BE(o);
-        const lo = buf.readUInt32BE(o + 4);
-        const actionId = buf.readUInt16BE(o + 8);
-        if (actionId === 0) {
-          this.noteCorrupt(`slice ${this.head.slice}: a register entry has action id 0`);
-          continue;
-        }
-        if (!this.seen.add(hi, lo, actionId)) {
-          this.duplicates++;
-          continue;
-        }
-        // Below 2^53 a user id is an exact number, and String() of it is cheaper than a BigInt's.
-        users.push(hi < 0x20_0000 ? String(hi * 0x1_0000_0000 + lo) : buf.readBigUInt64BE(o).toString());
-        actions.push(actionId);
-      }
-      if (o + ENTRY_BYTES <= buf.length) this.offset = o;
-      else {
-        this.chunkBuffers.shift();
-        this.offset = 0;
-      }
+    const end = Math.min(pairs.length, this.nextPair + this.batchPairs);
+    for (let i = this.nextPair; i < end; i++) {
+      users.push(pairs.user(i));
+      actions.push(pairs.action(i));
     }
+    this.nextPair = end;
     return { users, actions };
   }
 
-  /** Fetches the next register chunks, moving on to the next head server when one is done; false when all are. */
-  private async fetchChunks(): Promise<boolean> {
+  /**
+   * Every pair the register lists, sorted by (user, action), each once (two
+   * writers creating one pair both list it). 8 bytes a pair: a million-pair
+   * slice is 8 MB, where walking and de-duplicating as it went took a 16 MB table.
+   */
+  private async readRegister(): Promise<PairList> {
+    const pairs = new PairList();
+    for (let chunks = await this.fetchChunks(); chunks !== null; chunks = await this.fetchChunks()) {
+      for (const buf of chunks) {
+        for (let o = 0; o + ENTRY_BYTES <= buf.length; o += ENTRY_BYTES) {
+          const actionId = buf.readUInt16BE(o + 8);
+          if (actionId === 0) this.noteCorrupt(`slice ${this.head.slice}: a register entry has action id 0`);
+          else pairs.add(buf.readUInt32BE(o), buf.readUInt32BE(o + 4), actionId);
+        }
+      }
+    }
+    this.duplicates += pairs.seal();
+    return pairs;
+  }
+
+  /** Fetches the next register chunks, moving on to the next head server when one is done; null when all are. */
+  private async fetchChunks(): Promise<Buffer[] | null> {
     while (this.home < this.homes.length && this.nextChunk > this.head.chunks[this.home]!) {
       this.home++;
       this.nextChunk = 1;
     }
-    if (this.home === this.homes.length) return false;
+    if (this.home === this.homes.length) return null;
     const { keys, conns, countOps } = this.deps;
     const slice = this.head.slice;
     const names: string[] = [];
@@ -212,15 +215,16 @@ export class SliceReader {
     }
     countOps(names.length);
     const found = await conns[this.homes[this.home]!]!.getMulti(names);
+    const chunks: Buffer[] = [];
     for (const key of names) {
       const buf = found.get(key);
       if (buf === undefined) this.missingChunks++;
       else {
         if (buf.length % ENTRY_BYTES !== 0) this.noteCorrupt(`memcached key ${key} is ${buf.length} bytes, not a whole number of ${ENTRY_BYTES}-byte register entries`);
-        if (buf.length >= ENTRY_BYTES) this.chunkBuffers.push(buf);
+        chunks.push(buf);
       }
     }
-    return true;
+    return chunks;
   }
 
   private async readCounters(pairs: { users: string[]; actions: number[] }): Promise<CountRows> {
@@ -228,16 +232,22 @@ export class SliceReader {
     const { keys, placement, conns, countOps } = this.deps;
     const slice = this.head.slice;
     const n = users.length;
+    // No value sum was ever made in this slice, and every writer would have said so: read counts only.
+    const h = this.head;
+    const sums = !(h.events !== null && h.eventsCountingSums === h.events && (h.valueSumsMade ?? 0n) === 0n);
     const countKeys = new Array<string>(n);
-    const valueKeys = new Array<string>(n);
+    const valueKeys = new Array<string>(sums ? n : 0);
     const single = placement.servers.length === 1;
     const serversOf = single ? null : new Array<number[]>(n);
     const keysByServer: string[][] = placement.servers.map(() => []);
     for (let i = 0; i < n; i++) {
       countKeys[i] = keys.count(slice, users[i]!, actions[i]!);
-      valueKeys[i] = keys.valueSum(slice, users[i]!, actions[i]!);
-      const servers = single ? [0] : (serversOf![i] = placement.readers(shardOfPair(users[i]!, actions[i]!)));
-      for (const s of servers) keysByServer[s]!.push(countKeys[i]!, valueKeys[i]!);
+      if (sums) valueKeys[i] = keys.valueSum(slice, users[i]!, actions[i]!);
+      const servers = single ? SERVER_0 : (serversOf![i] = placement.readers(shardOfPair(users[i]!, actions[i]!)));
+      for (const s of servers) {
+        keysByServer[s]!.push(countKeys[i]!);
+        if (sums) keysByServer[s]!.push(valueKeys[i]!);
+      }
     }
     const found = await Promise.all(keysByServer.map((list, s) => {
       if (list.length === 0) return new Map<string, Buffer>();
@@ -251,7 +261,7 @@ export class SliceReader {
       let bad = false;
       for (const s of single ? SERVER_0 : serversOf![i]!) {
         const c = found[s]!.get(countKeys[i]!);
-        const v = found[s]!.get(valueKeys[i]!);
+        const v = sums ? found[s]!.get(valueKeys[i]!) : undefined;
         if (v !== undefined) this.valueSumsFound++;
         // A pair exists where its count does; its value sum is made only once non-zero.
         if (c === undefined) continue;
