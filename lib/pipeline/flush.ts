@@ -82,6 +82,9 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
   const result: FlushResult = { ran: false, now: now.toISOString(), slices: [], rows: 0, pairsMissing: 0, lostSlices: 0, statements: 0, durationMs: 0 };
 
   const ran = await store.withFlushLock(options.lockWaitSeconds ?? 10, async () => {
+    if ((await store.countsMethod()) === 'upsert' && store.loadRefusal !== null) {
+      log.warn({ reason: store.loadRefusal }, 'LOAD DATA LOCAL … REPLACE refused (local_infile off, or no DELETE on the counts table): writing counts with multi-row upserts, about half as fast');
+    }
     const current = sliceOf(now.getTime(), sliceSeconds);
     const { oldest, newest } = flushableRange(current, ringSlices);
     const watermark = await store.watermark();
