@@ -168,3 +168,44 @@ export function expectedTotals(w: Workload): Expected {
   }
   return { index, count, valueSum, pairs: index.size, pairsPerSlice: perSlice, events: n, valueTotal };
 }
+
+/** Expected totals over any number of slices (the steady-state run): key = sliceKey(slice index, user, action). */
+export interface SliceExpected {
+  index: Map<number, number>;
+  count: Uint32Array;
+  valueSum: Float64Array;
+  pairs: number;
+}
+
+/** A number key for (slice index < 2^10, user < 2^26, action < 2^16): exact in a double (52 bits). */
+export const sliceKey = (slice: number, user: number, action: number): number => (slice * 2 ** 26 + user) * 2 ** 16 + action;
+
+/**
+ * Exact totals of the first `sliceOfEvent.length` events of `w`, event i in
+ * slice index sliceOfEvent[i]; with `acrossSlices`, per pair over every slice
+ * (for a run in which some events were moved to a later slice, as late).
+ */
+export function expectedBySlice(w: Workload, sliceOfEvent: Uint8Array, acrossSlices: boolean): SliceExpected {
+  const index = new Map<number, number>();
+  let count = new Uint32Array(1 << 16);
+  let valueSum = new Float64Array(1 << 16);
+  for (let i = 0; i < sliceOfEvent.length; i++) {
+    const key = sliceKey(acrossSlices ? 0 : sliceOfEvent[i]!, w.user[i]!, w.action[i]!);
+    let at = index.get(key);
+    if (at === undefined) {
+      at = index.size;
+      index.set(key, at);
+      if (at >= count.length) {
+        const c = new Uint32Array(count.length * 2);
+        c.set(count);
+        count = c;
+        const v = new Float64Array(valueSum.length * 2);
+        v.set(valueSum);
+        valueSum = v;
+      }
+    }
+    count[at] = count[at]! + 1;
+    valueSum[at] = valueSum[at]! + w.value[i]!;
+  }
+  return { index, count, valueSum, pairs: index.size };
+}
