@@ -15,8 +15,8 @@
  * a counter that is not a number) is skipped and counted in `corrupt`, with
  * the first such key named, and the rest of the slice is read.
  *
- * Memory: the batch being read, up to REGISTER_CHUNKS_PER_GET register
- * chunks while the register is read, and the sorted pairs (8 bytes a pair).
+ * Memory: up to READ_AHEAD batches being read, up to REGISTER_CHUNKS_PER_GET
+ * register chunks while the register is read, and the sorted pairs (8 bytes a pair).
  */
 import type { CountRows } from '../domain/counts.ts';
 import { PairList } from '../domain/pairlist.ts';
@@ -62,6 +62,8 @@ export interface SliceTotals extends SliceHead {
 const ENTRY_BYTES = 10;
 /** Register chunks fetched per round trip while reading: at most 16 × 500 KB in memory at once. */
 const REGISTER_CHUNKS_PER_GET = 16;
+/** Batches of counters being read at once (see next()). */
+const READ_AHEAD = 4;
 
 export interface ReaderDeps {
   keys: RingKeys;
@@ -75,6 +77,8 @@ export class SliceReader {
   /** The register's pairs in key order, read whole on the first next() (null until then). */
   private pairs: PairList | null = null;
   private nextPair = 0;
+  /** Batches asked of memcached and not yet handed out, in order. */
+  private ahead: Promise<CountRows>[] = [];
   private readonly counted = new U64Sum();
   private rows = 0;
   private missingPairs = 0;
@@ -135,12 +139,27 @@ export class SliceReader {
     return reader;
   }
 
-  /** The next batch of rows (never empty), or null when the slice is done. One call at a time. */
+  /**
+   * The next batch of rows (never empty), or null when the slice is done. One
+   * call at a time. Up to READ_AHEAD batches are asked of memcached at once:
+   * one multi-get in flight at a time left memcached and this process taking
+   * turns, each idle while the other worked.
+   */
   async next(): Promise<CountRows | null> {
     for (;;) {
-      const pairs = await this.nextPairs();
-      if (pairs.users.length === 0) return null;
-      const rows = await this.readCounters(pairs);
+      for (let more = true; more && this.ahead.length < READ_AHEAD; ) {
+        const pairs = await this.nextPairs();
+        more = pairs.users.length > 0;
+        if (more) {
+          const reading = this.readCounters(pairs);
+          // Awaited in turn below; a failure of one further ahead must not count as unhandled meanwhile.
+          reading.catch(() => undefined);
+          this.ahead.push(reading);
+        }
+      }
+      const reading = this.ahead.shift();
+      if (reading === undefined) return null;
+      const rows = await reading;
       if (rows.length > 0) return rows;
       // Every pair of this batch was gone: read on rather than hand back nothing.
     }
@@ -235,45 +254,57 @@ export class SliceReader {
     // No value sum was ever made in this slice, and every writer would have said so: read counts only.
     const h = this.head;
     const sums = !(h.events !== null && h.eventsCountingSums === h.events && (h.valueSumsMade ?? 0n) === 0n);
-    const countKeys = new Array<string>(n);
-    const valueKeys = new Array<string>(sums ? n : 0);
     const single = placement.servers.length === 1;
-    const serversOf = single ? null : new Array<number[]>(n);
+    // Where pair i's counters are in the lists asked of each server: its count at `at`, its value sum
+    // (when read) right after. One server, or (while the pool changes) up to two.
     const keysByServer: string[][] = placement.servers.map(() => []);
+    const serverA = new Int32Array(n);
+    const atA = new Int32Array(n);
+    const serverB = single ? null : new Int32Array(n).fill(-1);
+    const atB = single ? null : new Int32Array(n);
     for (let i = 0; i < n; i++) {
-      countKeys[i] = keys.count(slice, users[i]!, actions[i]!);
-      if (sums) valueKeys[i] = keys.valueSum(slice, users[i]!, actions[i]!);
-      const servers = single ? SERVER_0 : (serversOf![i] = placement.readers(shardOfPair(users[i]!, actions[i]!)));
-      for (const s of servers) {
-        keysByServer[s]!.push(countKeys[i]!);
-        if (sums) keysByServer[s]!.push(valueKeys[i]!);
+      const count = keys.count(slice, users[i]!, actions[i]!);
+      const sum = sums ? keys.valueSum(slice, users[i]!, actions[i]!) : '';
+      const servers = single ? SERVER_0 : placement.readers(shardOfPair(users[i]!, actions[i]!));
+      for (let k = 0; k < servers.length; k++) {
+        const s = servers[k]!;
+        const list = keysByServer[s]!;
+        if (k === 0) (serverA[i] = s), (atA[i] = list.length);
+        else (serverB![i] = s), (atB![i] = list.length);
+        list.push(count);
+        if (sums) list.push(sum);
       }
     }
+    // Keys built here from the checked prefix and numbers: ASCII, valid.
     const found = await Promise.all(keysByServer.map((list, s) => {
-      if (list.length === 0) return new Map<string, Buffer>();
+      if (list.length === 0) return [];
       countOps(list.length);
-      return conns[s]!.getMulti(list);
+      return conns[s]!.getCounters(list, { keysValid: true });
     }));
     const rows: CountRows = { length: 0, users: [], actions: [], counts: [], valueSums: [] };
     for (let i = 0; i < n; i++) {
       let count: string | null = null;
       let sum: string | null = null;
       let bad = false;
-      for (const s of single ? SERVER_0 : serversOf![i]!) {
-        const c = found[s]!.get(countKeys[i]!);
-        const v = sums ? found[s]!.get(valueKeys[i]!) : undefined;
+      for (let k = 0; k < 2; k++) {
+        const s = k === 0 ? serverA[i]! : serverB === null ? -1 : serverB[i]!;
+        if (s < 0) break;
+        const at = k === 0 ? atA[i]! : atB![i]!;
+        const values = found[s]!;
+        const c = values[at];
+        const v = sums ? values[at + 1] : undefined;
         if (v !== undefined) this.valueSumsFound++;
         // A pair exists where its count does; its value sum is made only once non-zero.
         if (c === undefined) continue;
-        const ct = counterText(c);
-        const vt = v === undefined ? '0' : counterText(v);
-        if (ct === null || vt === null) {
+        const vt = v ?? '0';
+        if (!isU64Decimal(c) || !isU64Decimal(vt)) {
           bad = true;
-          this.noteCorrupt(`memcached key ${ct === null ? countKeys[i] : valueKeys[i]} holds ${JSON.stringify((ct === null ? c : v!).toString('latin1', 0, 40))}, not a counter`);
+          const key = isU64Decimal(c) ? keys.valueSum(slice, users[i]!, actions[i]!) : keys.count(slice, users[i]!, actions[i]!);
+          this.noteCorrupt(`memcached key ${key} holds ${JSON.stringify((isU64Decimal(c) ? vt : c).slice(0, 40))}, not a counter`);
           continue;
         }
         // Two pools: the same pair counted on two servers adds up (a sum past 2^64 − 1 is held there).
-        count = count === null ? ct : addU64Text(count, ct);
+        count = count === null ? c : addU64Text(count, c);
         sum = sum === null ? vt : addU64Text(sum, vt);
       }
       if (count === null || sum === null) {
