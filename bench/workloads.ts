@@ -209,3 +209,25 @@ export function expectedBySlice(w: Workload, sliceOfEvent: Uint8Array, acrossSli
   }
   return { index, count, valueSum, pairs: index.size };
 }
+
+/**
+ * The fewest memcached operations per event a worker could spend on `w` when
+ * its folds are runs of `foldEvents` consecutive events: one per counter a
+ * fold touches (a count per distinct pair, a value sum per distinct pair
+ * with a value). Registers, slice totals and job marks come on top.
+ */
+export function opsFloor(w: Workload, foldEvents: number): number {
+  let ops = 0;
+  const n = w.user.length;
+  for (let from = 0; from < n; from += foldEvents) {
+    const pairs = new Set<number>();
+    const sums = new Set<number>();
+    for (let i = from; i < Math.min(n, from + foldEvents); i++) {
+      const key = pairKey(w.slice[i]!, w.user[i]!, w.action[i]!);
+      pairs.add(key);
+      if (w.value[i]! > 0) sums.add(key);
+    }
+    ops += pairs.size + sums.size;
+  }
+  return ops / n;
+}
