@@ -6,6 +6,7 @@
 import type { ClientStats } from '../lib/pipeline/client.ts';
 import type { FlushResult } from '../lib/pipeline/flush.ts';
 import type { WorkerStats } from '../lib/pipeline/worker.ts';
+import type { CeilingMethod } from './roles/ceiling.ts';
 import type { TableCheck } from './stack.ts';
 
 // ── what the children report ──
@@ -73,6 +74,10 @@ export interface NaiveResult {
 
 export interface E2ERun {
   run: number;
+  /** Worker processes in this run. */
+  workers: number;
+  /** Start (epoch ms) of the first of the run's two slices. */
+  baseMs: number;
   keyPrefix: string;
   tablePrefix: string;
   events: number;
@@ -94,6 +99,8 @@ export interface E2ERun {
   workerRss: { growthMb: number; flat: boolean; earlyMaxMb: number; lateMaxMb: number };
   serversRssMb: Record<string, number | null>;
   naive: NaiveResult | null;
+  /** The database's ceiling on this run's rows (first worker count's runs only). */
+  ceiling: CeilingMethod[] | null;
 }
 
 // ── statistics ──

@@ -14,7 +14,7 @@ import type { Config } from '../lib/base/config.ts';
 import { GearmanConnection } from '../lib/wire/gearman.ts';
 import { MemcacheConnection } from '../lib/wire/memcache.ts';
 import { FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE } from '../lib/domain/contract.ts';
-import { pairKey, type Expected } from './workloads.ts';
+import { pairKey, sliceKey, type Expected, type SliceExpected } from './workloads.ts';
 import { purgeQueues } from '../lib/pipeline/queues.ts';
 
 export const REPO = resolve(import.meta.dirname, '..');
@@ -188,6 +188,47 @@ export async function checkCounts(cfg: Config, table: string, expected: Expected
   const missing = expected.pairs - seen.reduce((n, x) => n + x, 0);
   if (missing > 0) bad(`${missing} expected row(s) missing`);
   return { ok: mismatches === 0 && rows === expected.pairs, rows, expectedRows: expected.pairs, mismatches, examples };
+}
+
+/**
+ * checkCounts for any number of slices (the steady-state run): every row of
+ * `table` against `expected`, slice index = (slice start − firstMs) / sliceMs;
+ * with `acrossSlices`, rows of a pair add up over the slices first.
+ */
+export async function checkCountsBySlice(cfg: Config, table: string, expected: SliceExpected, firstMs: number, sliceMs: number, acrossSlices: boolean): Promise<TableCheck> {
+  const conn = mysql.createConnection({ uri: cfg.mysqlUrl, supportBigNumbers: true, bigNumberStrings: true });
+  const got = new Map<number, [bigint, bigint]>();
+  const examples: string[] = [];
+  let rows = 0;
+  let mismatches = 0;
+  const bad = (what: string): void => {
+    mismatches++;
+    if (examples.length < 5) examples.push(what);
+  };
+  try {
+    const stream = conn.query(`SELECT UNIX_TIMESTAMP(slice_start) AS s, user_id, action_id, count, value_sum FROM \`${table}\``).stream();
+    for await (const row of stream as AsyncIterable<{ s: string | number; user_id: string; action_id: number; count: string; value_sum: string }>) {
+      rows++;
+      const slice = (Number(row.s) * 1000 - firstMs) / sliceMs;
+      const key = sliceKey(acrossSlices ? 0 : slice, Number(row.user_id), Number(row.action_id));
+      if (!Number.isInteger(slice) || slice < 0) {
+        bad(`slice ${slice} user ${row.user_id} action ${row.action_id}: a row outside the run`);
+        continue;
+      }
+      const cur = got.get(key) ?? [0n, 0n];
+      got.set(key, [cur[0] + BigInt(row.count), cur[1] + BigInt(row.value_sum)]);
+    }
+  } finally {
+    conn.end();
+  }
+  for (const [key, [c, v]] of got) {
+    const i = expected.index.get(key);
+    if (i === undefined) bad(`key ${key}: unexpected row (count ${c})`);
+    else if (c !== BigInt(expected.count[i]!) || v !== BigInt(expected.valueSum[i]!)) bad(`key ${key}: count ${c} value_sum ${v}, expected ${expected.count[i]} / ${expected.valueSum[i]}`);
+  }
+  const missing = [...expected.index.keys()].filter((k) => !got.has(k)).length;
+  if (missing > 0) bad(`${missing} expected pair(s) missing`);
+  return { ok: mismatches === 0, rows, expectedRows: expected.pairs, mismatches, examples };
 }
 
 /** Current RSS of the bench stack's daemons, MB (from their pid files). */

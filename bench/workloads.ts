@@ -168,3 +168,66 @@ export function expectedTotals(w: Workload): Expected {
   }
   return { index, count, valueSum, pairs: index.size, pairsPerSlice: perSlice, events: n, valueTotal };
 }
+
+/** Expected totals over any number of slices (the steady-state run): key = sliceKey(slice index, user, action). */
+export interface SliceExpected {
+  index: Map<number, number>;
+  count: Uint32Array;
+  valueSum: Float64Array;
+  pairs: number;
+}
+
+/** A number key for (slice index < 2^10, user < 2^26, action < 2^16): exact in a double (52 bits). */
+export const sliceKey = (slice: number, user: number, action: number): number => (slice * 2 ** 26 + user) * 2 ** 16 + action;
+
+/**
+ * Exact totals of the first `sliceOfEvent.length` events of `w`, event i in
+ * slice index sliceOfEvent[i]; with `acrossSlices`, per pair over every slice
+ * (for a run in which some events were moved to a later slice, as late).
+ */
+export function expectedBySlice(w: Workload, sliceOfEvent: Uint8Array, acrossSlices: boolean): SliceExpected {
+  const index = new Map<number, number>();
+  let count = new Uint32Array(1 << 16);
+  let valueSum = new Float64Array(1 << 16);
+  for (let i = 0; i < sliceOfEvent.length; i++) {
+    const key = sliceKey(acrossSlices ? 0 : sliceOfEvent[i]!, w.user[i]!, w.action[i]!);
+    let at = index.get(key);
+    if (at === undefined) {
+      at = index.size;
+      index.set(key, at);
+      if (at >= count.length) {
+        const c = new Uint32Array(count.length * 2);
+        c.set(count);
+        count = c;
+        const v = new Float64Array(valueSum.length * 2);
+        v.set(valueSum);
+        valueSum = v;
+      }
+    }
+    count[at] = count[at]! + 1;
+    valueSum[at] = valueSum[at]! + w.value[i]!;
+  }
+  return { index, count, valueSum, pairs: index.size };
+}
+
+/**
+ * The fewest memcached operations per event a worker could spend on `w` when
+ * its folds are runs of `foldEvents` consecutive events: one per counter a
+ * fold touches (a count per distinct pair, a value sum per distinct pair
+ * with a value). Registers, slice totals and job marks come on top.
+ */
+export function opsFloor(w: Workload, foldEvents: number): number {
+  let ops = 0;
+  const n = w.user.length;
+  for (let from = 0; from < n; from += foldEvents) {
+    const pairs = new Set<number>();
+    const sums = new Set<number>();
+    for (let i = from; i < Math.min(n, from + foldEvents); i++) {
+      const key = pairKey(w.slice[i]!, w.user[i]!, w.action[i]!);
+      pairs.add(key);
+      if (w.value[i]! > 0) sums.add(key);
+    }
+    ops += pairs.size + sums.size;
+  }
+  return ops / n;
+}

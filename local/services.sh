@@ -345,8 +345,8 @@ mysql_provision() {
 CREATE DATABASE IF NOT EXISTS offlog CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
 CREATE USER IF NOT EXISTS 'offlog'@'127.0.0.1' IDENTIFIED BY 'offlog';
 CREATE USER IF NOT EXISTS 'offlog'@'localhost' IDENTIFIED BY 'offlog';
-GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP ON offlog.* TO 'offlog'@'127.0.0.1';
-GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP ON offlog.* TO 'offlog'@'localhost';
+GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP, CREATE TEMPORARY TABLES ON offlog.* TO 'offlog'@'127.0.0.1';
+GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP, CREATE TEMPORARY TABLES ON offlog.* TO 'offlog'@'localhost';
 SQL
 }
 
@@ -368,7 +368,8 @@ start_mysql() {
       --socket="$MYSQL_SOCKET" \
       --pid-file="$pidfile" \
       --log-error="$logfile" \
-      --default-time-zone=+00:00
+      --default-time-zone=+00:00 \
+      --local-infile=1
     # /proc/PID/comm is "mariadbd" even when started through the mysqld alias.
     wait_ready mariadb "$pidfile" mariadbd mysql_ready "$logfile"
     log "mariadb up (pid $(cat "$pidfile"))"

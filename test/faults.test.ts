@@ -102,9 +102,10 @@ test('a worker killed halfway through storing a fold: applied again, it is a bou
     for (const u of users) d.add({ userId: String(u), actionId: 1, value: 2, at }, base, SLICE);
     return d;
   };
-  await rt.ring.apply(fold([1, 2]));
-  // The dying worker's increments of pairs 1 and 2 land; it dies before creating pair 3 (its first `add`).
+  // The dying worker folded pairs 1 and 2 before, so it knows their counters exist (PairFlags) and
+  // increments them; those increments land, and it dies creating pair 3 (its `add`), before the slice totals.
   const dying = new Ring({ servers: rt.config.memcachedServers, keyPrefix: rt.config.keyPrefix, sliceSeconds: SLICE, ringSlices: 6 });
+  await dying.apply(fold([1, 2]));
   dying.connections[0]!.addMany = () => Promise.reject(new Error('SIGKILL'));
   await assert.rejects(dying.apply(fold([1, 2, 3])), /SIGKILL/);
   await dying.close();

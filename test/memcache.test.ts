@@ -220,6 +220,24 @@ describe('MemcacheConnection', () => {
     assert.deepEqual(await mc.getMulti([]), new Map());
   });
 
+  test('getCounters: values in the order asked, missing keys undefined, padding dropped, pipelined with other requests', async () => {
+    await mc.flushAll();
+    const keys = Array.from({ length: 1000 }, (_, i) => `ctr:${'k'.repeat(i % 7 === 0 ? 200 : 10)}:${i}`);
+    const present = keys.filter((_, i) => i % 3 !== 0);
+    await mc.exec(present.map((key, i) => ({ kind: 'set', key, value: String(i * 1000), ttl: 0 })));
+    // A counter that shrank in place: memcached keeps "9  " (padded) after 100 − 91.
+    await mc.exec([{ kind: 'set', key: keys[1]!, value: '100', ttl: 0 }, { kind: 'decr', key: keys[1]!, amount: 91 }]);
+    const [values, incr] = await Promise.all([mc.getCounters(keys, { keysValid: true }), mc.exec([{ kind: 'incr', key: keys[2]!, amount: 1 }])]);
+    assert.equal(values.length, keys.length);
+    keys.forEach((key, i) => {
+      const expected = i % 3 === 0 ? undefined : i === 1 ? '9' : String(present.indexOf(key) * 1000);
+      assert.equal(values[i], expected, key);
+    });
+    assert.deepEqual(incr, [BigInt(present.indexOf(keys[2]!) * 1000 + 1)]);
+    assert.deepEqual(await mc.getCounters([]), []);
+    await assert.rejects(mc.getCounters(['ctr:é']), /not ASCII/);
+  });
+
   test('a batch of 10,000 incrs gives exact totals', async () => {
     const keys = Array.from({ length: 37 }, (_, i) => `total:${i}`);
     await mc.exec(keys.map((key) => ({ kind: 'set', key, value: '0', ttl: 0 })));

@@ -1,8 +1,13 @@
 /**
- * Bench role: one OffLog worker, started before the client so that both run
- * at once. Its clock (`now`) is pinned inside the run's second slice, so every
- * event lands in its own slice and none is late. It stops as soon as it has
- * counted the whole workload into memcached.
+ * Bench role: one OffLog worker process (the orchestrator may start several),
+ * started before the client so that both run at once. Its clock (`now`) is
+ * pinned inside the run's second slice, so every event lands in its own slice
+ * and none is late (or, for the steady-state run, it is the real clock).
+ *
+ * It reports its event count whenever it changes (`events`); the
+ * orchestrator adds up every worker's, and says `stop` once the whole
+ * workload is counted. What the worker spent up to its last fold is what it
+ * reports: stopping (which can wait out a sleeping grab) is not the run's.
  *
  * Two throughputs come out of it:
  *  - wall: events / (last fold stored − first job taken). While the client is
@@ -19,12 +24,9 @@ import { Worker } from '../../lib/pipeline/worker.ts';
 import { config, cpuMs, logger, params, peakRssMb, round1, RssSampler, runRole, send, sleep, waitForGo } from './common.ts';
 
 export interface WorkerParams {
-  /** The worker's pinned clock, epoch ms. */
-  nowMs: number;
+  /** The worker's pinned clock, epoch ms; null = the real clock. */
+  nowMs: number | null;
   sliceSeconds: number;
-  expectedEvents: number;
-  /** Give up when no event was counted for this long. */
-  stallTimeoutMs: number;
   /** Worker maxJobsPerFold; null = the library default. */
   maxJobsPerFold: number | null;
 }
@@ -35,7 +37,8 @@ runRole(async () => {
   const log = logger('bench-worker');
   const ring = new Ring({ servers: cfg.memcachedServers, keyPrefix: cfg.keyPrefix, sliceSeconds: p.sliceSeconds, ringSlices: cfg.ringSlices });
   await ring.bootTimes(); // connect now, not on the clock
-  const worker = new Worker({ gearmanServers: cfg.gearmanServers, sliceSeconds: p.sliceSeconds, ring, log, now: () => p.nowMs }, p.maxJobsPerFold ? { maxJobsPerFold: p.maxJobsPerFold } : {});
+  const pinned = p.nowMs;
+  const worker = new Worker({ gearmanServers: cfg.gearmanServers, sliceSeconds: p.sliceSeconds, ring, log, ...(pinned === null ? {} : { now: () => pinned }) }, p.maxJobsPerFold ? { maxJobsPerFold: p.maxJobsPerFold } : {});
 
   // Where the worker's time goes, fold by fold: taking jobs from gearmand,
   // sleeping for work, preparing folds (decode, fold), the memcached calls,
@@ -74,48 +77,39 @@ runRole(async () => {
   timed(ring, 'appliedJobs', 'memcachedAppliedJobsMs');
   timed(ring, 'apply', 'memcachedApplyMs');
   timed(ring, 'markApplied', 'memcachedMarkAppliedMs');
+  // The writer's announcement around each fold (Ring.enter / Ring.leave): what the flush protocol costs.
+  timed(ring, 'enter', 'memcachedEnterMs');
+  timed(ring, 'leave', 'memcachedLeaveMs');
 
+  let stopAsked = false;
+  process.on('message', (m: { type?: string }) => {
+    if (m?.type === 'stop') stopAsked = true;
+  });
   send({ type: 'ready' });
   await waitForGo();
   const rss = new RssSampler(100, () => worker.stats.events);
   const cpu0 = process.cpuUsage();
   t0 = performance.now();
   const running = worker.run();
-  let doneAt = 0;
-  const atDone: Record<string, number> = {};
+  running.catch(() => undefined);
+  let doneAt = t0;
+  let atDone: Record<string, number> = { ...spent, busyMs: 0 };
+  let cpuAtDone = process.cpuUsage(cpu0);
   let lastEvents = 0;
-  let lastChange = t0;
-  let lastProgress = 0;
-  // Polling a counter every 2 ms costs nothing measurable and finds the end within 2 ms.
-  for (;;) {
-    await sleep(2);
-    const now = performance.now();
+  // Polling a counter every 2 ms costs nothing measurable and reports a fold within 2 ms.
+  while (!stopAsked) {
+    await Promise.race([sleep(2), running]);
     const events = worker.stats.events;
     if (events !== lastEvents) {
       lastEvents = events;
-      lastChange = now;
-    }
-    if (now - lastProgress > 250) {
-      lastProgress = now;
-      send({ type: 'progress', events });
-    }
-    if (events >= p.expectedEvents) {
-      doneAt = now;
-      // What was spent up to here: stopping afterwards (a last sleep) is not the run's.
-      Object.assign(atDone, spent);
-      atDone.busyMs = busy + (active > 0 ? now - activeSince : 0);
-      // Said at once: the flush may start now. Stopping (which can wait out a
-      // sleeping grab for up to a second) is not the pipeline's time.
-      send({ type: 'counted', events });
-      break;
-    }
-    if (now - lastChange > p.stallTimeoutMs) {
-      worker.stop();
-      await running;
-      throw new Error(`worker stalled: ${events} of ${p.expectedEvents} events counted, nothing new for ${p.stallTimeoutMs} ms`);
+      doneAt = performance.now();
+      // What was spent up to the last fold: waiting for `stop` afterwards is not the run's.
+      atDone = { ...spent, busyMs: busy + (active > 0 ? doneAt - activeSince : 0) };
+      cpuAtDone = process.cpuUsage(cpu0);
+      send({ type: 'events', events });
     }
   }
-  const cpu = cpuMs(cpu0);
+  const cpu = { userMs: Math.round(cpuAtDone.user / 1000), systemMs: Math.round(cpuAtDone.system / 1000) };
   rss.stop();
   worker.stop();
   const stats = await running;
@@ -123,7 +117,8 @@ runRole(async () => {
   const first = firstFoldAt ?? 0;
   const wallMs = doneAt - t0 - first;
   const busyMs = hasBusy ? atDone.busyMs! : null;
-  const memcachedMs = (atDone.memcachedAppliedJobsMs ?? 0) + (atDone.memcachedApplyMs ?? 0) + (atDone.memcachedMarkAppliedMs ?? 0);
+  const memcachedMs = (atDone.memcachedAppliedJobsMs ?? 0) + (atDone.memcachedApplyMs ?? 0) + (atDone.memcachedMarkAppliedMs ?? 0) +
+    (atDone.memcachedEnterMs ?? 0) + (atDone.memcachedLeaveMs ?? 0);
   const breakdown = Object.fromEntries(Object.entries(atDone).map(([k, v]) => [k, Math.round(v)]));
   // Decode and fold (prepare) plus the store's own work (acknowledging, dead letters): the fold time that is not memcached's.
   if (hasBusy) breakdown.decodeFoldAckMs = Math.round(atDone.prepareMs! + atDone.storeMs! - memcachedMs);

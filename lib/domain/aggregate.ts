@@ -27,6 +27,9 @@ export class Deltas {
   /** The same late events by the slice they were counted into, then by their own slice: what a move needs to stay exact. */
   private readonly lateFrom = new Map<SliceId, Map<SliceId, number>>();
   events = 0;
+  /** pairs[i]'s user id as two 32-bit halves (hi·2^32 + lo), as PairTable and the register take it. */
+  private readonly his: number[] = [];
+  private readonly los: number[] = [];
   /** Indexes into `pairs`, one table per slice. */
   private readonly tables = new Map<SliceId, PairTable>();
   // The table of the slice used last: nearly every event of a fold is in the same one or two slices.
@@ -50,9 +53,38 @@ export class Deltas {
     const { user, action, value, at } = cols;
     for (let i = 0; i < cols.length; i++) {
       const slice = this.targetSlice(sliceOf(at[i]!, sliceSeconds), current);
-      const u = user[i]!;
-      this.addPair(slice, hiOf(u), loOf(u), u, action[i]!, 1, value[i]!);
+      this.addEvent(slice, user[i]!, action[i]!, value[i]!);
     }
+  }
+
+  /**
+   * One event of a user id below 2^53 with a plain-number value: the fold's
+   * hot path (every event of every batch), kept monomorphic and short.
+   */
+  private addEvent(slice: SliceId, user: number, actionId: ActionId, value: number): void {
+    let table = this.lastTable;
+    if (slice !== this.lastSlice || table === null) table = this.tableOf(slice);
+    const hi = hiOf(user);
+    const lo = loOf(user);
+    const index = table.getOrAdd(hi, lo, actionId, this.pairs.length);
+    if (index < 0) {
+      this.pairs.push({ slice, userId: String(user), actionId, count: 1, value });
+      this.his.push(hi);
+      this.los.push(lo);
+    } else {
+      const pair = this.pairs[index]!;
+      pair.count++;
+      if (value !== 0) pair.value = addValue(pair.value, value);
+    }
+    this.events++;
+  }
+
+  private tableOf(slice: SliceId): PairTable {
+    let table = this.tables.get(slice) ?? null;
+    if (table === null) this.tables.set(slice, (table = new PairTable()));
+    this.lastSlice = slice;
+    this.lastTable = table;
+    return table;
   }
 
   /**
@@ -65,13 +97,14 @@ export class Deltas {
     const moved = new Deltas();
     for (const [into, from] of this.lateFrom) if (into > sealed) for (const [own, n] of from) moved.addLate(into, own, n);
     const movedOut = new Map<SliceId, number>();
-    for (const d of this.pairs) {
+    for (let i = 0; i < this.pairs.length; i++) {
+      const d = this.pairs[i]!;
       let slice = d.slice;
       if (slice <= sealed) {
         movedOut.set(slice, (movedOut.get(slice) ?? 0) + d.count);
         slice = to;
       }
-      moved.addUser(slice, d.userId, d.actionId, d.count, d.value);
+      moved.addPair(slice, this.his[i]!, this.los[i]!, d.userId, d.actionId, d.count, d.value);
     }
     for (const [slice, events] of movedOut) {
       // Its events are those the guard put there (by their own slice) and the rest, whose own slice it is.
@@ -84,6 +117,16 @@ export class Deltas {
     }
     moved.events = this.events;
     return moved;
+  }
+
+  /** The high 32 bits of pairs[i]'s user id. */
+  hi(i: number): number {
+    return this.his[i]!;
+  }
+
+  /** The low 32 bits of pairs[i]'s user id. */
+  lo(i: number): number {
+    return this.los[i]!;
   }
 
   /** Slices these deltas write to. */
@@ -135,15 +178,12 @@ export class Deltas {
   /** Adds `count` events with a total of `value` to the pair; the user id is given as halves and as text (or a number) for a new pair. */
   private addPair(slice: SliceId, hi: number, lo: number, userId: UserId | number, actionId: ActionId, count: number, value: number | bigint): void {
     let table = this.lastTable;
-    if (slice !== this.lastSlice || table === null) {
-      table = this.tables.get(slice) ?? null;
-      if (table === null) this.tables.set(slice, (table = new PairTable()));
-      this.lastSlice = slice;
-      this.lastTable = table;
-    }
+    if (slice !== this.lastSlice || table === null) table = this.tableOf(slice);
     const index = table.getOrAdd(hi, lo, actionId, this.pairs.length);
     if (index < 0) {
       this.pairs.push({ slice, userId: String(userId), actionId, count, value });
+      this.his.push(hi);
+      this.los.push(lo);
     } else {
       const pair = this.pairs[index]!;
       pair.count += count;

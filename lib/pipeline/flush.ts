@@ -83,6 +83,9 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
   const result: FlushResult = { ran: false, now: now.toISOString(), slices: [], rows: 0, pairsMissing: 0, lostSlices: 0, statements: 0, durationMs: 0 };
 
   const ran = await store.withFlushLock(options.lockWaitSeconds ?? 10, async () => {
+    if ((await store.countsMethod()) === 'upsert' && store.loadRefusal !== null) {
+      log.warn({ reason: store.loadRefusal }, 'LOAD DATA LOCAL … REPLACE refused (local_infile off, or no DELETE on the counts table): writing counts with multi-row upserts, about half as fast');
+    }
     const current = sliceOf(now.getTime(), sliceSeconds);
     const { oldest, newest } = flushableRange(current, ringSlices);
     const watermark = await store.watermark();
@@ -165,6 +168,9 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   if (restarted) incomplete.push(`memcached restarted at ${new Date(restartedAt! * 1000).toISOString()}, after this slice began: earlier counts are gone`);
   if (t.missingPairs > 0) incomplete.push(`${t.missingPairs} pair(s) listed but their counters are gone (evicted or restarted)`);
   if (t.missingChunks > 0) incomplete.push(`${t.missingChunks} register chunk(s) gone: their pairs cannot be found`);
+  if (t.valueSumsMade !== null && BigInt(t.valueSumsFound) < t.valueSumsMade) {
+    incomplete.push(`${t.valueSumsMade - BigInt(t.valueSumsFound)} value sum(s) gone (evicted or restarted): those pairs' sums read as 0`);
+  }
   if (t.events !== null && t.counted < t.events) incomplete.push(`rows hold ${t.counted} events but workers counted ${t.events}`);
   if (incomplete.length > 0 && status === 'flushed') status = 'incomplete';
   notes.push(...incomplete);

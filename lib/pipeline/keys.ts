@@ -3,10 +3,12 @@
  * does), from the configured prefix and validated integers only.
  *
  *   {p}{slice}:c:{user}:{action}   count            — on the pair's server
- *   {p}{slice}:v:{user}:{action}   value sum        — on the pair's server
+ *   {p}{slice}:v:{user}:{action}   value sum        — on the pair's server; made once non-zero, absent = 0
  *   {p}{slice}:rn                  register chunks written so far   — on the slice's server
  *   {p}{slice}:r:{n}               register chunk n: pairs, 10 bytes each (u64 user, u16 action)
  *   {p}{slice}:n / :late           events counted into the slice / of which late
+ *   {p}{slice}:vn                  value-sum counters created (a reader finding fewer knows some were evicted)
+ *   {p}{slice}:nv                  events counted by writers that keep `vn` (equal to `n`: `vn` is complete)
  *   {p}{slice}:w                   writers inside the slice right now (see Ring.enter / Ring.seal)
  *   {p}j:{unique}                  "job applied" marks (idempotency)
  *   {p}wm                          the flush's watermark: the last slice it committed
@@ -17,7 +19,7 @@ import { createHash } from 'node:crypto';
 import type { ActionId, UserId } from '../domain/contract.ts';
 import type { SliceId } from '../domain/slice.ts';
 
-export type SliceCounter = 'rn' | 'n' | 'late' | 'w';
+export type SliceCounter = 'rn' | 'n' | 'nv' | 'late' | 'vn' | 'w';
 
 /** A register entry: the user id (u64) and the action id (u16), big-endian, written by Ring and read by SliceReader. */
 export const REGISTER_ENTRY_BYTES = 10;

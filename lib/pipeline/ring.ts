@@ -1,5 +1,6 @@
 /**
- * The memcached ring: per slice, per (user, action), a count and a value sum,
+ * The memcached ring: per slice, per (user, action), a count and (once it is
+ * not zero) a value sum,
  * plus each slice's register of its pairs (see keys.ts for every key). Every
  * key expires ringSlices × sliceSeconds after it is created: that is the ring.
  *
@@ -23,7 +24,8 @@
  * the flush sees the writer and waits for it.
  */
 import type { HostPort } from '../base/config.ts';
-import type { Deltas, PairDelta } from '../domain/aggregate.ts';
+import type { Deltas } from '../domain/aggregate.ts';
+import { PairFlags } from '../domain/pairtable.ts';
 import type { SliceId } from '../domain/slice.ts';
 import { U64_MAX_TEXT } from '../domain/u64.ts';
 import { MemcacheConnection, type MemcacheOp, type MemcacheReply } from '../wire/memcache.ts';
@@ -39,6 +41,8 @@ export interface RingOptions {
   sliceSeconds: number;
   ringSlices: number;
   opTimeoutMs?: number;
+  /** What a writer remembers of the counters it made, per slice (PairFlags' bound and hash width; tests narrow them). */
+  knownPairs?: { maxPairs?: number; hashBits?: number };
 }
 
 export interface ApplyStats { ops: number; newPairs: number; wrapped: number }
@@ -54,12 +58,18 @@ export class Ring {
   readonly ttl: number;
   /** memcached operations issued since start (for benchmarks and status). */
   ops = 0;
+  /** Per slice being written, the pairs whose counters this Ring knows exist (see apply). */
+  private readonly known = new Map<SliceId, PairFlags>();
+  /** Slices whose `vn` this Ring has made sure exists before adding a value sum there (see apply). */
+  private readonly sumsAnnounced = new Set<SliceId>();
+  private readonly knownOptions: { maxPairs?: number; hashBits?: number };
 
   constructor(options: RingOptions) {
     this.keys = new RingKeys(options.keyPrefix);
     this.placement = new Placement(options.servers, options.previousServers ?? []);
     this.conns = this.placement.servers.map((s) => new MemcacheConnection(s, { opTimeoutMs: options.opTimeoutMs ?? 5000 }));
     this.ttl = options.ringSlices * options.sliceSeconds;
+    this.knownOptions = options.knownPairs ?? {};
   }
 
   get connections(): readonly MemcacheConnection[] {
@@ -67,19 +77,30 @@ export class Ring {
   }
 
   /**
-   * Stores a fold's deltas. Resolves once every increment is in memcached; a
+   * Stores a fold's deltas. Resolves once every counter is in memcached; a
    * rejection means some may be, which is why jobs are acknowledged only after.
    *
-   * Round trips: one batch of increments per server (every pair's counters);
-   * then, only for what did not exist yet, the register (per slice, in
-   * parallel) and one batch of `add`s per server; then, only if memcached
-   * wrapped a counter, setting it back to 2^64 − 1; then the slice totals.
+   * Counters this Ring knows exist (it made or incremented them earlier in
+   * the slice: see PairFlags) are incremented; the others are created with
+   * `add`, their pairs listed in the register first. A value sum is made only
+   * for a non-zero sum: readers take a missing one as 0. Round trips: the
+   * register, when there are new pairs (per slice, in parallel); one batch
+   * per server of increments and adds together; then only for guesses that
+   * were wrong (an increment that found nothing is created, an add that found
+   * the counter is incremented); then, only if memcached wrapped a counter,
+   * setting it back to 2^64 − 1; then the slice totals.
    *
-   * The totals go last so that they never lead the pairs: a fold cut short
-   * (a worker killed, a connection lost mid-store) and applied again then
-   * leaves the rows at or above the slice's event total, never below, and the
-   * flush's "rows hold fewer events than the workers counted" keeps meaning
-   * that counters were lost, not that a fold was counted one and a half times.
+   * The totals (`n`, `nv`, `late`, `vn`) go last so that they never lead the
+   * pairs: a fold cut short (a worker killed, a connection lost mid-store)
+   * and applied again then leaves the rows at or above the slice's event
+   * total, never below, and the flush's "rows hold fewer events than the
+   * workers counted" keeps meaning that counters were lost, not that a fold
+   * was counted one and a half times. The same holds for `vn`: value sums a
+   * cut-short fold made are never counted (its retry finds them made), so
+   * `vn` may fall short of the sums found, never exceed them, and "fewer
+   * sums found than made" still means evicted. Since `vn` can then be 0
+   * where sums exist, a reader tells "no sum in the slice" by `vn` being
+   * absent: a writer makes it (as 0) before adding its first value sum there.
    */
   async apply(deltas: Deltas): Promise<ApplyStats> {
     const pairs = deltas.pairs;
@@ -93,74 +114,181 @@ export class Ring {
       return (tag & 1) === 0 ? keys.count(d.slice, d.userId, d.actionId) : keys.valueSum(d.slice, d.userId, d.actionId);
     };
     const counters = new Counters(keyOf);
-    // 1. Increment the counters that exist: every pair's count (tag 2i) and value sum (2i + 1).
+    const single = placement.servers.length === 1;
+    this.forgetClosedSlices(deltas);
+    // 1. Each pair's count (tag 2i) and value sum (2i + 1): incremented when known to exist, else added.
     const bumps = this.conns.map(() => counters.list());
+    const adds = this.conns.map(() => counters.list());
+    const fresh: number[] = [];
+    const withSums = new Set<SliceId>();
+    let table: PairFlags | null = null;
+    let tableSlice = Number.NaN;
     for (let i = 0; i < pairs.length; i++) {
       const d = pairs[i]!;
-      const to = bumps[placement.writer(shardOfPair(d.userId, d.actionId))]!;
-      to.push(2 * i, d.count);
-      if (d.value !== 0) to.push(2 * i + 1, d.value);
-    }
-    // Counters memcached wrapped past 2^64 − 1 (and back to near 0), per server.
-    const wraps = this.conns.map(() => counters.list());
-    const missing = await this.incr(bumps, wraps);
-    // 2. Pairs new to this slice (their count was missing): list them in the
-    // register first, then create their counters, the value sum too even when 0.
-    const created: PairDelta[] = [];
-    for (const m of missing) {
-      const found = m.tags.length;
-      for (let j = 0; j < found; j++) {
-        const tag = m.tags[j]!;
-        if ((tag & 1) === 1) continue;
-        const d = pairs[tag >> 1]!;
-        created.push(d);
-        if (d.value === 0) m.push(tag + 1, 0);
+      if (d.slice !== tableSlice) (table = this.knownIn(d.slice)), (tableSlice = d.slice);
+      const known = table!.get(deltas.hi(i), deltas.lo(i), d.actionId);
+      const server = single ? 0 : placement.writer(shardOfPair(d.userId, d.actionId));
+      if ((known & PairFlags.COUNT) !== 0) bumps[server]!.push(2 * i, d.count);
+      else {
+        fresh.push(i);
+        adds[server]!.push(2 * i, d.count);
+      }
+      if (d.value !== 0) {
+        ((known & PairFlags.SUM) !== 0 ? bumps : adds)[server]!.push(2 * i + 1, d.value);
+        withSums.add(d.slice);
       }
     }
-    if (created.length > 0) await this.register(created);
-    await this.ensure(missing, wraps);
+    // Value sums this apply created, per slice: counted on the slice (`vn`) with the totals, so that a
+    // reader can tell a value sum that is absent because it is 0 from one that was evicted.
+    const made = new Map<SliceId, number>();
+    const onMade = (tag: number): void => {
+      if (tag < 0 || (tag & 1) === 0) return;
+      const slice = pairs[tag >> 1]!.slice;
+      made.set(slice, (made.get(slice) ?? 0) + 1);
+    };
+    // Counters memcached wrapped past 2^64 − 1 (and back to near 0), per server.
+    const wraps = this.conns.map(() => counters.list());
+    // A pair is listed before any counter of it can exist, and a slice's `vn` made before any value sum of it.
+    await Promise.all([fresh.length > 0 ? this.register(deltas, fresh) : null, this.announceSums(withSums)]);
+    const [missing, existing] = await Promise.all([this.incr(bumps, wraps), this.add(adds, onMade)]);
+    // 2. Wrong guesses. Counts thought to exist and not found (evicted, or a
+    // shared hash in PairFlags): listed, then created. Adds that found the
+    // counter (another writer made it): incremented, and created after all if
+    // it vanished meanwhile.
+    const unlisted: number[] = [];
+    for (const m of missing) for (const tag of m.tags) if ((tag & 1) === 0) unlisted.push(tag >> 1);
+    const [, vanished] = await Promise.all([unlisted.length > 0 ? this.register(deltas, unlisted) : null, this.incr(existing, wraps)]);
+    await this.ensure(missing.map((m, s) => m.concat(vanished[s]!)), wraps, onMade);
     // 3. Counters memcached wrapped: their true totals are past 2^64 − 1, so they are held there (the flush reports them).
     const held = wraps.map((w) => Array.from({ length: w.length }, (_, i): MemcacheOp => ({ kind: 'set', key: w.at(i)!, value: U64_MAX_TEXT, ttl: this.ttl })));
     await Promise.all(held.map((ops, server) => this.exec(server, ops)));
     // 4. The slice totals (tags −1, −2, …), once every pair's counters are in (see above).
     const sums = this.conns.map(() => counters.list());
-    const total = (slice: SliceId, name: 'n' | 'late', n: number): void => {
+    const total = (slice: SliceId, name: 'n' | 'nv' | 'late' | 'vn', n: number): void => {
       totals.push(keys.sliceCounter(slice, name));
       sums[placement.writer(shardOfSlice(slice))]!.push(-totals.length, n);
     };
     const perSlice = new Map<SliceId, number>();
     for (const d of pairs) perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + d.count);
-    for (const [slice, n] of perSlice) total(slice, 'n', n);
+    // `nv` beside `n` (in that order, in one batch to one server): while they agree, no writer of an older
+    // version (which made every value sum, and did not count them in `vn`) wrote to the slice.
+    for (const [slice, n] of perSlice) total(slice, 'n', n), total(slice, 'nv', n);
     for (const [slice, n] of deltas.late) total(slice, 'late', n);
+    for (const [slice, n] of made) total(slice, 'vn', n);
     // A slice's event total does not reach 2^64: a wrap there is not looked for.
     await this.ensure(await this.incr(sums));
-    return { ops: this.ops - before, newPairs: created.length, wrapped: held.reduce((n, ops) => n + ops.length, 0) };
+    // Everything of the fold exists now.
+    for (let i = 0; i < pairs.length; i++) {
+      const d = pairs[i]!;
+      if (d.slice !== tableSlice) (table = this.knownIn(d.slice)), (tableSlice = d.slice);
+      table!.add(deltas.hi(i), deltas.lo(i), d.actionId, d.value !== 0 ? PairFlags.COUNT | PairFlags.SUM : PairFlags.COUNT);
+    }
+    return { ops: this.ops - before, newPairs: fresh.length + unlisted.length, wrapped: held.reduce((n, ops) => n + ops.length, 0) };
+  }
+
+  /**
+   * Makes each slice's `vn` exist (as 0 if no one made it yet) before this
+   * Ring adds a value sum there, once per slice: a reader that finds no `vn`
+   * may then skip the slice's value sums (see SliceReader).
+   */
+  private async announceSums(slices: ReadonlySet<SliceId>): Promise<void> {
+    const byServer = new Map<number, MemcacheOp[]>();
+    const announced: SliceId[] = [];
+    for (const slice of slices) {
+      if (this.sumsAnnounced.has(slice)) continue;
+      const home = this.placement.writer(shardOfSlice(slice));
+      let ops = byServer.get(home);
+      if (!ops) byServer.set(home, (ops = []));
+      ops.push({ kind: 'add', key: this.keys.sliceCounter(slice, 'vn'), value: '0', ttl: this.ttl });
+      announced.push(slice);
+    }
+    if (announced.length === 0) return;
+    await Promise.all([...byServer].map(([s, ops]) => this.exec(s, ops)));
+    for (const slice of announced) this.sumsAnnounced.add(slice);
+  }
+
+  /** What this Ring knows exists in `slice` (made on first use). */
+  private knownIn(slice: SliceId): PairFlags {
+    let t = this.known.get(slice);
+    if (!t) this.known.set(slice, (t = new PairFlags(this.knownOptions.maxPairs, this.knownOptions.hashBits)));
+    return t;
+  }
+
+  /**
+   * Drops what is known of slices no writer may write any more (older than
+   * the one before the newest slice of this fold): the tables' memory is
+   * bounded by the two slices being written.
+   */
+  private forgetClosedSlices(deltas: Deltas): void {
+    let newest = -Infinity;
+    for (const d of deltas.pairs) if (d.slice > newest) newest = d.slice;
+    for (const s of this.known.keys()) if (s < newest - 1) this.known.delete(s);
+    for (const s of this.sumsAnnounced) if (s < newest - 1) this.sumsAnnounced.delete(s);
   }
 
   /**
    * A writer's announcement before writing to `slices` (see the header): the
    * slices' writer counts go up, and then the flush's watermark is read. A
    * caller must call leave() with the same slices afterwards, whatever happens.
+   *
+   * One round trip: on the server that holds a slice's writer count, the
+   * watermark is read in the same pipelined write, *after* the increment
+   * (memcached answers a connection's commands in order), which is all the
+   * protocol needs, since the flush publishes the watermark on every server.
+   * The other servers of the pool are asked for it at the same time, so one
+   * that lost it (restarted) is outvoted.
    */
   async enter(slices: readonly SliceId[]): Promise<SliceId | null> {
-    await Promise.all(slices.map((s) => this.reserve(this.keys.sliceCounter(s, 'w'), this.placement.writer(shardOfSlice(s)), 1)));
-    return this.watermark();
+    const wmKey = this.keys.watermark();
+    const bySlice = new Map<number, SliceId[]>();
+    for (const s of slices) {
+      const home = this.placement.writer(shardOfSlice(s));
+      let list = bySlice.get(home);
+      if (!list) bySlice.set(home, (list = []));
+      list.push(s);
+    }
+    const asked = new Set<number>([...bySlice.keys(), ...this.placement.currentServers]);
+    let again = false;
+    const found = await Promise.all([...asked].map(async (server) => {
+      const ops: MemcacheOp[] = [];
+      // `add` then `incr`: the count exists whether or not another writer created it first.
+      for (const s of bySlice.get(server) ?? []) {
+        const key = this.keys.sliceCounter(s, 'w');
+        ops.push({ kind: 'add', key, value: '0', ttl: this.ttl }, { kind: 'incr', key, amount: 1 });
+      }
+      ops.push({ kind: 'get', key: wmKey });
+      const replies = await this.exec(server, ops);
+      for (let i = 1; i < replies.length - 1; i += 2) {
+        if (replies[i] !== null) continue;
+        // Gone between the add and the incr (evicted at once): announce the slow way, then read the watermark again.
+        await this.reserve(this.keys.sliceCounter(bySlice.get(server)![(i - 1) / 2]!, 'w'), server, 1);
+        again = true;
+      }
+      return replies[replies.length - 1];
+    }));
+    const wm = maxWatermark(found);
+    if (!again) return wm;
+    const later = await this.watermark();
+    return later !== null && (wm === null || later > wm) ? later : wm;
   }
 
+  /**
+   * The writer is out of `slices`. Resolves once the decrements are written,
+   * not answered: the fold's writes were all answered before this is called,
+   * so the flush can only see the count drop after them, and a decrement lost
+   * with its connection leaves the count up, which the flush waits out (as for
+   * a writer that died inside).
+   */
   async leave(slices: readonly SliceId[]): Promise<void> {
-    await Promise.all(slices.map((s) => this.exec(this.placement.writer(shardOfSlice(s)), [{ kind: 'decr', key: this.keys.sliceCounter(s, 'w'), amount: 1 }])));
+    for (const s of slices) {
+      this.exec(this.placement.writer(shardOfSlice(s)), [{ kind: 'decr', key: this.keys.sliceCounter(s, 'w'), amount: 1 }]).catch(() => undefined);
+    }
   }
 
   /** The last slice the flush took (from any server of the current pool), or null if none says. */
   async watermark(): Promise<SliceId | null> {
     const key = this.keys.watermark();
-    const found = await Promise.all(this.placement.currentServers.map((s) => this.exec(s, [{ kind: 'get', key }]).then(([v]) => v)));
-    let wm: number | null = null;
-    for (const v of found) {
-      const text = v instanceof Buffer ? counterText(v) : null;
-      if (text !== null && (wm === null || Number(text) > wm)) wm = Number(text);
-    }
-    return wm as SliceId | null;
+    return maxWatermark(await Promise.all(this.placement.currentServers.map((s) => this.exec(s, [{ kind: 'get', key }]).then(([v]) => v))));
   }
 
   /**
@@ -258,37 +386,36 @@ export class Ring {
 
   // ── internals ──
 
-  private async register(created: PairDelta[]): Promise<void> {
-    const bySlice = new Map<SliceId, PairDelta[]>();
-    for (const d of created) {
-      let list = bySlice.get(d.slice);
-      if (!list) bySlice.set(d.slice, (list = []));
-      list.push(d);
+  /** Lists pairs (indexes into deltas.pairs) in their slices' registers, every slice at once. */
+  private async register(deltas: Deltas, which: readonly number[]): Promise<void> {
+    const bySlice = new Map<SliceId, number[]>();
+    for (const i of which) {
+      const slice = deltas.pairs[i]!.slice;
+      let list = bySlice.get(slice);
+      if (!list) bySlice.set(slice, (list = []));
+      list.push(i);
     }
-    await Promise.all([...bySlice].map(([slice, list]) => this.registerSlice(slice, list)));
+    await Promise.all([...bySlice].map(([slice, list]) => this.registerSlice(slice, deltas, list)));
   }
 
-  private async registerSlice(slice: SliceId, list: PairDelta[]): Promise<void> {
+  private async registerSlice(slice: SliceId, deltas: Deltas, list: number[]): Promise<void> {
     const chunkCount = Math.ceil(list.length / CHUNK_PAIRS);
     const home = this.placement.writer(shardOfSlice(slice));
     // Reserve chunk numbers first: incr is atomic, so concurrent workers never share one.
     const last = await this.reserve(this.keys.sliceCounter(slice, 'rn'), home, chunkCount);
     const ops: MemcacheOp[] = [];
-    for (let i = 0; i < chunkCount; i++) {
-      const part = list.slice(i * CHUNK_PAIRS, (i + 1) * CHUNK_PAIRS);
-      const buf = Buffer.allocUnsafe(part.length * REGISTER_ENTRY_BYTES);
-      for (let j = 0; j < part.length; j++) {
-        const d = part[j]!;
-        const o = j * REGISTER_ENTRY_BYTES;
-        // Ids under 16 digits are exact numbers: two 32-bit halves, no BigInt.
-        if (d.userId.length < 16) {
-          const u = Number(d.userId);
-          buf.writeUInt32BE(Math.floor(u / 0x1_0000_0000), o);
-          buf.writeUInt32BE(u % 0x1_0000_0000, o + 4);
-        } else buf.writeBigUInt64BE(BigInt(d.userId), o);
-        buf.writeUInt16BE(d.actionId, o + 8);
+    for (let c = 0; c < chunkCount; c++) {
+      const from = c * CHUNK_PAIRS;
+      const to = Math.min(list.length, from + CHUNK_PAIRS);
+      const buf = Buffer.allocUnsafe((to - from) * REGISTER_ENTRY_BYTES);
+      for (let j = from; j < to; j++) {
+        const i = list[j]!;
+        const o = (j - from) * REGISTER_ENTRY_BYTES;
+        buf.writeUInt32BE(deltas.hi(i), o);
+        buf.writeUInt32BE(deltas.lo(i), o + 4);
+        buf.writeUInt16BE(deltas.pairs[i]!.actionId, o + 8);
       }
-      ops.push({ kind: 'set', key: this.keys.registerChunk(slice, last - chunkCount + i + 1), value: buf, ttl: this.ttl });
+      ops.push({ kind: 'set', key: this.keys.registerChunk(slice, last - chunkCount + c + 1), value: buf, ttl: this.ttl });
     }
     await this.exec(home, ops);
   }
@@ -326,26 +453,36 @@ export class Ring {
     );
   }
 
+  /**
+   * Creates counters with `add`, every server's batch at once; returns, per
+   * server, those that existed already. `onMade` hears the tag of each counter created.
+   */
+  private async add(lists: CounterList[], onMade?: (tag: number) => void): Promise<CounterList[]> {
+    return Promise.all(
+      lists.map(async (b, server) => {
+        const existing = b.counters.list();
+        if (b.length === 0) return existing;
+        this.ops += b.length;
+        const values = { length: b.length, at: (i: number) => String(b.amounts[i]) };
+        const stored = await this.conns[server]!.addMany(b, values, this.ttl, { keysValid: true });
+        for (let i = 0; i < stored.length; i++) {
+          if (stored[i] === 0) existing.push(b.tags[i]!, b.amounts[i]!);
+          else onMade?.(b.tags[i]!);
+        }
+        return existing;
+      }),
+    );
+  }
+
   /** Creates missing counters with `add`; a key someone else created meanwhile is incremented instead. */
-  private async ensure(bumps: CounterList[], wraps?: CounterList[]): Promise<void> {
+  private async ensure(bumps: CounterList[], wraps?: CounterList[], onMade?: (tag: number) => void): Promise<void> {
     let pending = bumps;
     for (let attempt = 0; pending.some((b) => b.length > 0); attempt++) {
       if (attempt === MAX_RACE_RETRIES) {
         const left = pending.reduce((n, b) => n + b.length, 0);
         throw new Error(`memcached: ${left} counters kept racing (first ${pending.find((b) => b.length > 0)!.at(0)})`);
       }
-      const raced = await Promise.all(
-        pending.map(async (b, server) => {
-          const lost = b.counters.list();
-          if (b.length === 0) return lost;
-          this.ops += b.length;
-          const values = { length: b.length, at: (i: number) => String(b.amounts[i]) };
-          const stored = await this.conns[server]!.addMany(b, values, this.ttl, { keysValid: true });
-          for (let i = 0; i < stored.length; i++) if (stored[i] === 0 && b.amounts[i] !== 0) lost.push(b.tags[i]!, b.amounts[i]!);
-          return lost;
-        }),
-      );
-      pending = await this.incr(raced, wraps);
+      pending = await this.incr(await this.add(pending, onMade), wraps);
     }
   }
 
@@ -354,6 +491,16 @@ export class Ring {
     this.ops += ops.length;
     return this.conns[server]!.exec(ops);
   }
+}
+
+/** The highest watermark among the replies of several servers (null where a server has none). */
+function maxWatermark(replies: readonly (MemcacheReply | undefined)[]): SliceId | null {
+  let wm: number | null = null;
+  for (const v of replies) {
+    const text = v instanceof Buffer ? counterText(v) : null;
+    if (text !== null && (wm === null || Number(text) > wm)) wm = Number(text);
+  }
+  return wm as SliceId | null;
 }
 
 /**
@@ -389,5 +536,12 @@ class CounterList {
   push(tag: number, amount: number | bigint): void {
     this.tags.push(tag);
     this.amounts.push(amount);
+  }
+
+  /** A list of this one's counters and then `other`'s. */
+  concat(other: CounterList): CounterList {
+    const out = this.counters.list();
+    for (const l of [this, other]) for (let i = 0; i < l.length; i++) out.push(l.tags[i]!, l.amounts[i]!);
+    return out;
   }
 }

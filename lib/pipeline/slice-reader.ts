@@ -1,8 +1,9 @@
 /**
  * Reads one finished slice out of memcached in batches, so the flush holds
- * one batch (plus the register chunks it is walking) rather than the whole
- * slice: `next()` walks the register, skips pairs already seen, and
- * multi-gets the counters of the next `batchPairs` pairs.
+ * the slice's pair list and one batch of counters rather than the whole
+ * slice: the first `next()` reads the register whole and sorts its pairs by
+ * (user, action), the counts table's key order, dropping repeats; each
+ * `next()` multi-gets the counters of the next `batchPairs` pairs.
  *
  * While the memcached pool changes (see Placement), a slice may have been
  * written under two pools: the reader walks the register on every server the
@@ -15,11 +16,11 @@
  * the first such key named, and the rest of the slice is read. Value sums
  * held at 2^64 − 1 (see Ring.apply) are counted in `saturated`.
  *
- * Memory: the batch being read, up to REGISTER_CHUNKS_PER_GET register
- * chunks, and a PairTable of the pairs seen so far (≤ 56 bytes a pair).
+ * Memory: up to READ_AHEAD batches being read, up to REGISTER_CHUNKS_PER_GET
+ * register chunks while the register is read, and the sorted pairs (8 bytes a pair).
  */
 import type { CountRows } from '../domain/counts.ts';
-import { PairTable } from '../domain/pairtable.ts';
+import { PairList } from '../domain/pairlist.ts';
 import type { SliceId } from '../domain/slice.ts';
 import { MAX_U64 } from '../domain/contract.ts';
 import { isU64Decimal, U64_MAX_TEXT, U64Sum } from '../domain/u64.ts';
@@ -35,6 +36,10 @@ export interface SliceHead {
   /** Events the workers counted into this slice (null when the counter itself is gone). */
   events: bigint | null;
   late: bigint;
+  /** Value-sum counters the writers created (null when no writer made a value sum in the slice, or wrote before `vn` existed). */
+  valueSumsMade: bigint | null;
+  /** Events counted by writers that keep `valueSumsMade` (see keys.ts `nv`); equal to `events` when every writer did. */
+  eventsCountingSums: bigint | null;
 }
 
 /** What a SliceReader found, once it has read the whole slice. */
@@ -47,6 +52,8 @@ export interface SliceTotals extends SliceHead {
   saturated: number;
   missingPairs: number;
   missingChunks: number;
+  /** Value-sum counters found, of registered pairs (compared with `valueSumsMade`: fewer means some were evicted). */
+  valueSumsFound: number;
   /** Pairs listed more than once (two workers raced to create them); read once. */
   duplicates: number;
   /** Items that are not what OffLog writes, skipped; `corruptNote` names the first. */
@@ -56,6 +63,8 @@ export interface SliceTotals extends SliceHead {
 
 /** Register chunks fetched per round trip while reading: at most 16 × 500 KB in memory at once. */
 const REGISTER_CHUNKS_PER_GET = 16;
+/** Batches of counters being read at once (see next()). */
+const READ_AHEAD = 4;
 
 export interface ReaderDeps {
   keys: RingKeys;
@@ -66,20 +75,23 @@ export interface ReaderDeps {
 }
 
 export class SliceReader {
-  private readonly seen = new PairTable(4096);
+  /** The register's pairs in key order, read whole on the first next() (null until then). */
+  private pairs: PairList | null = null;
+  private nextPair = 0;
+  /** Batches asked of memcached and not yet handed out, in order. */
+  private ahead: Promise<CountRows>[] = [];
   private readonly counted = new U64Sum();
   private rows = 0;
   private saturated = 0;
   private missingPairs = 0;
   private missingChunks = 0;
+  private valueSumsFound = 0;
   private duplicates = 0;
   private corrupt = 0;
   private corruptNote = '';
-  /** Register walk: which head server, the next chunk number there (from 1), chunks fetched and not yet walked. */
+  /** Register walk: which head server, the next chunk number there (from 1). */
   private home = 0;
   private nextChunk = 1;
-  private chunks: { key: string; buf: Buffer }[] = [];
-  private offset = 0;
 
   private constructor(
     readonly head: SliceHead,
@@ -93,12 +105,12 @@ export class SliceReader {
   /** Opens a finished slice: reads its head from every server that may hold it. */
   static async open(slice: SliceId, batchPairs: number, deps: ReaderDeps): Promise<SliceReader> {
     const homes = deps.placement.readers(shardOfSlice(slice));
-    const names: SliceCounter[] = ['rn', 'n', 'late'];
+    const names: SliceCounter[] = ['rn', 'n', 'nv', 'late', 'vn'];
     const found = await Promise.all(homes.map((h) => {
       deps.countOps(names.length);
       return deps.conns[h]!.getMulti(names.map((n) => deps.keys.sliceCounter(slice, n)));
     }));
-    const head: SliceHead = { slice, chunks: [], events: null, late: 0n };
+    const head: SliceHead = { slice, chunks: [], events: null, late: 0n, valueSumsMade: null, eventsCountingSums: null };
     const partial = { corrupt: 0, note: '' };
     const read = (values: Map<string, Buffer>, name: SliceCounter): bigint | null => {
       const key = deps.keys.sliceCounter(slice, name);
@@ -117,6 +129,10 @@ export class SliceReader {
       const n = read(values, 'n');
       if (n !== null) head.events = (head.events ?? 0n) + n;
       head.late += read(values, 'late') ?? 0n;
+      const vn = read(values, 'vn');
+      if (vn !== null) head.valueSumsMade = (head.valueSumsMade ?? 0n) + vn;
+      const nv = read(values, 'nv');
+      if (nv !== null) head.eventsCountingSums = (head.eventsCountingSums ?? 0n) + nv;
     }
     const reader = new SliceReader(head, homes, batchPairs, deps);
     reader.corrupt = partial.corrupt;
@@ -124,12 +140,27 @@ export class SliceReader {
     return reader;
   }
 
-  /** The next batch of rows (never empty), or null when the slice is done. One call at a time. */
+  /**
+   * The next batch of rows (never empty), or null when the slice is done. One
+   * call at a time. Up to READ_AHEAD batches are asked of memcached at once:
+   * one multi-get in flight at a time left memcached and this process taking
+   * turns, each idle while the other worked.
+   */
   async next(): Promise<CountRows | null> {
     for (;;) {
-      const pairs = await this.nextPairs();
-      if (pairs.users.length === 0) return null;
-      const rows = await this.readCounters(pairs);
+      for (let more = true; more && this.ahead.length < READ_AHEAD; ) {
+        const pairs = await this.nextPairs();
+        more = pairs.users.length > 0;
+        if (more) {
+          const reading = this.readCounters(pairs);
+          // Awaited in turn below; a failure of one further ahead must not count as unhandled meanwhile.
+          reading.catch(() => undefined);
+          this.ahead.push(reading);
+        }
+      }
+      const reading = this.ahead.shift();
+      if (reading === undefined) return null;
+      const rows = await reading;
       if (rows.length > 0) return rows;
       // Every pair of this batch was gone: read on rather than hand back nothing.
     }
@@ -144,6 +175,7 @@ export class SliceReader {
       saturated: this.saturated,
       missingPairs: this.missingPairs,
       missingChunks: this.missingChunks,
+      valueSumsFound: this.valueSumsFound,
       duplicates: this.duplicates,
       corrupt: this.corrupt,
       corruptNote: this.corruptNote,
@@ -155,50 +187,47 @@ export class SliceReader {
     this.corruptNote ||= what;
   }
 
-  /** Up to batchPairs pairs not seen before, from the register. */
+  /** The next batchPairs pairs in key order (the first call reads the whole register). */
   private async nextPairs(): Promise<{ users: string[]; actions: number[] }> {
+    const pairs = this.pairs ?? (this.pairs = await this.readRegister());
     const users: string[] = [];
     const actions: number[] = [];
-    while (users.length < this.batchPairs) {
-      const chunk = this.chunks[0];
-      if (chunk === undefined) {
-        if (!(await this.fetchChunks())) break;
-        continue;
-      }
-      const buf = chunk.buf;
-      let o = this.offset;
-      for (; o + REGISTER_ENTRY_BYTES <= buf.length && users.length < this.batchPairs; o += REGISTER_ENTRY_BYTES) {
-        const hi = buf.readUInt32BE(o);
-        const lo = buf.readUInt32BE(o + 4);
-        const actionId = buf.readUInt16BE(o + 8);
-        if (actionId === 0) {
-          this.noteCorrupt(`memcached key ${chunk.key} has a register entry with action id 0 (bytes ${o}–${o + REGISTER_ENTRY_BYTES - 1})`);
-          continue;
-        }
-        if (!this.seen.add(hi, lo, actionId)) {
-          this.duplicates++;
-          continue;
-        }
-        // Below 2^53 a user id is an exact number, and String() of it is cheaper than a BigInt's.
-        users.push(hi < 0x20_0000 ? String(hi * 0x1_0000_0000 + lo) : buf.readBigUInt64BE(o).toString());
-        actions.push(actionId);
-      }
-      if (o + REGISTER_ENTRY_BYTES <= buf.length) this.offset = o;
-      else {
-        this.chunks.shift();
-        this.offset = 0;
-      }
+    const end = Math.min(pairs.length, this.nextPair + this.batchPairs);
+    for (let i = this.nextPair; i < end; i++) {
+      users.push(pairs.user(i));
+      actions.push(pairs.action(i));
     }
+    this.nextPair = end;
     return { users, actions };
   }
 
-  /** Fetches the next register chunks, moving on to the next head server when one is done; false when all are. */
-  private async fetchChunks(): Promise<boolean> {
+  /**
+   * Every pair the register lists, sorted by (user, action), each once (two
+   * writers creating one pair both list it). 8 bytes a pair: a million-pair
+   * slice is 8 MB, where walking and de-duplicating as it went took a 16 MB table.
+   */
+  private async readRegister(): Promise<PairList> {
+    const pairs = new PairList();
+    for (let chunks = await this.fetchChunks(); chunks !== null; chunks = await this.fetchChunks()) {
+      for (const { key, buf } of chunks) {
+        for (let o = 0; o + REGISTER_ENTRY_BYTES <= buf.length; o += REGISTER_ENTRY_BYTES) {
+          const actionId = buf.readUInt16BE(o + 8);
+          if (actionId === 0) this.noteCorrupt(`memcached key ${key} has a register entry with action id 0 (bytes ${o}–${o + REGISTER_ENTRY_BYTES - 1})`);
+          else pairs.add(buf.readUInt32BE(o), buf.readUInt32BE(o + 4), actionId);
+        }
+      }
+    }
+    this.duplicates += pairs.seal();
+    return pairs;
+  }
+
+  /** Fetches the next register chunks, moving on to the next head server when one is done; null when all are. */
+  private async fetchChunks(): Promise<{ key: string; buf: Buffer }[] | null> {
     while (this.home < this.homes.length && this.nextChunk > this.head.chunks[this.home]!) {
       this.home++;
       this.nextChunk = 1;
     }
-    if (this.home === this.homes.length) return false;
+    if (this.home === this.homes.length) return null;
     const { keys, conns, countOps } = this.deps;
     const slice = this.head.slice;
     const names: string[] = [];
@@ -207,15 +236,16 @@ export class SliceReader {
     }
     countOps(names.length);
     const found = await conns[this.homes[this.home]!]!.getMulti(names);
+    const chunks: { key: string; buf: Buffer }[] = [];
     for (const key of names) {
       const buf = found.get(key);
       if (buf === undefined) this.missingChunks++;
       else {
         if (buf.length % REGISTER_ENTRY_BYTES !== 0) this.noteCorrupt(`memcached key ${key} is ${buf.length} bytes, not a whole number of ${REGISTER_ENTRY_BYTES}-byte register entries`);
-        if (buf.length >= REGISTER_ENTRY_BYTES) this.chunks.push({ key, buf });
+        if (buf.length >= REGISTER_ENTRY_BYTES) chunks.push({ key, buf });
       }
     }
-    return true;
+    return chunks;
   }
 
   private async readCounters(pairs: { users: string[]; actions: number[] }): Promise<CountRows> {
@@ -223,40 +253,61 @@ export class SliceReader {
     const { keys, placement, conns, countOps } = this.deps;
     const slice = this.head.slice;
     const n = users.length;
-    const countKeys = new Array<string>(n);
-    const valueKeys = new Array<string>(n);
+    // No writer was about to make a value sum in this slice (each makes `vn` first), and every writer
+    // would have said so (nv = n): read counts only. `vn` itself may be 0 with sums made (see Ring.apply).
+    const h = this.head;
+    const sums = !(h.events !== null && h.eventsCountingSums === h.events && h.valueSumsMade === null);
     const single = placement.servers.length === 1;
-    const serversOf = single ? null : new Array<number[]>(n);
+    // Where pair i's counters are in the lists asked of each server: its count at `at`, its value sum
+    // (when read) right after. One server, or (while the pool changes) up to two.
     const keysByServer: string[][] = placement.servers.map(() => []);
+    const serverA = new Int32Array(n);
+    const atA = new Int32Array(n);
+    const serverB = single ? null : new Int32Array(n).fill(-1);
+    const atB = single ? null : new Int32Array(n);
     for (let i = 0; i < n; i++) {
-      countKeys[i] = keys.count(slice, users[i]!, actions[i]!);
-      valueKeys[i] = keys.valueSum(slice, users[i]!, actions[i]!);
-      const servers = single ? [0] : (serversOf![i] = placement.readers(shardOfPair(users[i]!, actions[i]!)));
-      for (const s of servers) keysByServer[s]!.push(countKeys[i]!, valueKeys[i]!);
+      const count = keys.count(slice, users[i]!, actions[i]!);
+      const sum = sums ? keys.valueSum(slice, users[i]!, actions[i]!) : '';
+      const servers = single ? SERVER_0 : placement.readers(shardOfPair(users[i]!, actions[i]!));
+      for (let k = 0; k < servers.length; k++) {
+        const s = servers[k]!;
+        const list = keysByServer[s]!;
+        if (k === 0) (serverA[i] = s), (atA[i] = list.length);
+        else (serverB![i] = s), (atB![i] = list.length);
+        list.push(count);
+        if (sums) list.push(sum);
+      }
     }
+    // Keys built here from the checked prefix and numbers: ASCII, valid.
     const found = await Promise.all(keysByServer.map((list, s) => {
-      if (list.length === 0) return new Map<string, Buffer>();
+      if (list.length === 0) return [];
       countOps(list.length);
-      return conns[s]!.getMulti(list);
+      return conns[s]!.getCounters(list, { keysValid: true });
     }));
     const rows: CountRows = { length: 0, users: [], actions: [], counts: [], valueSums: [] };
     for (let i = 0; i < n; i++) {
       let count: string | null = null;
       let sum: string | null = null;
       let bad = false;
-      for (const s of single ? SERVER_0 : serversOf![i]!) {
-        const c = found[s]!.get(countKeys[i]!);
-        const v = found[s]!.get(valueKeys[i]!);
-        if (c === undefined || v === undefined) continue;
-        const ct = counterText(c);
-        const vt = counterText(v);
-        if (ct === null || vt === null) {
+      for (let k = 0; k < 2; k++) {
+        const s = k === 0 ? serverA[i]! : serverB === null ? -1 : serverB[i]!;
+        if (s < 0) break;
+        const at = k === 0 ? atA[i]! : atB![i]!;
+        const values = found[s]!;
+        const c = values[at];
+        const v = sums ? values[at + 1] : undefined;
+        if (v !== undefined) this.valueSumsFound++;
+        // A pair exists where its count does; its value sum is made only once non-zero.
+        if (c === undefined) continue;
+        const vt = v ?? '0';
+        if (!isU64Decimal(c) || !isU64Decimal(vt)) {
           bad = true;
-          this.noteCorrupt(`memcached key ${ct === null ? countKeys[i] : valueKeys[i]} holds ${JSON.stringify((ct === null ? c : v).toString('latin1', 0, 40))}, not a counter`);
+          const key = isU64Decimal(c) ? keys.valueSum(slice, users[i]!, actions[i]!) : keys.count(slice, users[i]!, actions[i]!);
+          this.noteCorrupt(`memcached key ${key} holds ${JSON.stringify((isU64Decimal(c) ? vt : c).slice(0, 40))}, not a counter`);
           continue;
         }
         // Two pools: the same pair counted on two servers adds up (a sum past 2^64 − 1 is held there).
-        count = count === null ? ct : addU64Text(count, ct);
+        count = count === null ? c : addU64Text(count, c);
         sum = sum === null ? vt : addU64Text(sum, vt);
       }
       if (count === null || sum === null) {

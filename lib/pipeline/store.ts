@@ -4,6 +4,8 @@
  * exception: the counts upsert, whose VALUES text is built here from values
  * checked to be plain integers (see upsertCountsSql).
  */
+import { once } from 'node:events';
+import { PassThrough, type Writable } from 'node:stream';
 import mysql, { type Pool, type PoolConnection, type RowDataPacket } from 'mysql2/promise';
 import type { CountRows } from '../domain/counts.ts';
 import { isU64Decimal } from '../domain/u64.ts';
@@ -25,9 +27,18 @@ export class StoreValueError extends Error {
 export interface StoreOptions {
   url: string;
   tablePrefix: string;
-  /** Rows per multi-row upsert statement. */
+  /** Rows per multi-row upsert statement, and per batch the flush reads from memcached. */
   rowsPerStatement?: number;
+  /**
+   * How a slice's rows reach the counts table (see writeSlice): `load` streams
+   * them through one LOAD DATA LOCAL INFILE … REPLACE; `upsert` sends
+   * multi-row upserts; `auto` (default) loads when this server and user
+   * allow it (checked once), else upserts.
+   */
+  countsMethod?: CountsMethod | 'auto';
 }
+
+export type CountsMethod = 'load' | 'upsert';
 
 export type SliceStatus = 'flushed' | 'incomplete' | 'lost' | 'corrupt' | 'saturated';
 
@@ -60,6 +71,7 @@ export class Store {
   readonly rowsPerStatement: number;
   /** SQL statements issued since start (benchmarks and tests count them). */
   statements = 0;
+  private method: Promise<CountsMethod> | null;
 
   constructor(options: StoreOptions) {
     // DATETIME columns hold UTC: the session time zone is pinned so nothing shifts them.
@@ -73,6 +85,38 @@ export class Store {
     };
     this.rowsPerStatement = options.rowsPerStatement ?? DEFAULT_ROWS_PER_STATEMENT;
     if (!Number.isSafeInteger(this.rowsPerStatement) || this.rowsPerStatement < 1) throw new RangeError(`rowsPerStatement must be a whole number >= 1, not ${options.rowsPerStatement}`);
+    const method = options.countsMethod ?? 'auto';
+    this.method = method === 'auto' ? null : Promise.resolve(method);
+  }
+
+  /**
+   * How this store writes counts: as asked, or (auto) `load` when an empty
+   * LOAD DATA LOCAL … REPLACE into the counts table succeeds — the server
+   * allows local_infile and the user may INSERT and DELETE (REPLACE) there —
+   * else `upsert`, said once in the log by the caller. Asked once per Store.
+   */
+  countsMethod(): Promise<CountsMethod> {
+    return (this.method ??= this.probeLoad().then(
+      () => 'load' as const,
+      (err: Error) => {
+        this.loadRefusal = err.message;
+        return 'upsert' as const;
+      },
+    ));
+  }
+
+  /** Why `auto` chose upserts (the server's answer to the probe), or null. */
+  loadRefusal: string | null = null;
+
+  private async probeLoad(): Promise<void> {
+    const conn = await this.pool.getConnection();
+    try {
+      await this.run(conn, 'START TRANSACTION');
+      await new CountsLoad(conn, this.tables.counts, new Date(0), () => this.statements++).end();
+    } finally {
+      await conn.query('ROLLBACK').catch(() => undefined);
+      conn.release();
+    }
   }
 
   /**
@@ -119,19 +163,29 @@ export class Store {
   /**
    * Writes one slice in one transaction: its rows (totals set, not added, so a
    * re-run changes nothing) and its record, which moves the watermark. `fill`
-   * streams the rows through `write`, one multi-row upsert per call, and
-   * returns the record, written last; nothing is visible until the COMMIT,
-   * and any failure rolls the whole slice back.
+   * streams the rows through `write`, a batch per call, and returns the
+   * record, written last; nothing is visible until the COMMIT, and any
+   * failure rolls the whole slice back.
+   *
+   * The rows go out as one LOAD DATA LOCAL INFILE … REPLACE streamed from
+   * the batches (method `load`: one statement however many rows, and the
+   * server's fastest way in), or as one multi-row upsert per batch (`upsert`).
+   * Either sets the totals. Rows in the counts table's key order (as the
+   * slice reader gives them) go in fastest either way.
    */
   async writeSlice(sliceStart: Date, fill: (write: (rows: CountRows) => Promise<void>) => Promise<SliceRecord>): Promise<SliceRecord> {
+    const method = await this.countsMethod();
     const conn = await this.pool.getConnection();
+    let load: CountsLoad | null = null;
     try {
       await this.run(conn, 'START TRANSACTION');
       const record = await fill(async (rows) => {
         if (rows.length === 0) return;
-        if (rows.length > this.rowsPerStatement) throw new RangeError(`${rows.length} rows in one upsert; at most ${this.rowsPerStatement}`);
-        await this.run(conn, upsertCountsSql(this.tables.counts, sliceStart, rows));
+        if (rows.length > this.rowsPerStatement) throw new RangeError(`${rows.length} rows in one batch; at most ${this.rowsPerStatement}`);
+        if (method === 'upsert') await this.run(conn, upsertCountsSql(this.tables.counts, sliceStart, rows));
+        else await (load ??= new CountsLoad(conn, this.tables.counts, sliceStart, () => this.statements++)).write(rows);
       });
+      if (load !== null) await (load as CountsLoad).end();
       await this.run(
         conn,
         `INSERT INTO \`${this.tables.slices}\` (slice_start, status, row_count, pairs_missing, chunks_missing, events, late, sums_saturated, corrupt_items, note, flushed_at)
@@ -147,6 +201,8 @@ export class Store {
       await this.run(conn, 'COMMIT');
       return record;
     } catch (err) {
+      (load as CountsLoad | null)?.abort();
+      await (load as CountsLoad | null)?.settled();
       await conn.query('ROLLBACK').catch(() => undefined);
       throw err;
     } finally {
@@ -271,4 +327,101 @@ export function sqlDateTime(d: Date): string {
   const iso = Number.isNaN(d.getTime()) ? '' : d.toISOString();
   if (!/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/.test(iso)) throw new StoreValueError(`slice start ${String(d)} is not a date in years 0000–9999`);
   return `${iso.slice(0, 10)} ${iso.slice(11, 19)}`;
+}
+
+/**
+ * One LOAD DATA LOCAL INFILE … REPLACE into the counts table, fed while it
+ * runs: the statement is sent at once, MariaDB asks for the "file", and
+ * mysql2 hands it this stream (the path MariaDB names is ignored: nothing
+ * but these rows can be sent). Each write() is one batch as tab-separated
+ * text, built from checked digits as the upsert's VALUES are; end() closes
+ * the stream and checks that MariaDB took every row, with no warning.
+ *
+ * REPLACE sets a row that exists (a slice written again), as the upsert's
+ * ON DUPLICATE KEY UPDATE does; it needs DELETE on the table.
+ */
+/** Bytes of LOAD DATA text a slice's write may leave unsent before it waits: a few batches. */
+const SOCKET_BACKLOG = 1 << 20;
+
+export class CountsLoad {
+  private readonly stream = new PassThrough();
+  private readonly result: Promise<mysql.ResultSetHeader>;
+  private readonly at: string;
+  private sent = 0;
+  private failure: Error | null = null;
+
+  /** The connection's socket (mysql2 keeps it as `stream`), for its back-pressure. */
+  private readonly socket: Writable | undefined;
+
+  constructor(conn: PoolConnection, table: string, sliceStart: Date, counted: () => void) {
+    this.at = sqlDateTime(sliceStart);
+    this.socket = (conn as unknown as { connection?: { stream?: Writable } }).connection?.stream;
+    this.stream.on('error', (err) => (this.failure ??= err));
+    counted();
+    const sql = `LOAD DATA LOCAL INFILE 'offlog-counts' REPLACE INTO TABLE \`${table}\` CHARACTER SET ascii ` +
+      "FIELDS TERMINATED BY '\\t' ESCAPED BY '' LINES TERMINATED BY '\\n' (slice_start, user_id, action_id, count, value_sum)";
+    this.result = conn.query<mysql.ResultSetHeader>({ sql, infileStreamFactory: () => this.stream }).then(([r]) => r);
+    // Awaited in end() or settled(); until then a failure must not count as unhandled.
+    this.result.catch((err: Error) => (this.failure ??= err));
+  }
+
+  async write(rows: CountRows): Promise<void> {
+    if (this.failure) throw this.failure;
+    this.sent += rows.length;
+    this.stream.write(countsTsv(this.at, rows));
+    // mysql2 copies each chunk straight to the socket, so back-pressure is the socket's: past
+    // SOCKET_BACKLOG unsent, wait (reading memcached no faster than MariaDB takes the rows, in
+    // bounded memory). If the statement ends meanwhile (it failed), its error, not a wait forever.
+    const socket = this.socket;
+    if (socket && socket.writableLength > SOCKET_BACKLOG) {
+      await Promise.race([once(socket, 'drain'), this.result.then(() => { throw new Error('LOAD DATA ended before its rows were sent'); })]);
+    }
+  }
+
+  async end(): Promise<void> {
+    this.stream.end();
+    const r = await this.result;
+    // "Records: N  Deleted: D  Skipped: S  Warnings: W": every row taken, none skipped or bent.
+    const m = /Records: (\d+)\s+Deleted: \d+\s+Skipped: (\d+)\s+Warnings: (\d+)/.exec(r.info ?? '');
+    if (!m || Number(m[1]) !== this.sent || m[2] !== '0' || m[3] !== '0') {
+      throw new StoreValueError(`LOAD DATA took ${m ? `${m[1]} rows (${m[2]} skipped, ${m[3]} warnings)` : `an unknown number of rows ("${r.info}")`}; ${this.sent} were sent`);
+    }
+  }
+
+  /**
+   * Stops feeding rows: the statement finishes with what it had, for the
+   * caller to roll back. (Ending the "file" keeps the protocol in step;
+   * destroying the stream mid-statement would leave the connection unusable.)
+   */
+  abort(): void {
+    this.stream.end();
+  }
+
+  /** Resolves once the statement has finished, whichever way. */
+  async settled(): Promise<void> {
+    await this.result.catch(() => undefined);
+  }
+}
+
+/**
+ * A batch of count rows as LOAD DATA text: one line per row, five
+ * tab-separated fields. Only checked values reach it (see upsertCountsSql):
+ * digits, and the slice start's fixed shape, so no field can hold a tab, a
+ * line break or a backslash.
+ */
+export function countsTsv(sliceStart: string, rows: CountRows): string {
+  const { users, actions, counts, valueSums } = rows;
+  let text = '';
+  for (let i = 0; i < rows.length; i++) {
+    const user = users[i]!;
+    const action = actions[i]!;
+    const count = counts[i]!;
+    const sum = valueSums[i]!;
+    if (!isU64Decimal(user)) throw new StoreValueError(`row ${i}: user id ${JSON.stringify(user)} is not an unsigned 64-bit integer`);
+    if (!Number.isInteger(action) || action < 1 || action > 0xffff) throw new StoreValueError(`row ${i}: action id ${action} is not an integer 1–65535`);
+    if (!isU64Decimal(count)) throw new StoreValueError(`row ${i}: count ${JSON.stringify(count)} is not an unsigned 64-bit integer`);
+    if (!isU64Decimal(sum)) throw new StoreValueError(`row ${i}: value sum ${JSON.stringify(sum)} is not an unsigned 64-bit integer`);
+    text += `${sliceStart}\t${user}\t${action}\t${count}\t${sum}\n`;
+  }
+  return text;
 }

@@ -65,6 +65,8 @@ interface Pending {
   done: number;
   /** getMulti collects here; exec's single-key get replies in `replies`. */
   readonly found: Map<string, Buffer> | null;
+  /** getCounters collects here: values as text, aligned with the keys asked for. */
+  readonly aligned?: Aligned;
   readonly stats: Record<string, string>;
   failure: MemcacheError | null;
   timer: NodeJS.Timeout;
@@ -73,7 +75,14 @@ interface Pending {
 }
 
 /** The parts of a request `send` needs; the rest of a Pending is its state. */
-type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found' | 'amounts'>;
+type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found' | 'amounts' | 'aligned'>;
+
+/** getCounters' state: the keys asked for, in order, the values found so far, and the next key a reply may be for. */
+interface Aligned {
+  readonly keys: readonly string[];
+  readonly values: (string | undefined)[];
+  next: number;
+}
 
 const MAX_U64 = 2n ** 64n - 1n;
 // memcached caps a command line at 2048 bytes; beyond ~100 keys a line only delays the first reply.
@@ -237,6 +246,41 @@ export class MemcacheConnection {
     return found;
   }
 
+  /**
+   * Multi-get of counters (or any short ASCII values): the values as text,
+   * in the order of `keys`, undefined where a key is missing. For the flush,
+   * which reads a million counters a slice: memcached answers a multi-key
+   * `get` in the order asked, so each reply is matched to its key by walking
+   * the list, with no key string made and no map kept per reply, and each
+   * value becomes a string straight from the socket's bytes. Trailing
+   * spaces (memcached pads a counter in place when it gets shorter) are
+   * dropped. `keysValid` as for incrMany.
+   */
+  async getCounters(keys: readonly string[], options: { keysValid?: boolean } = {}): Promise<(string | undefined)[]> {
+    const values = new Array<string | undefined>(keys.length).fill(undefined);
+    if (keys.length === 0) return values;
+    let text = '';
+    let lines = 0;
+    for (let i = 0; i < keys.length; ) {
+      let line = 'get';
+      for (let n = 0; i < keys.length && n < GET_MAX_KEYS; i++, n++) {
+        const key = keys[i]!;
+        if (options.keysValid !== true) {
+          checkKey(key);
+          // Replies are matched byte for character: only ASCII keys can be.
+          if (!/^[!-~]+$/.test(key)) throw new MemcacheError(`getCounters: key ${JSON.stringify(key)} is not ASCII`);
+        }
+        if (n > 0 && line.length + 1 + key.length > GET_MAX_BYTES) break;
+        line += ` ${key}`;
+      }
+      text += `${line}\r\n`;
+      lines++;
+    }
+    const aligned: Aligned = { keys, values, next: 0 };
+    await this.send([text], { count: lines, expects: 'get', what: () => `get ${keys[0]} and ${keys.length - 1} more`, flags: null, flagsAt: 0, found: null, aligned }, options.keysValid === true ? 'latin1' : 'utf8');
+    return values;
+  }
+
   async stats(): Promise<Record<string, string>> {
     return (await this.send(['stats\r\n'], { count: 1, expects: 'stats', what: () => 'stats', flags: null, flagsAt: 0, found: null })).stats;
   }
@@ -362,8 +406,22 @@ export class MemcacheConnection {
           this.needed = end + 2 - pos;
           return pos;
         }
+        if (buf[end] !== 13 || buf[end + 1] !== 10) throw new Error(`value of ${buf.toString('utf8', pos + VALUE.length, keyEnd)} not ended by CRLF`);
+        const a = p.aligned;
+        if (a) {
+          // Replies come in the order asked, missing keys left out: the first key from `next` on that matches is this one.
+          const from = pos + VALUE.length;
+          let k = a.next;
+          while (k < a.keys.length && !sameKey(buf, from, keyEnd, a.keys[k]!)) k++;
+          if (k === a.keys.length) throw new Error(`a value for ${buf.toString('utf8', from, keyEnd)}, which was not asked for`);
+          let last = end;
+          while (last > start && buf[last - 1] === 0x20) last--;
+          a.values[k] = buf.toString('latin1', start, last);
+          a.next = k + 1;
+          pos = end + 2;
+          continue;
+        }
         const key = buf.toString('utf8', pos + VALUE.length, keyEnd);
-        if (buf[end] !== 13 || buf[end + 1] !== 10) throw new Error(`value of ${key} not ended by CRLF`);
         // A copy, because a slice would pin the whole socket chunk for as long as the caller keeps the value.
         const data = Buffer.from(buf.subarray(start, end));
         if (p.found) p.found.set(key, data);
@@ -457,6 +515,13 @@ const NOT_STORED = Buffer.from('NOT_STORED');
 const DELETED = Buffer.from('DELETED');
 const END = Buffer.from('END');
 const OK = Buffer.from('OK');
+
+/** Whether buf[from, to) holds exactly the characters of `key` (ASCII, as every key OffLog makes). */
+function sameKey(buf: Buffer, from: number, to: number, key: string): boolean {
+  if (to - from !== key.length) return false;
+  for (let i = 0; i < key.length; i++) if (buf[from + i] !== key.charCodeAt(i)) return false;
+  return true;
+}
 
 /** Whether the line buf[pos, eol) is exactly `word`. */
 function is(buf: Buffer, pos: number, eol: number, word: Buffer): boolean {
