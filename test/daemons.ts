@@ -194,6 +194,8 @@ export async function serverlessOffline(env: Record<string, string>): Promise<{ 
     env: {
       ...process.env,
       OFFLOG_HTTP_PORT: String(httpPort), OFFLOG_LAMBDA_PORT: String(lambdaPort), OFFLOG_WEBSOCKET_PORT: String(websocketPort), OFFLOG_ALB_PORT: String(albPort),
+      // The local bus (mock PutEvents and its MQTT broker) on free ports too.
+      OFFLOG_EVENTBRIDGE_PORT: String(await freePort()), OFFLOG_EVENTBRIDGE_MQTT_PORT: String(await freePort()),
       OFFLOG_FLUSH_SCHEDULE: 'rate(1 day)', OFFLOG_PRUNE_SCHEDULE: 'rate(1 day)',
       ...env,
     },

@@ -5,63 +5,28 @@
  * names the field.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import { sliceOf, sliceStartMs } from '../lib/domain/slice.ts';
-import { freePort } from './daemons.ts';
+import { serverlessOffline } from './daemons.ts';
 import { drainQueues, readCounts, testRuntime } from './support.ts';
 
 let HTTP_PORT = 0;
 let LAMBDA_PORT = 0;
 const TOKEN = 'test-token-0123456789';
 const rt = testRuntime({ OFFLOG_INGEST_TOKEN: TOKEN });
-let offline: ChildProcess;
+let stopOffline: (() => void) | undefined;
 
 before(async () => {
   await drainQueues(rt.config);
   await rt.store.migrate();
   const c = rt.config;
-  // Free ports of the kernel's choosing: two test runs side by side never collide.
-  [HTTP_PORT, LAMBDA_PORT] = [await freePort(), await freePort()];
-  const [WEBSOCKET_PORT, ALB_PORT] = [await freePort(), await freePort()];
-  offline = spawn('node_modules/.bin/osls', ['offline', 'start'], {
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      ...process.env,
-      OFFLOG_HTTP_PORT: String(HTTP_PORT),
-      OFFLOG_LAMBDA_PORT: String(LAMBDA_PORT),
-      OFFLOG_WEBSOCKET_PORT: String(WEBSOCKET_PORT),
-      OFFLOG_ALB_PORT: String(ALB_PORT),
-      // The local bus (mock PutEvents and its MQTT broker) on free ports too.
-      OFFLOG_EVENTBRIDGE_PORT: String(await freePort()),
-      OFFLOG_EVENTBRIDGE_MQTT_PORT: String(await freePort()),
-      OFFLOG_KEY_PREFIX: c.keyPrefix,
-      OFFLOG_TABLE_PREFIX: c.tablePrefix,
-      OFFLOG_INGEST_TOKEN: TOKEN,
-      // Keep serverless-offline's own schedules from running during the test.
-      OFFLOG_FLUSH_SCHEDULE: 'rate(1 day)',
-    },
-  });
-  let output = '';
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`serverless-offline did not start:\n${output}`)), 60_000);
-    const watch = (chunk: Buffer) => {
-      output += chunk.toString();
-      if (output.includes('Server ready')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    offline.stdout!.on('data', watch);
-    offline.stderr!.on('data', watch);
-    offline.on('exit', (code) => reject(new Error(`serverless-offline exited ${code}:\n${output}`)));
-  });
+  const offline = await serverlessOffline({ OFFLOG_KEY_PREFIX: c.keyPrefix, OFFLOG_TABLE_PREFIX: c.tablePrefix, OFFLOG_INGEST_TOKEN: TOKEN });
+  [HTTP_PORT, LAMBDA_PORT, stopOffline] = [offline.httpPort, offline.lambdaPort, offline.stop];
 });
 
 after(async () => {
-  if (offline?.pid) process.kill(-offline.pid, 'SIGTERM');
+  stopOffline?.();
   await rt.close();
 });
 
