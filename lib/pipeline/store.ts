@@ -303,6 +303,14 @@ function formatQuery(sql: string, values: unknown): string {
  * throws StoreValueError before a statement exists. The table name comes
  * from configuration, as in every other statement.
  */
+/** The one rule for what may reach a statement's text: ids and totals as plain digits in range. */
+function checkRow(i: number, user: string, action: number, count: string, sum: string): void {
+    if (!isU64Decimal(user)) throw new StoreValueError(`row ${i}: user id ${JSON.stringify(user)} is not an unsigned 64-bit integer`);
+    if (!Number.isInteger(action) || action < 1 || action > 0xffff) throw new StoreValueError(`row ${i}: action id ${action} is not an integer 1–65535`);
+    if (!isU64Decimal(count)) throw new StoreValueError(`row ${i}: count ${JSON.stringify(count)} is not an unsigned 64-bit integer`);
+    if (!isU64Decimal(sum)) throw new StoreValueError(`row ${i}: value sum ${JSON.stringify(sum)} is not an unsigned 64-bit integer`);
+}
+
 export function upsertCountsSql(table: string, sliceStart: Date, rows: CountRows): string {
   const at = `'${sqlDateTime(sliceStart)}'`;
   const { users, actions, counts, valueSums } = rows;
@@ -312,10 +320,7 @@ export function upsertCountsSql(table: string, sliceStart: Date, rows: CountRows
     const action = actions[i]!;
     const count = counts[i]!;
     const sum = valueSums[i]!;
-    if (!isU64Decimal(user)) throw new StoreValueError(`row ${i}: user id ${JSON.stringify(user)} is not an unsigned 64-bit integer`);
-    if (!Number.isInteger(action) || action < 1 || action > 0xffff) throw new StoreValueError(`row ${i}: action id ${action} is not an integer 1–65535`);
-    if (!isU64Decimal(count)) throw new StoreValueError(`row ${i}: count ${JSON.stringify(count)} is not an unsigned 64-bit integer`);
-    if (!isU64Decimal(sum)) throw new StoreValueError(`row ${i}: value sum ${JSON.stringify(sum)} is not an unsigned 64-bit integer`);
+    checkRow(i, user, action, count, sum);
     values += `${i === 0 ? '' : ','}(${at},${user},${action},${count},${sum})`;
   }
   if (values === '') throw new StoreValueError('an upsert needs at least one row');
@@ -417,10 +422,7 @@ export function countsTsv(sliceStart: string, rows: CountRows): string {
     const action = actions[i]!;
     const count = counts[i]!;
     const sum = valueSums[i]!;
-    if (!isU64Decimal(user)) throw new StoreValueError(`row ${i}: user id ${JSON.stringify(user)} is not an unsigned 64-bit integer`);
-    if (!Number.isInteger(action) || action < 1 || action > 0xffff) throw new StoreValueError(`row ${i}: action id ${action} is not an integer 1–65535`);
-    if (!isU64Decimal(count)) throw new StoreValueError(`row ${i}: count ${JSON.stringify(count)} is not an unsigned 64-bit integer`);
-    if (!isU64Decimal(sum)) throw new StoreValueError(`row ${i}: value sum ${JSON.stringify(sum)} is not an unsigned 64-bit integer`);
+    checkRow(i, user, action, count, sum);
     text += `${sliceStart}\t${user}\t${action}\t${count}\t${sum}\n`;
   }
   return text;
