@@ -6,14 +6,13 @@
  * Then a watched user's event → the watched function → stored and published.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import type { RowDataPacket } from 'mysql2/promise';
 import { sleep } from '../lib/base/backoff.ts';
 import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
 import { addWatch } from '../lib/pipeline/watch.ts';
-import { freePort, portInUse } from './daemons.ts';
+import { freePort, portInUse, serverlessOffline } from './daemons.ts';
 import { drainQueues, readCounts, testRuntime } from './support.ts';
 
 const BUS = 'offlog-test-bus';
@@ -22,8 +21,8 @@ let HTTP_PORT = 0;
 let LAMBDA_PORT = 0;
 let BUS_PORT = 0;
 let MQTT_PORT = 0;
-let offline: ChildProcess;
-let output = '';
+let stopOffline: (() => void) | undefined;
+let output: () => string = () => '';
 
 before(async () => {
   await drainQueues(rt.config);
@@ -31,41 +30,19 @@ before(async () => {
   // Before any worker reads the lists (a running worker would see it within OFFLOG_WATCHLIST_TTL_SECONDS).
   await addWatch(rt.store, 'user', '99');
   const c = rt.config;
-  [HTTP_PORT, LAMBDA_PORT, BUS_PORT, MQTT_PORT] = [await freePort(), await freePort(), await freePort(), await freePort()];
-  offline = spawn('node_modules/.bin/osls', ['offline', 'start'], {
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      ...process.env,
-      OFFLOG_HTTP_PORT: String(HTTP_PORT),
-      OFFLOG_LAMBDA_PORT: String(LAMBDA_PORT),
-      OFFLOG_WEBSOCKET_PORT: String(await freePort()),
-      OFFLOG_ALB_PORT: String(await freePort()),
-      OFFLOG_EVENTBRIDGE_PORT: String(BUS_PORT),
-      OFFLOG_EVENTBRIDGE_MQTT_PORT: String(MQTT_PORT),
-      OFFLOG_EVENT_BUS: BUS,
-      OFFLOG_KEY_PREFIX: c.keyPrefix,
-      OFFLOG_TABLE_PREFIX: c.tablePrefix,
-      OFFLOG_FLUSH_SCHEDULE: 'rate(1 day)',
-    },
+  [BUS_PORT, MQTT_PORT] = [await freePort(), await freePort()];
+  const offline = await serverlessOffline({
+    OFFLOG_EVENTBRIDGE_PORT: String(BUS_PORT),
+    OFFLOG_EVENTBRIDGE_MQTT_PORT: String(MQTT_PORT),
+    OFFLOG_EVENT_BUS: BUS,
+    OFFLOG_KEY_PREFIX: c.keyPrefix,
+    OFFLOG_TABLE_PREFIX: c.tablePrefix,
   });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`serverless-offline did not start:\n${output}`)), 60_000);
-    const watch = (chunk: Buffer) => {
-      output += chunk.toString();
-      if (output.includes('Server ready')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    offline.stdout!.on('data', watch);
-    offline.stderr!.on('data', watch);
-    offline.on('exit', (code) => reject(new Error(`serverless-offline exited ${code}:\n${output}`)));
-  });
+  [HTTP_PORT, LAMBDA_PORT, stopOffline, output] = [offline.httpPort, offline.lambdaPort, offline.stop, offline.output];
 });
 
 after(async () => {
-  if (offline?.pid) process.kill(-offline.pid, 'SIGTERM');
+  stopOffline?.();
   await rt.close();
 });
 
@@ -86,7 +63,7 @@ const post = (body: unknown) => fetch(`http://127.0.0.1:${HTTP_PORT}/events`, { 
 test('the local bus listens on loopback only, on the ports it was given', async () => {
   assert.equal(await portInUse(BUS_PORT), true);
   assert.equal(await portInUse(MQTT_PORT), true);
-  assert.match(output, new RegExp(`Mock PutEvents endpoint on http://127\\.0\\.0\\.1:${BUS_PORT}`));
+  assert.match(output(), new RegExp(`Mock PutEvents endpoint on http://127\\.0\\.0\\.1:${BUS_PORT}`));
 });
 
 test('POST → worker → flush → SliceFlushed on the local bus → rollup function → hourly and daily rows', async () => {
@@ -120,7 +97,7 @@ test('POST → worker → flush → SliceFlushed on the local bus → rollup fun
   while (Date.now() < deadline && byPair(await table('daily')).join() !== want.join()) await sleep(200);
   assert.deepEqual(byPair(await table('hourly')), want);
   assert.deepEqual(byPair(await table('daily')), want);
-  assert.match(output, /\(λ: rollup\) RequestId/);
+  assert.match(output(), /\(λ: rollup\) RequestId/);
   const [unpublished] = await rt.store.pool.query<RowDataPacket[]>(`SELECT COUNT(*) AS n FROM \`${rt.store.tables.slices}\` WHERE published_at IS NULL`);
   assert.equal(Number(unpublished[0]!.n), 0);
 });

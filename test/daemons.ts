@@ -183,10 +183,11 @@ export class Proxy {
 /**
  * `osls offline start` on free ports with `env` on top of this process's
  * environment (schedules pushed a day out so none fires mid-test); resolves
- * once it serves, with its HTTP and Lambda ports and `stop()` (kills its whole
- * process group; also done on exit if the caller never gets to it).
+ * once it serves, with its HTTP and Lambda ports, what it has printed so far
+ * (`output()`) and `stop()` (kills its whole process group; also done on exit
+ * if the caller never gets to it).
  */
-export async function serverlessOffline(env: Record<string, string>): Promise<{ httpPort: number; lambdaPort: number; stop: () => void }> {
+export async function serverlessOffline(env: Record<string, string>): Promise<{ httpPort: number; lambdaPort: number; stop: () => void; output: () => string }> {
   const [httpPort, lambdaPort, websocketPort, albPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const child = spawn('node_modules/.bin/osls', ['offline', 'start'], {
     detached: true,
@@ -220,5 +221,5 @@ export async function serverlessOffline(env: Record<string, string>): Promise<{ 
     child.stderr!.on('data', watch);
     child.once('exit', (code) => reject(new Error(`serverless-offline exited ${code}:\n${output}`)));
   });
-  return { httpPort, lambdaPort, stop };
+  return { httpPort, lambdaPort, stop, output: () => output };
 }
