@@ -94,7 +94,9 @@ test('POST → worker → flush → SliceFlushed on the local bus → rollup fun
   const want = ['42:1=2/7', '7:2=1/0'];
   const table = (name: 'hourly' | 'daily') => rt.store.pool.query<RowDataPacket[]>(`SELECT user_id, action_id, count, value_sum FROM \`${rt.store.tables[name]}\``).then(([r]) => r);
   const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline && byPair(await table('daily')).join() !== want.join()) await sleep(200);
+  // The rows commit before serverless-offline prints the invocation's report line, so wait for both.
+  const rolledUp = async () => byPair(await table('daily')).join() === want.join() && /\(λ: rollup\) RequestId/.test(output());
+  while (Date.now() < deadline && !(await rolledUp())) await sleep(200);
   assert.deepEqual(byPair(await table('hourly')), want);
   assert.deepEqual(byPair(await table('daily')), want);
   assert.match(output(), /\(λ: rollup\) RequestId/);
