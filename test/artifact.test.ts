@@ -27,7 +27,9 @@ import { drainQueues, readCounts, testRuntime } from './support.ts';
 const SLICE = 2;
 const TOKEN = 'artifact-token-0123456789';
 const rt = testRuntime({ OFFLOG_SLICE_SECONDS: String(SLICE), OFFLOG_RING_SLICES: '60' });
+/** The functions invoked here; every function's zip is checked for what it holds and its size. */
 const FUNCTIONS = ['ingest', 'worker', 'flush'] as const;
+const ALL_FUNCTIONS = ['ingest', 'worker', 'flush', 'watched', 'rollup', 'report', 'prune'] as const;
 const work = mkdtempSync(join(tmpdir(), 'offlog-artifact-'));
 let aws: FakeAws;
 const zipSizes: Record<string, number> = {};
@@ -60,14 +62,14 @@ before(async () => {
   const template = JSON.parse(readFileSync(join(work, 'package', 'cloudformation-template-update-stack.json'), 'utf8')) as {
     Resources: Record<string, { Properties: { Environment: { Variables: Record<string, string> } } }>;
   };
-  for (const fn of FUNCTIONS) {
+  for (const fn of ALL_FUNCTIONS) {
     const zip = join(work, 'package', `${fn}.zip`);
     zipSizes[fn] = statSync(zip).size;
-    functionEnv[fn] = template.Resources[`${fn[0]!.toUpperCase()}${fn.slice(1)}LambdaFunction`]!.Properties.Environment.Variables;
     mkdirSync(join(work, fn));
     const unzip = await run('unzip', ['-q', zip, '-d', join(work, fn)]);
     assert.equal(unzip.code, 0, unzip.stderr);
   }
+  for (const fn of FUNCTIONS) functionEnv[fn] = template.Resources[`${fn[0]!.toUpperCase()}${fn.slice(1)}LambdaFunction`]!.Properties.Environment.Variables;
   // What the Lambda runtime does, reduced: load the handler, call it with (event, context), print the answer.
   writeFileSync(join(work, 'invoke.cjs'), `
 const [dir, fn, remainingMs] = process.argv.slice(2);
@@ -122,7 +124,9 @@ function httpApiEvent(body: string, token: string) {
 }
 
 test('each zip holds only its bundled JavaScript and source map, under 1 MB', async () => {
-  for (const fn of FUNCTIONS) {
+  const zips = readdirSync(join(work, 'package')).filter((f) => f.endsWith('.zip')).sort();
+  assert.deepEqual(zips, ALL_FUNCTIONS.map((fn) => `${fn}.zip`).sort(), 'one zip per function, and no other');
+  for (const fn of ALL_FUNCTIONS) {
     const files = readdirSync(join(work, fn), { recursive: true, withFileTypes: true }).filter((d) => d.isFile()).map((d) => join(d.parentPath, d.name).slice(join(work, fn).length + 1)).sort();
     assert.deepEqual(files, [`handlers/${fn}.cjs`, `handlers/${fn}.cjs.map`]);
     assert.ok(zipSizes[fn]! <= 1024 * 1024, `${fn}.zip is ${zipSizes[fn]} bytes`);

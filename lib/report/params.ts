@@ -9,7 +9,8 @@
  * a day before `to`. Ranges are widened to whole steps (series, timeline) or
  * whole slices (top users): the reply says which range was read.
  */
-import { z } from 'zod';
+// A namespace import, as in config.ts: `import { z }` would put all of zod, locales included, in the bundle.
+import * as z from 'zod';
 import { InputError } from '../base/errors.ts';
 import { parseActionId, parseAt, parseUserId } from '../domain/contract.ts';
 import { stepMs, type Step } from './queries.ts';
