@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { pino } from 'pino';
 import { OffLogClient, type ClientStats } from '../lib/pipeline/client.ts';
 import type { HostPort } from '../lib/base/config.ts';
 import { decodeBatch } from '../lib/domain/contract.ts';
@@ -55,11 +56,13 @@ test('200,000 events through the client, the worker and the flush: exact totals'
   assert.deepEqual(await readCounts(rt), expected.asStrings());
 });
 
-test('gearmand down: log() keeps returning at once; once it is back every event arrives exactly once', async (t) => {
+test('gearmand down: log() keeps returning at once; once it is back every event arrives exactly once; each outage is one warning', async (t) => {
   const g = await gearmand(t);
   const { rt: mine } = isolate();
   await mine.store.migrate();
-  const client = new OffLogClient({ servers: [local(g.port)] });
+  const lines: { level: number; msg: string }[] = [];
+  const logger = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as { level: number; msg: string }) });
+  const client = new OffLogClient({ servers: [local(g.port)], logger });
   const expected = new Expected();
   let slowest = 0n;
   for (let i = 0; i < 30_000; i++) {
@@ -88,6 +91,11 @@ test('gearmand down: log() keeps returning at once; once it is back every event 
   assert.equal(stats.acknowledged, 40_000);
   assert.equal(stats.dropped, 0);
   assert.ok(stats.reconnects >= 1, 'reconnected by itself');
+  // Two outages: each one warning and one "back", however many attempts failed in between (at debug).
+  const said = (level: number, msg: string) => lines.filter((l) => l.level === level && l.msg === msg).length;
+  assert.equal(said(40, 'Gearman server down; resting it'), 2);
+  assert.equal(said(30, 'Gearman server back'), 2);
+  assert.ok(said(20, 'Gearman server down; resting it') >= 1, 'the attempts during the first outage are logged at debug');
 
   const worker = mine.worker({}, { gearmanServers: [local(g.port)], now: () => at });
   await worker.run({ idle: true });

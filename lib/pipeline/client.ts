@@ -87,6 +87,8 @@ interface Server {
   backoffMs: number;
   inflight: number;
   everConnected: boolean;
+  /** When the current outage began (null: none): an outage is logged once at warn, and its end once at info. */
+  downSince: number | null;
   stats: ServerStats;
 }
 
@@ -146,6 +148,7 @@ export class OffLogClient {
       backoffMs: MIN_BACKOFF_MS,
       inflight: 0,
       everConnected: false,
+      downSince: null,
       stats: { state: 'idle', sentJobs: 0, acknowledgedJobs: 0, errors: 0, reconnects: 0 },
     }));
   }
@@ -442,6 +445,10 @@ export class OffLogClient {
         this.counters.reconnects++;
       }
       server.everConnected = true;
+      if (server.downSince !== null) {
+        this.logger?.info({ server: label(server.address), downMs: Date.now() - server.downSince }, 'Gearman server back');
+        server.downSince = null;
+      }
       server.conn = conn;
       server.stats.state = 'up';
       conn.onClose((err) => this.markDown(server, err, conn));
@@ -466,7 +473,12 @@ export class OffLogClient {
       server.stats.errors++;
       server.downUntil = Date.now() + server.backoffMs;
       server.backoffMs = Math.min(MAX_BACKOFF_MS, server.backoffMs * 2);
-      if (!this.closed) this.logger?.warn({ server: label(server.address), err: err.message }, 'Gearman server down; resting it');
+      if (!this.closed) {
+        // Every failed attempt of one outage at debug: a server down for an hour is one warning, not 700.
+        const level = server.downSince === null ? 'warn' : 'debug';
+        server.downSince ??= Date.now();
+        this.logger?.[level]({ server: label(server.address), err: err.message, retryInMs: server.downUntil - Date.now() }, 'Gearman server down; resting it');
+      }
     }
     server.stats.state = 'down';
   }
