@@ -66,7 +66,7 @@ async function generate(): Promise<void> {
     return;
   }
   const t = rt.store.tables;
-  for (const table of [t.counts, t.hourly, t.daily, t.series, t.actions]) await rt.store.pool.query(`TRUNCATE TABLE \`${table}\``);
+  for (const table of [t.counts, t.hourly, t.daily, t.weekly, t.series, t.actions]) await rt.store.pool.query(`TRUNCATE TABLE \`${table}\``);
   const random = prng(SPEC.seed);
   const cumulative = SPEC.actions.map((_, i) => SPEC.actions.slice(0, i + 1).reduce((a, b) => a + b, 0));
   const started = performance.now();
