@@ -11,6 +11,7 @@ import { after, before, test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
 import { OffLogClient } from '../lib/pipeline/client.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
+import { mondayOf } from '../lib/pipeline/rollup.ts';
 import { drainQueues, Expected, futureSlice, readCounts, startOf, testRuntime } from './support.ts';
 
 const SLICE = 60;
@@ -49,6 +50,11 @@ test(`prune deletes ${OLD_ROWS.toLocaleString('en')} old rows in small batches w
   const hourlyKept = Math.floor((now - 50 * DAY) / 3_600_000) * 3600;
   for (const [table, column, at] of [['counts_hourly', 'hour_start', hourlyOld], ['counts_hourly', 'hour_start', hourlyKept], ['counts_daily', 'day_start', (now - 500 * DAY) / 1000], ['counts_daily', 'day_start', (now - 300 * DAY) / 1000]] as const) {
     await rt.store.pool.query(`INSERT INTO \`${p}${table}\` (${column}, user_id, action_id, count, value_sum) SELECT FROM_UNIXTIME(?), seq, 1, 1, 0 FROM seq_1_to_20000`, [at]);
+  }
+  // Weekly rows: the week before the daily cutoff's week (all its days pruned: goes) and the cutoff's own (some days kept: stays).
+  const weekKept = mondayOf(Math.floor((now - 400 * DAY) / DAY) * DAY) / 1000;
+  for (const at of [weekKept - 7 * 86_400, weekKept]) {
+    await rt.store.pool.query(`INSERT INTO \`${p}counts_weekly\` (week_start, user_id, action_id, count, value_sum) SELECT FROM_UNIXTIME(?), seq, 1, 1, 0 FROM seq_1_to_1000`, [at]);
   }
   await rt.store.pool.query(
     `INSERT INTO \`${p}action_series\` (action_id, step, bucket, count, value_sum, users) VALUES (1, 'slice', FROM_UNIXTIME(?), 1, 0, 1), (1, 'slice', FROM_UNIXTIME(?), 1, 0, 1), (1, 'hour', FROM_UNIXTIME(?), 1, 0, 1), (1, 'hour', FROM_UNIXTIME(?), 1, 0, 1)`,
@@ -101,6 +107,7 @@ test(`prune deletes ${OLD_ROWS.toLocaleString('en')} old rows in small batches w
   assert.equal(result.deleted.counts, OLD_ROWS);
   assert.equal(result.deleted.hourly, 20_000);
   assert.equal(result.deleted.daily, 20_000);
+  assert.equal(result.deleted.weekly, 1000);
   assert.equal(result.deleted.series, 2);
   assert.ok(result.statements >= OLD_ROWS / 5000, `${result.statements} statements: batches of at most 5,000 rows`);
   assert.ok(result.maxStatementMs < 2000, `slowest DELETE ${result.maxStatementMs} ms`);
@@ -109,6 +116,7 @@ test(`prune deletes ${OLD_ROWS.toLocaleString('en')} old rows in small batches w
   assert.equal(await count('counts', 'slice_start < FROM_UNIXTIME(?)', [cutoff / 1000]), 0);
   assert.equal(await count('counts', 'slice_start >= FROM_UNIXTIME(?) AND slice_start < FROM_UNIXTIME(?)', [cutoff / 1000, startOf(base, SLICE) / 1000]), keptBefore);
   assert.equal(await count('counts_hourly', 'hour_start = FROM_UNIXTIME(?)', [hourlyKept]), 20_000);
+  assert.equal(await count('counts_weekly', 'week_start = FROM_UNIXTIME(?)', [weekKept]), 1000);
   assert.equal(await count('action_series', "step = 'slice' AND bucket = FROM_UNIXTIME(?)", [keptFrom]), 1);
   const rows = await readCounts(rt);
   const flushed = new Map([...rows].filter(([k]) => Number(k.split(':')[0]) >= startOf(base, SLICE)));
@@ -116,6 +124,6 @@ test(`prune deletes ${OLD_ROWS.toLocaleString('en')} old rows in small batches w
 
   // A second run finds nothing more to do.
   const again = await rt.prune(new Date(now));
-  assert.deepEqual(again.deleted, { counts: 0, slices: 0, hourly: 0, daily: 0, series: 0 });
+  assert.deepEqual(again.deleted, { counts: 0, slices: 0, hourly: 0, daily: 0, weekly: 0, series: 0 });
   console.log(`# prune: ${OLD_ROWS} rows in ${result.durationMs} ms, ${result.statements} statements, slowest ${result.maxStatementMs} ms; flushes alone ${baseline.durationMs} ms, during ${during.join('/')} ms`);
 });

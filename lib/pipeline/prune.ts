@@ -2,7 +2,8 @@
  * Retention: 10-minute rows (and their slice records and per-slice series)
  * older than OFFLOG_RETENTION_DAYS, hourly rollups older than
  * OFFLOG_HOURLY_RETENTION_DAYS, daily ones older than
- * OFFLOG_DAILY_RETENTION_DAYS (0 keeps them for ever).
+ * OFFLOG_DAILY_RETENTION_DAYS (0 keeps them for ever), weekly ones once the
+ * last of their days has gone.
  *
  * Deleted in small autocommitted batches that walk the primary key from its
  * oldest bucket: each statement holds its row locks for a few milliseconds,
@@ -13,9 +14,12 @@
  *
  * Cutoffs fall on UTC midnight, so an hour or a day is never half pruned:
  * a rollup recomputed from what is left is then either whole or not there.
+ * A week's row outlives its first days (top users read it as an upper bound
+ * of any part of the week still held: it must not vanish before its days).
  */
 import type { ResultSetHeader, RowDataPacket } from 'mysql2/promise';
 import type { Logger } from '../base/log.ts';
+import { mondayOf } from './rollup.ts';
 import type { Store } from './store.ts';
 
 const DAY_MS = 86_400_000;
@@ -34,8 +38,8 @@ export interface PruneOptions {
 }
 
 export interface PruneResult {
-  cutoffs: { raw: string; hourly: string; daily: string | null };
-  deleted: Record<'counts' | 'slices' | 'hourly' | 'daily' | 'series', number>;
+  cutoffs: { raw: string; hourly: string; daily: string | null; weekly: string | null };
+  deleted: Record<'counts' | 'slices' | 'hourly' | 'daily' | 'weekly' | 'series', number>;
   statements: number;
   /** The slowest single DELETE: what anything waiting on its locks could have waited. */
   maxStatementMs: number;
@@ -53,10 +57,12 @@ export async function prune(store: Store, now: Date, options: PruneOptions, log?
   const raw = midnight(options.rawDays);
   const hourly = midnight(options.hourlyDays);
   const daily = options.dailyDays > 0 ? midnight(options.dailyDays) : null;
+  // Weeks that end by the daily cutoff: those starting before the Monday of the cutoff's week.
+  const weekly = daily === null ? null : new Date(mondayOf(daily.getTime()));
   const t = store.tables;
   const result: PruneResult = {
-    cutoffs: { raw: raw.toISOString(), hourly: hourly.toISOString(), daily: daily?.toISOString() ?? null },
-    deleted: { counts: 0, slices: 0, hourly: 0, daily: 0, series: 0 },
+    cutoffs: { raw: raw.toISOString(), hourly: hourly.toISOString(), daily: daily?.toISOString() ?? null, weekly: weekly?.toISOString() ?? null },
+    deleted: { counts: 0, slices: 0, hourly: 0, daily: 0, weekly: 0, series: 0 },
     statements: 0,
     maxStatementMs: 0,
     durationMs: 0,
@@ -104,6 +110,7 @@ export async function prune(store: Store, now: Date, options: PruneOptions, log?
   }
   result.deleted.hourly = await byBucket(t.hourly, 'hour_start', hourly);
   if (daily !== null) result.deleted.daily = await byBucket(t.daily, 'day_start', daily);
+  if (weekly !== null) result.deleted.weekly = await byBucket(t.weekly, 'week_start', weekly);
   // The series table is small (one row per action and bucket): plain batches.
   for (const [step, cutoff] of [['slice', raw], ['hour', hourly], ['day', daily]] as const) {
     if (cutoff === null) continue;

@@ -81,7 +81,7 @@ export class Store {
     this.pool.on('connection', (c) => c.query("SET time_zone = '+00:00'"));
     const p = options.tablePrefix;
     this.tables = { counts: `${p}counts`, slices: `${p}slices`, state: `${p}state`, dead: `${p}dead_letters`, migrations: `${p}migrations`, hourly: `${p}counts_hourly`, daily: `${p}counts_daily`,
-      watches: `${p}watches`, watched: `${p}watched_events`, actions: `${p}actions`, series: `${p}action_series`,
+      watches: `${p}watches`, watched: `${p}watched_events`, actions: `${p}actions`, series: `${p}action_series`, weekly: `${p}counts_weekly`,
     };
     this.rowsPerStatement = options.rowsPerStatement ?? DEFAULT_ROWS_PER_STATEMENT;
     if (!Number.isSafeInteger(this.rowsPerStatement) || this.rowsPerStatement < 1) throw new RangeError(`rowsPerStatement must be a whole number >= 1, not ${options.rowsPerStatement}`);

@@ -7,11 +7,13 @@
  * algorithm over the range's pieces (decompose(): whole days, the hours of
  * partial days, the 10-minute slices of partial hours):
  *
- *  1. sorted access: each day's users of the action, busiest first (index
- *     by_action_count, scanned backwards), `depth` at a time, all days in
- *     one statement. A day the range covers only in part is listed by its
- *     whole-day row, an upper bound of the part. The few edge slices (part
- *     of an hour, at most ten) are read whole and walked as one more list;
+ *  1. sorted access: each week's (weekly rollup) or day's (daily rollup)
+ *     users of the action, busiest first (index by_action_count, scanned
+ *     backwards), `depth` at a time, all lists in one statement. A week or a
+ *     day the range covers only in part is listed by its whole row, an upper
+ *     bound of the part (a week covered on only a few days is listed by
+ *     those days instead). The few edge slices (part of an hour, at most
+ *     ten) are read whole and walked as one more list;
  *  2. random access: users seen whose upper bound (what they had where seen,
  *     plus the last value of each list that has not reached them) reaches
  *     the k-th lower bound get their exact totals over the whole range
@@ -29,14 +31,17 @@
  * `ORDER BY count DESC, user_id`.
  */
 import type { RowDataPacket } from 'mysql2/promise';
+import { mondayOf } from '../pipeline/rollup.ts';
 import type { Store } from '../pipeline/store.ts';
 import { DAY_MS, type Piece } from './range.ts';
 
-/** Beyond this many days (ranges of a year and more), one GROUP BY over the daily rows is simpler. */
+/** Beyond this many lists (ranges of years), one GROUP BY over the daily rows is simpler. */
 const MAX_LISTS = 400;
+/** A week touched on at least this many of its days is read as one list, by its weekly row. */
+const WEEK_LIST_MIN_DAYS = 4;
 
 export interface TopRow { userId: string; count: bigint; valueSum: bigint }
-export interface TopStats { method: 'threshold' | 'group-by'; rounds: number; rowsRead: number; candidates: number }
+export interface TopStats { method: 'threshold' | 'group-by'; rounds: number; rowsRead: number; candidates: number; /** Sorted lists read: weekly rows, daily rows. */ lists: { weeks: number; days: number } }
 
 interface List { table: string; column: string; at: string | Date; /** The range covers the whole day: its value is exact, not a bound. */ whole: boolean; last: { count: number; user: string } | null; done: boolean }
 
@@ -56,15 +61,31 @@ const num = (v: unknown): number => {
 /** `firstDepth`: rows read per list in the first round (tests set it small to exercise the later rounds). */
 export async function topUsers(store: Store, actionId: number, pieces: Piece[], limit: number, firstDepth = Math.max(2 * limit, 64)): Promise<{ rows: TopRow[]; stats: TopStats }> {
   const t = store.tables;
-  // One sorted list per day touched. A day read only in part (hourly pieces) is still listed by its
-  // daily row: a user's count in part of a day is at most its count in the whole day, so the daily
-  // list bounds the part from above, and the exact part comes from random access.
+  // The days touched, each whole or not. A day read only in part (hourly pieces) is still listed by
+  // its daily row: a user's count in part of a day is at most its count in the whole day, so the
+  // daily list bounds the part from above, and the exact part comes from random access.
   const days = new Map<number, boolean>();
   for (const p of pieces) {
     if (p.table === 'counts') continue;
     for (let ms = Math.floor(p.fromMs / DAY_MS) * DAY_MS; ms < p.toMs; ms += DAY_MS) days.set(ms, p.table === 'daily');
   }
-  const lists: List[] = [...days].sort((a, b) => a[0] - b[0]).map(([ms, whole]) => ({ table: t.daily, column: 'day_start', at: sqlDate(ms), whole, last: null, done: false }));
+  // Fewer, longer lists end sooner: a user's week is steadier than its days, so the sum of the lists'
+  // last values falls below the k-th total at a shallower depth, and there are a seventh as many lists
+  // to read. A week the range covers for the most part is listed by its weekly row (an upper bound of
+  // the part, as a whole-day row is of part of a day); a week covered for a few days, by those days.
+  const weeks = new Map<number, [number, boolean][]>();
+  for (const [ms, whole] of [...days].sort((a, b) => a[0] - b[0])) {
+    const week = mondayOf(ms);
+    weeks.set(week, [...(weeks.get(week) ?? []), [ms, whole]]);
+  }
+  const lists: List[] = [];
+  for (const [week, inWeek] of weeks) {
+    if (inWeek.length >= WEEK_LIST_MIN_DAYS) {
+      lists.push({ table: t.weekly, column: 'week_start', at: sqlDate(week), whole: inWeek.length === 7 && inWeek.every(([, whole]) => whole), last: null, done: false });
+    } else {
+      for (const [ms, whole] of inWeek) lists.push({ table: t.daily, column: 'day_start', at: sqlDate(ms), whole, last: null, done: false });
+    }
+  }
   if (lists.length > MAX_LISTS) return groupBy(store, actionId, pieces, limit);
   try {
     return await threshold(store, actionId, pieces, limit, firstDepth, lists);
@@ -76,7 +97,8 @@ export async function topUsers(store: Store, actionId: number, pieces: Piece[], 
 
 async function threshold(store: Store, actionId: number, pieces: Piece[], limit: number, firstDepth: number, lists: List[]): Promise<{ rows: TopRow[]; stats: TopStats }> {
   const t = store.tables;
-  const stats: TopStats = { method: 'threshold', rounds: 0, rowsRead: 0, candidates: 0 };
+  const weeks = lists.filter((l) => l.column === 'week_start').length;
+  const stats: TopStats = { method: 'threshold', rounds: 0, rowsRead: 0, candidates: 0, lists: { weeks, days: lists.length - weeks } };
   // The edge slices are few (at most ten): read whole, summed per user, and walked as one sorted list.
   const edge = new Map<string, { count: bigint; valueSum: bigint; n: number }>();
   for (const p of pieces.filter((x) => x.table === 'counts')) {
@@ -96,7 +118,9 @@ async function threshold(store: Store, actionId: number, pieces: Piece[], limit:
   const edgeSorted = [...edge].sort((a, b) => b[1].n - a[1].n);
   let edgeDepth = 0;
 
-  const exact = new Map<string, TopRow>();
+  /** Users totalled; null: no row in the range (seen only where a list's row bounds more than the range). */
+  const exact = new Map<string, TopRow | null>();
+  const totals = () => [...exact.values()].filter((r): r is TopRow => r !== null);
   /** What sorted access told about users not yet totalled: the lists they were seen in, and the values. */
   const partial = new Map<string, { lists: number[]; values: number[] }>();
   const note = (user: string) => {
@@ -161,7 +185,7 @@ async function threshold(store: Store, actionId: number, pieces: Piece[], limit:
       lows.push(low);
       highs.push(high);
     }
-    const floor = kthLargest([...[...exact.values()].map((r) => Number(r.count)), ...lows], limit);
+    const floor = kthLargest([...totals().map((r) => Number(r.count)), ...lows], limit);
     const wanted = users.filter((_, k) => floor === null || highs[k]! >= floor);
     const allRead = lists.every((l) => l.done) && edgeDepth >= edgeSorted.length;
     // Totalling a user costs a range read per list; reading the lists deeper costs a row per list
@@ -175,7 +199,7 @@ async function threshold(store: Store, actionId: number, pieces: Piece[], limit:
       continue;
     }
 
-    const ranked = [...exact.values()].sort(byTotal);
+    const ranked = totals().sort(byTotal);
     let threshold = allOpenLast;
     if (edgeDepth < edgeSorted.length) threshold += edgeSorted[edgeDepth]![1].n;
     // Users left untotalled are below `floor`, which is at most the k-th exact total.
@@ -201,12 +225,12 @@ function userBelow(a: string, b: string): boolean {
 
 /** Exact totals over all pieces for `users`: days and hours through by_action_user, edge slices from memory. */
 async function exactTotals(
-  store: Store, actionId: number, pieces: Piece[], users: string[], edge: Map<string, { count: bigint; valueSum: bigint; n: number }>, into: Map<string, TopRow>, stats: TopStats,
+  store: Store, actionId: number, pieces: Piece[], users: string[], edge: Map<string, { count: bigint; valueSum: bigint; n: number }>, into: Map<string, TopRow | null>, stats: TopStats,
 ): Promise<void> {
   const t = store.tables;
   for (const u of users) {
     const e = edge.get(u);
-    into.set(u, { userId: u, count: e?.count ?? 0n, valueSum: e?.valueSum ?? 0n });
+    into.set(u, e === undefined ? null : { userId: u, count: e.count, valueSum: e.valueSum });
   }
   const parts: string[] = [];
   const params: unknown[] = [];
@@ -220,7 +244,9 @@ async function exactTotals(
   const [rows] = await store.pool.query<RowDataPacket[]>(parts.join(' UNION ALL '), params);
   stats.rowsRead += rows.length;
   for (const r of rows) {
-    const row = into.get(String(r.user_id))!;
+    const user = String(r.user_id);
+    let row = into.get(user);
+    if (!row) into.set(user, (row = { userId: user, count: 0n, valueSum: 0n }));
     row.count += BigInt(r.count);
     row.valueSum += BigInt(r.value_sum);
   }
@@ -242,7 +268,7 @@ async function groupBy(store: Store, actionId: number, pieces: Piece[], limit: n
   );
   return {
     rows: rows.map((r) => ({ userId: String(r.user_id), count: BigInt(r.c), valueSum: BigInt(r.v) })),
-    stats: { method: 'group-by', rounds: 1, rowsRead: rows.length, candidates: rows.length },
+    stats: { method: 'group-by', rounds: 1, rowsRead: rows.length, candidates: rows.length, lists: { weeks: 0, days: 0 } },
   };
 }
 
