@@ -14,6 +14,7 @@ import { OffLogClient } from '../lib/pipeline/client.ts';
 import type { HostPort } from '../lib/base/config.ts';
 import { flush } from '../lib/pipeline/flush.ts';
 import { adminStatus } from '../lib/wire/gearman.ts';
+import { Arith } from '../lib/wire/memcache.ts';
 import { ingest } from '../lib/pipeline/ingest.ts';
 import { Ring } from '../lib/pipeline/ring.ts';
 import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
@@ -103,10 +104,16 @@ test('a worker killed halfway through storing a fold: applied again, it is a bou
     return d;
   };
   // The dying worker folded pairs 1 and 2 before, so it knows their counters exist (PairFlags) and
-  // increments them; those increments land, and it dies creating pair 3 (its `add`), before the slice totals.
+  // increments them; those increments land, and it dies before creating pair 3 (its upsert) and the slice totals.
   const dying = new Ring({ servers: rt.config.memcachedServers, keyPrefix: rt.config.keyPrefix, sliceSeconds: SLICE, ringSlices: 6 });
   await dying.apply(fold([1, 2]));
-  dying.connections[0]!.addMany = () => Promise.reject(new Error('SIGKILL'));
+  const conn = dying.connections[0]!;
+  const real = conn.arithMany.bind(conn);
+  conn.arithMany = async (keys, amounts, modes, ttl, options) => {
+    const sent = Array.from({ length: keys.length }, (_, i) => i).filter((i) => modes[i] === Arith.INCR || modes[i] === Arith.INCR_READ);
+    await real({ length: sent.length, at: (j) => keys.at(sent[j]!) }, sent.map((i) => amounts[i]!), sent.map((i) => modes[i]!), ttl, options);
+    throw new Error('SIGKILL');
+  };
   await assert.rejects(dying.apply(fold([1, 2, 3])), /SIGKILL/);
   await dying.close();
   // Its jobs were never acknowledged: another worker folds them again.

@@ -201,10 +201,10 @@ test('a fold cut short after its counters, before the slice totals, and applied 
   const events: [number, number, number][] = [[1, 1, 5], [2, 1, 0], [3, 2, 7]];
   const killed = ring({ keyPrefix });
   // Dies at the last step of apply, the slice totals (the only counters with negative tags): every pair's counters are in.
-  type Incr = (bumps: { tags: number[] }[], wraps?: unknown) => Promise<unknown>;
-  const hook = killed as unknown as { incr: Incr };
-  const real = hook.incr.bind(killed);
-  hook.incr = (bumps, wraps) => (bumps.some((b) => b.tags.some((t) => t < 0)) ? Promise.reject(new Error('killed')) : real(bumps, wraps));
+  type Arith = (lists: { tags: number[] }[]) => Promise<unknown>;
+  const hook = killed as unknown as { arith: Arith };
+  const real = hook.arith.bind(killed);
+  hook.arith = (lists) => (lists.some((b) => b.tags.some((t) => t < 0)) ? Promise.reject(new Error('killed')) : real(lists));
   await assert.rejects(killed.apply(fold(slice, events)), /killed/);
   // Its jobs were never acknowledged: another worker (knowing nothing of the slice) applies the same fold.
   const retry = ring({ keyPrefix });

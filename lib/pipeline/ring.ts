@@ -28,7 +28,7 @@ import type { Deltas } from '../domain/aggregate.ts';
 import { PairFlags } from '../domain/pairtable.ts';
 import type { SliceId } from '../domain/slice.ts';
 import { U64_MAX_TEXT } from '../domain/u64.ts';
-import { MemcacheConnection, type MemcacheOp, type MemcacheReply } from '../wire/memcache.ts';
+import { Arith, MemcacheConnection, type MemcacheOp, type MemcacheReply } from '../wire/memcache.ts';
 import { REGISTER_ENTRY_BYTES, RingKeys, shardOfPair, shardOfSlice } from './keys.ts';
 import { Placement } from './placement.ts';
 import { counterText, SliceReader } from './slice-reader.ts';
@@ -116,9 +116,11 @@ export class Ring {
     const counters = new Counters(keyOf);
     const single = placement.servers.length === 1;
     this.forgetClosedSlices(deltas);
-    // 1. Each pair's count (tag 2i) and value sum (2i + 1): incremented when known to exist, else added.
-    const bumps = this.conns.map(() => counters.list());
-    const adds = this.conns.map(() => counters.list());
+    // 1. Each pair's count (tag 2i) and value sum (2i + 1): incremented when known to exist, else
+    // incremented or created in one atomic step (UPSERT). Counts are written quietly: a pair's count,
+    // like a slice's event total, cannot reach 2^64, so its new value is not needed. Sums are read back,
+    // to catch a wrap (and, for an upsert, to learn that it made the sum).
+    const writes = this.conns.map(() => counters.list());
     const fresh: number[] = [];
     const withSums = new Set<SliceId>();
     let table: PairFlags | null = null;
@@ -127,38 +129,49 @@ export class Ring {
       const d = pairs[i]!;
       if (d.slice !== tableSlice) (table = this.knownIn(d.slice)), (tableSlice = d.slice);
       const known = table!.get(deltas.hi(i), deltas.lo(i), d.actionId);
-      const server = single ? 0 : placement.writer(shardOfPair(d.userId, d.actionId));
-      if ((known & PairFlags.COUNT) !== 0) bumps[server]!.push(2 * i, d.count);
+      const list = writes[single ? 0 : placement.writer(shardOfPair(d.userId, d.actionId))]!;
+      if ((known & PairFlags.COUNT) !== 0) list.push(2 * i, d.count, Arith.INCR);
       else {
         fresh.push(i);
-        adds[server]!.push(2 * i, d.count);
+        list.push(2 * i, d.count, Arith.UPSERT);
       }
       if (d.value !== 0) {
-        ((known & PairFlags.SUM) !== 0 ? bumps : adds)[server]!.push(2 * i + 1, d.value);
+        list.push(2 * i + 1, d.value, (known & PairFlags.SUM) !== 0 ? Arith.INCR_READ : Arith.UPSERT_READ);
         withSums.add(d.slice);
       }
     }
     // Value sums this apply created, per slice: counted on the slice (`vn`) with the totals, so that a
     // reader can tell a value sum that is absent because it is 0 from one that was evicted.
     const made = new Map<SliceId, number>();
-    const onMade = (tag: number): void => {
-      if (tag < 0 || (tag & 1) === 0) return;
-      const slice = pairs[tag >> 1]!.slice;
-      made.set(slice, (made.get(slice) ?? 0) + 1);
-    };
     // Counters memcached wrapped past 2^64 − 1 (and back to near 0), per server.
     const wraps = this.conns.map(() => counters.list());
+    // What came back: sums made and wrapped are noted; counters not found, returned per server.
+    const settle = (lists: CounterList[], flags: Uint8Array[]): CounterList[] => lists.map((l, server) => {
+      const missing = counters.list();
+      const f = flags[server]!;
+      for (let k = 0; k < l.length; k++) {
+        const tag = l.tags[k]!;
+        if (f[k] === 0) missing.push(tag, l.amounts[k]!, (tag & 1) === 0 ? Arith.UPSERT : Arith.UPSERT_READ);
+        else if (f[k] === 2) wraps[server]!.push(tag, 0);
+        else if (f[k] === 3 && tag >= 0 && (tag & 1) === 1) {
+          const slice = pairs[tag >> 1]!.slice;
+          made.set(slice, (made.get(slice) ?? 0) + 1);
+        }
+      }
+      return missing;
+    });
     // A pair is listed before any counter of it can exist, and a slice's `vn` made before any value sum of it.
     await Promise.all([fresh.length > 0 ? this.register(deltas, fresh) : null, this.announceSums(withSums)]);
-    const [missing, existing] = await Promise.all([this.incr(bumps, wraps), this.add(adds, onMade)]);
-    // 2. Wrong guesses. Counts thought to exist and not found (evicted, or a
-    // shared hash in PairFlags): listed, then created. Adds that found the
-    // counter (another writer made it): incremented, and created after all if
-    // it vanished meanwhile.
+    const missing = settle(writes, await this.arith(writes));
+    // 2. Wrong guesses: counters thought to exist and not found (evicted, or a shared hash in
+    // PairFlags). A pair whose count is missing is listed again, then its counters are upserted.
     const unlisted: number[] = [];
     for (const m of missing) for (const tag of m.tags) if ((tag & 1) === 0) unlisted.push(tag >> 1);
-    const [, vanished] = await Promise.all([unlisted.length > 0 ? this.register(deltas, unlisted) : null, this.incr(existing, wraps)]);
-    await this.ensure(missing.map((m, s) => m.concat(vanished[s]!)), wraps, onMade);
+    if (missing.some((m) => m.length > 0)) {
+      if (unlisted.length > 0) await this.register(deltas, unlisted);
+      const gone = settle(missing, await this.arith(missing));
+      if (gone.some((m) => m.length > 0)) throw new Error(`memcached: an upsert of ${gone.find((m) => m.length > 0)!.at(0)} found nothing`);
+    }
     // 3. Counters memcached wrapped: their true totals are past 2^64 − 1, so they are held there (the flush reports them).
     const held = wraps.map((w) => Array.from({ length: w.length }, (_, i): MemcacheOp => ({ kind: 'set', key: w.at(i)!, value: U64_MAX_TEXT, ttl: this.ttl })));
     await Promise.all(held.map((ops, server) => this.exec(server, ops)));
@@ -166,7 +179,7 @@ export class Ring {
     const sums = this.conns.map(() => counters.list());
     const total = (slice: SliceId, name: 'n' | 'nv' | 'late' | 'vn', n: number): void => {
       totals.push(keys.sliceCounter(slice, name));
-      sums[placement.writer(shardOfSlice(slice))]!.push(-totals.length, n);
+      sums[placement.writer(shardOfSlice(slice))]!.push(-totals.length, n, Arith.UPSERT);
     };
     const perSlice = new Map<SliceId, number>();
     for (const d of pairs) perSlice.set(d.slice, (perSlice.get(d.slice) ?? 0) + d.count);
@@ -176,7 +189,7 @@ export class Ring {
     for (const [slice, n] of deltas.late) total(slice, 'late', n);
     for (const [slice, n] of made) total(slice, 'vn', n);
     // A slice's event total does not reach 2^64: a wrap there is not looked for.
-    await this.ensure(await this.incr(sums));
+    await this.arith(sums);
     // Everything of the fold exists now.
     for (let i = 0; i < pairs.length; i++) {
       const d = pairs[i]!;
@@ -431,59 +444,16 @@ export class Ring {
     throw new Error(`memcached: could not create ${key} after ${MAX_RACE_RETRIES} attempts`);
   }
 
-  /**
-   * Increments each counter, every server's batch at once; returns, per
-   * server, the ones that do not exist yet, and adds those memcached
-   * wrapped to that server's list in `wraps` (when given).
-   */
-  private async incr(bumps: CounterList[], wraps?: CounterList[]): Promise<CounterList[]> {
+  /** Meta arithmetic on each server's counters (see Arith), every server's batch at once; the flags per server. */
+  private async arith(lists: CounterList[]): Promise<Uint8Array[]> {
     return Promise.all(
-      bumps.map(async (b, server) => {
-        const missing = b.counters.list();
-        if (b.length === 0) return missing;
-        this.ops += b.length;
+      lists.map(async (l, server) => {
+        if (l.length === 0) return new Uint8Array(0);
+        this.ops += l.length;
         // Keys built here from the checked prefix and numbers: memcache need not check them again.
-        const found = await this.conns[server]!.incrMany(b, b.amounts, { keysValid: true });
-        for (let i = 0; i < found.length; i++) {
-          if (found[i] === 0) missing.push(b.tags[i]!, b.amounts[i]!);
-          else if (found[i] === 2) wraps?.[server]!.push(b.tags[i]!, 0);
-        }
-        return missing;
+        return this.conns[server]!.arithMany(l, l.amounts, l.modes, this.ttl, { keysValid: true });
       }),
     );
-  }
-
-  /**
-   * Creates counters with `add`, every server's batch at once; returns, per
-   * server, those that existed already. `onMade` hears the tag of each counter created.
-   */
-  private async add(lists: CounterList[], onMade?: (tag: number) => void): Promise<CounterList[]> {
-    return Promise.all(
-      lists.map(async (b, server) => {
-        const existing = b.counters.list();
-        if (b.length === 0) return existing;
-        this.ops += b.length;
-        const values = { length: b.length, at: (i: number) => String(b.amounts[i]) };
-        const stored = await this.conns[server]!.addMany(b, values, this.ttl, { keysValid: true });
-        for (let i = 0; i < stored.length; i++) {
-          if (stored[i] === 0) existing.push(b.tags[i]!, b.amounts[i]!);
-          else onMade?.(b.tags[i]!);
-        }
-        return existing;
-      }),
-    );
-  }
-
-  /** Creates missing counters with `add`; a key someone else created meanwhile is incremented instead. */
-  private async ensure(bumps: CounterList[], wraps?: CounterList[], onMade?: (tag: number) => void): Promise<void> {
-    let pending = bumps;
-    for (let attempt = 0; pending.some((b) => b.length > 0); attempt++) {
-      if (attempt === MAX_RACE_RETRIES) {
-        const left = pending.reduce((n, b) => n + b.length, 0);
-        throw new Error(`memcached: ${left} counters kept racing (first ${pending.find((b) => b.length > 0)!.at(0)})`);
-      }
-      pending = await this.incr(await this.add(pending, onMade), wraps);
-    }
   }
 
   private exec(server: number, ops: MemcacheOp[]): Promise<MemcacheReply[]> {
@@ -521,6 +491,8 @@ class Counters {
 class CounterList {
   readonly tags: number[] = [];
   readonly amounts: (number | bigint)[] = [];
+  /** Arith modes (arithMany). */
+  readonly modes: number[] = [];
 
   constructor(readonly counters: Counters) {}
 
@@ -533,15 +505,9 @@ class CounterList {
     return tag === undefined ? undefined : this.counters.keyOf(tag);
   }
 
-  push(tag: number, amount: number | bigint): void {
+  push(tag: number, amount: number | bigint, mode: number = Arith.INCR): void {
     this.tags.push(tag);
     this.amounts.push(amount);
-  }
-
-  /** A list of this one's counters and then `other`'s. */
-  concat(other: CounterList): CounterList {
-    const out = this.counters.list();
-    for (const l of [this, other]) for (let i = 0; i < l.length; i++) out.push(l.tags[i]!, l.amounts[i]!);
-    return out;
+    this.modes.push(mode);
   }
 }

@@ -42,7 +42,24 @@ export interface KeyList {
 /** incr/decr: new value or null (NOT_FOUND); add/set/append/delete: done or not; get: value or null. */
 export type MemcacheReply = bigint | boolean | Buffer | null;
 
-type Expect = 'incr' | 'store' | 'delete' | 'get' | 'stats' | 'ok';
+type Expect = 'incr' | 'store' | 'delete' | 'get' | 'stats' | 'ok' | 'meta';
+
+/**
+ * What arithMany does with one counter. INCR and UPSERT are quiet: memcached
+ * answers only a miss (INCR) or a creation (UPSERT), so most commands cost it
+ * no reply at all. The READ modes return the new value, which is how a wrap
+ * past 2^64 − 1 is seen (and, for UPSERT_READ, a creation).
+ */
+export const Arith = {
+  /** Increment if it exists. Flag 1: incremented; 0: not found. */
+  INCR: 0,
+  /** Increment, or create with the amount if it does not exist, atomically. Flag 1. */
+  UPSERT: 1,
+  /** As INCR, reading the new value. Flag 1: incremented; 0: not found; 2: incremented and wrapped. */
+  INCR_READ: 2,
+  /** As UPSERT, reading the new value. Flag 1: incremented; 3: created; 2: incremented and wrapped. */
+  UPSERT_READ: 3,
+} as const;
 
 interface Pending {
   /** Replies expected. */
@@ -59,8 +76,10 @@ interface Pending {
    */
   readonly flags: Uint8Array | null;
   readonly flagsAt: number;
-  /** incrMany: the amounts, to see a wrap (a new value below the amount). */
+  /** incrMany, arithMany: the amounts, to see a wrap (a new value below the amount). */
   readonly amounts?: readonly (number | bigint)[];
+  /** arithMany: each command's Arith mode (a value equal to the amount is a creation only for UPSERT_READ). */
+  readonly modes?: ArrayLike<number>;
   /** Replies in so far. */
   done: number;
   /** getMulti collects here; exec's single-key get replies in `replies`. */
@@ -75,7 +94,7 @@ interface Pending {
 }
 
 /** The parts of a request `send` needs; the rest of a Pending is its state. */
-type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found' | 'amounts' | 'aligned'>;
+type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found' | 'amounts' | 'modes' | 'aligned'>;
 
 /** getCounters' state: the keys asked for, in order, the values found so far, and the next key a reply may be for. */
 interface Aligned {
@@ -198,6 +217,52 @@ export class MemcacheConnection {
       const v = values.at(i)!;
       return `add ${key} 0 ${ttl} ${options.keysValid === true ? v.length : Buffer.byteLength(v)}\r\n${v}\r\n`;
     }, options.keysValid === true, 'add');
+  }
+
+  /**
+   * Meta arithmetic (`ma`) on each key by its amount, in the Arith mode given
+   * for it, pipelined in pieces of BULK_CHUNK commands as incrMany is.
+   * Resolves to one flag per key (see Arith). Each command carries its
+   * index (`O`), so the few replies quiet commands give are placed by it,
+   * and each piece ends with `mn`, whose answer closes it. An UPSERT is one
+   * atomic operation where `add` then `incr` took two whenever the key
+   * existed; created keys expire after `ttl` seconds. `keys` and
+   * `keysValid` as for incrMany.
+   */
+  async arithMany(keys: KeyList, amounts: readonly (number | bigint)[], modes: ArrayLike<number>, ttl: number, options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
+    if (keys.length !== amounts.length || keys.length !== modes.length) {
+      throw new MemcacheError(`arithMany: ${keys.length} keys, ${amounts.length} amounts and ${modes.length} modes`);
+    }
+    for (let i = 0; i < keys.length; i++) {
+      if (options.keysValid !== true) checkKey(keys.at(i)!);
+      if (!isU64(amounts[i]!)) checkAmount(keys.at(i)!, amounts[i]!);
+      const m = modes[i]!;
+      if (m !== Arith.INCR && m !== Arith.UPSERT && m !== Arith.INCR_READ && m !== Arith.UPSERT_READ) throw new MemcacheError(`arithMany: unknown mode ${m} for ${keys.at(i)}`);
+    }
+    checkTtl('arithMany', ttl);
+    // Quiet commands say nothing when they succeed: their flag starts as success.
+    const flags = new Uint8Array(keys.length).fill(1);
+    const requests: Promise<Pending>[] = [];
+    const upsert = ` N${ttl} J`;
+    for (let from = 0; from < keys.length; from += BULK_CHUNK) {
+      const to = Math.min(keys.length, from + BULK_CHUNK);
+      let text = '';
+      for (let i = from; i < to; i++) {
+        const a = amounts[i]!;
+        switch (modes[i]) {
+          case Arith.INCR: text += `ma ${keys.at(i)} q O${i - from} D${a}\r\n`; break;
+          // A creation answers HD with no index: nothing to learn from it.
+          case Arith.UPSERT: text += `ma ${keys.at(i)} q${upsert}${a} D${a}\r\n`; break;
+          case Arith.INCR_READ: text += `ma ${keys.at(i)} v O${i - from} D${a}\r\n`; break;
+          default: text += `ma ${keys.at(i)} v O${i - from}${upsert}${a} D${a}\r\n`;
+        }
+      }
+      text += 'mn\r\n';
+      const what = (): string => `ma ${keys.at(from)} and ${to - from - 1} more`;
+      requests.push(this.send([text], { count: 1, expects: 'meta', what, flags, flagsAt: from, found: null, amounts, modes }, options.keysValid === true ? 'latin1' : 'utf8'));
+    }
+    await Promise.all(requests);
+    return flags;
   }
 
   /**
@@ -429,6 +494,47 @@ export class MemcacheConnection {
         pos = end + 2;
         continue;
       }
+      if (expect === 'meta' && !is(buf, pos, eol, MN)) {
+        // One line per command that says anything (a miss, a creation, a value, an error); `mn`'s MN ends the piece.
+        const flags = p.flags!;
+        const c0 = first;
+        const c1 = eol - pos >= 2 ? buf[pos + 1]! : 0;
+        if (c0 === 0x56 /* V */ && c1 === 0x41 /* A */ && (eol - pos === 2 || buf[pos + 2] === 0x20)) {
+          // VA <bytes> O<i>, then the value: taken whole or not at all.
+          const lenEnd = indexOfIn(buf, 0x20, pos + 3, eol);
+          const length = readDecimal(buf, pos + 3, lenEnd);
+          const i = opaqueOf(buf, pos, eol);
+          if (length < 0 || i < 0 || p.flagsAt + i >= flags.length) throw new Error(`bad line "${buf.toString('latin1', pos, Math.min(eol, pos + 100))}"`);
+          const start = lf + 1;
+          const end = start + length;
+          if (end + 2 > buf.length) {
+            this.needed = end + 2 - pos;
+            return pos;
+          }
+          if (buf[end] !== 13 || buf[end + 1] !== 10) throw new Error('meta value not ended by CRLF');
+          const k = p.flagsAt + i;
+          const amount = p.amounts![k]!;
+          // Sums are never 0, so a value equal to the amount was made by this command (see Arith).
+          flags[k] = wrapped(buf, start, end, amount) ? 2 : p.modes![k] === Arith.UPSERT_READ && sameValue(buf, start, end, amount) ? 3 : 1;
+          pos = end + 2;
+          continue;
+        }
+        if ((c0 === 0x4e /* N */ && c1 === 0x46 /* F */) || (c0 === 0x48 /* H */ && c1 === 0x44 /* D */)) {
+          const i = opaqueOf(buf, pos, eol);
+          if (i >= 0 && p.flagsAt + i < flags.length) flags[p.flagsAt + i] = c0 === 0x4e ? 0 : 3;
+          else if (c0 === 0x4e || i >= 0) throw new Error(`bad line "${buf.toString('latin1', pos, Math.min(eol, pos + 100))}"`);
+          pos = lf + 1;
+          continue;
+        }
+        // Anything else (NS, an error line) fails the whole piece once its MN is in: which counters it reached is unknown.
+        const line = buf.toString('utf8', pos, eol);
+        if (line !== 'ERROR' && !line.startsWith('CLIENT_ERROR ') && !line.startsWith('SERVER_ERROR ') && !line.startsWith('NS')) {
+          throw new Error(`unexpected reply "${line.slice(0, 100)}" to ma`);
+        }
+        p.failure ??= new MemcacheError(`${this.label}: ${line} (${p.what(0)})`);
+        pos = lf + 1;
+        continue;
+      }
       if (expect === 'stats' && startsWith(buf, pos, eol, STAT)) {
         const line = buf.toString('utf8', pos, eol);
         const sp = line.indexOf(' ', 5);
@@ -459,6 +565,9 @@ export class MemcacheConnection {
         case 'ok':
           if (is(buf, pos, eol, OK)) reply = true;
           break;
+        case 'meta':
+          reply = true; // MN: the piece is done
+          break;
       }
       if (reply === undefined) {
         // An error line takes the place of exactly one reply (memcached swallows the
@@ -473,7 +582,7 @@ export class MemcacheConnection {
       }
       pos = lf + 1;
       this.value = null;
-      if (p.flags) p.flags[p.flagsAt + p.done] = reply === true ? 1 : reply === WRAPPED ? 2 : 0;
+      if (expect === 'meta') { /* MN: the flags were set line by line */ } else if (p.flags) p.flags[p.flagsAt + p.done] = reply === true ? 1 : reply === WRAPPED ? 2 : 0;
       else p.replies.push(reply);
       if (++p.done === p.count) {
         this.pending.shift();
@@ -515,6 +624,30 @@ const NOT_STORED = Buffer.from('NOT_STORED');
 const DELETED = Buffer.from('DELETED');
 const END = Buffer.from('END');
 const OK = Buffer.from('OK');
+const MN = Buffer.from('MN');
+
+/** The index a meta reply line buf[pos, eol) carries as `O<i>`, or -1 without one. */
+function opaqueOf(buf: Buffer, pos: number, eol: number): number {
+  for (let i = pos + 2; i < eol - 1; i++) {
+    if (buf[i] === 0x20 && buf[i + 1] === 0x4f /* O */) return readDecimal(buf, i + 2, indexOfIn(buf, 0x20, i + 2, eol));
+  }
+  return -1;
+}
+
+/** The first `byte` in buf[from, to), or `to`. */
+function indexOfIn(buf: Buffer, byte: number, from: number, to: number): number {
+  for (let i = from; i < to; i++) if (buf[i] === byte) return i;
+  return to;
+}
+
+/** Whether the decimal buf[pos, end) (trailing spaces allowed) equals `amount`. */
+function sameValue(buf: Buffer, pos: number, end: number, amount: number | bigint): boolean {
+  while (end > pos && buf[end - 1] === 0x20) end--;
+  const text = typeof amount === 'number' ? String(amount) : amount.toString();
+  if (end - pos !== text.length) return false;
+  for (let i = 0; i < text.length; i++) if (buf[pos + i] !== text.charCodeAt(i)) return false;
+  return true;
+}
 
 /** Whether buf[from, to) holds exactly the characters of `key` (ASCII, as every key OffLog makes). */
 function sameKey(buf: Buffer, from: number, to: number, key: string): boolean {
