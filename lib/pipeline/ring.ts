@@ -117,9 +117,8 @@ export class Ring {
     const single = placement.servers.length === 1;
     this.forgetClosedSlices(deltas);
     // 1. Each pair's count (tag 2i) and value sum (2i + 1): incremented when known to exist, else
-    // incremented or created in one atomic step (UPSERT). Counts are written quietly: a pair's count,
-    // like a slice's event total, cannot reach 2^64, so its new value is not needed. Sums are read back,
-    // to catch a wrap (and, for an upsert, to learn that it made the sum).
+    // upserted (incremented, or created, in one atomic step: see Arith). Every new value is read back, to
+    // catch a wrap, and for an upserted sum to learn whether this apply made it (for `vn`).
     const writes = this.conns.map(() => counters.list());
     const fresh: number[] = [];
     const withSums = new Set<SliceId>();
@@ -133,10 +132,10 @@ export class Ring {
       if ((known & PairFlags.COUNT) !== 0) list.push(2 * i, d.count, Arith.INCR);
       else {
         fresh.push(i);
-        list.push(2 * i, d.count, Arith.UPSERT);
+        list.push(2 * i, d.count, Arith.UPSERT_READ);
       }
       if (d.value !== 0) {
-        list.push(2 * i + 1, d.value, (known & PairFlags.SUM) !== 0 ? Arith.INCR_READ : Arith.UPSERT_READ);
+        list.push(2 * i + 1, d.value, (known & PairFlags.SUM) !== 0 ? Arith.INCR : Arith.UPSERT_READ);
         withSums.add(d.slice);
       }
     }
@@ -151,7 +150,7 @@ export class Ring {
       const f = flags[server]!;
       for (let k = 0; k < l.length; k++) {
         const tag = l.tags[k]!;
-        if (f[k] === 0) missing.push(tag, l.amounts[k]!, (tag & 1) === 0 ? Arith.UPSERT : Arith.UPSERT_READ);
+        if (f[k] === 0) missing.push(tag, l.amounts[k]!, Arith.UPSERT_READ);
         else if (f[k] === 2) wraps[server]!.push(tag, 0);
         else if (f[k] === 3 && tag >= 0 && (tag & 1) === 1) {
           const slice = pairs[tag >> 1]!.slice;

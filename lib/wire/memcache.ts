@@ -45,20 +45,20 @@ export type MemcacheReply = bigint | boolean | Buffer | null;
 type Expect = 'incr' | 'store' | 'delete' | 'get' | 'stats' | 'ok' | 'meta';
 
 /**
- * What arithMany does with one counter. INCR and UPSERT are quiet: memcached
- * answers only a miss (INCR) or a creation (UPSERT), so most commands cost it
- * no reply at all. The READ modes return the new value, which is how a wrap
- * past 2^64 − 1 is seen (and, for UPSERT_READ, a creation).
+ * What arithMany does with one counter. A counter known to exist is sent a
+ * plain `incr` (for memcached the cheapest increment; measured against a
+ * quiet meta `ma`, which saves the reply but costs more to parse). One that
+ * may not exist yet is upserted: incremented, or created with the amount,
+ * in one atomic `ma … N`, where `add` and then `incr` took two operations
+ * whenever another writer had made it.
  */
 export const Arith = {
-  /** Increment if it exists. Flag 1: incremented; 0: not found. */
+  /** `incr`. Flag 1: incremented; 0: not found; 2: incremented and wrapped past 2^64 − 1. */
   INCR: 0,
-  /** Increment, or create with the amount if it does not exist, atomically. Flag 1. */
+  /** Upsert, quietly (memcached answers only a creation). Flag 1. */
   UPSERT: 1,
-  /** As INCR, reading the new value. Flag 1: incremented; 0: not found; 2: incremented and wrapped. */
-  INCR_READ: 2,
-  /** As UPSERT, reading the new value. Flag 1: incremented; 3: created; 2: incremented and wrapped. */
-  UPSERT_READ: 3,
+  /** Upsert, reading the new value back. Flag 1: incremented; 3: created; 2: incremented and wrapped. */
+  UPSERT_READ: 2,
 } as const;
 
 interface Pending {
@@ -78,8 +78,9 @@ interface Pending {
   readonly flagsAt: number;
   /** incrMany, arithMany: the amounts, to see a wrap (a new value below the amount). */
   readonly amounts?: readonly (number | bigint)[];
-  /** arithMany: each command's Arith mode (a value equal to the amount is a creation only for UPSERT_READ). */
+  /** arithMany: each command's Arith mode; `incr` replies come in order, to the next INCR from `cursor` on. */
   readonly modes?: ArrayLike<number>;
+  cursor?: number;
   /** Replies in so far. */
   done: number;
   /** getMulti collects here; exec's single-key get replies in `replies`. */
@@ -94,7 +95,7 @@ interface Pending {
 }
 
 /** The parts of a request `send` needs; the rest of a Pending is its state. */
-type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found' | 'amounts' | 'modes' | 'aligned'>;
+type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found' | 'amounts' | 'modes' | 'cursor' | 'aligned'>;
 
 /** getCounters' state: the keys asked for, in order, the values found so far, and the next key a reply may be for. */
 interface Aligned {
@@ -220,14 +221,13 @@ export class MemcacheConnection {
   }
 
   /**
-   * Meta arithmetic (`ma`) on each key by its amount, in the Arith mode given
+   * Increments or upserts each key by its amount, in the Arith mode given
    * for it, pipelined in pieces of BULK_CHUNK commands as incrMany is.
-   * Resolves to one flag per key (see Arith). Each command carries its
-   * index (`O`), so the few replies quiet commands give are placed by it,
-   * and each piece ends with `mn`, whose answer closes it. An UPSERT is one
-   * atomic operation where `add` then `incr` took two whenever the key
-   * existed; created keys expire after `ttl` seconds. `keys` and
-   * `keysValid` as for incrMany.
+   * Resolves to one flag per key (see Arith). `incr` replies come in order;
+   * an upsert that reads its value carries its index (`O`), and a quiet one
+   * says nothing unless it created the key, so each piece ends with `mn`,
+   * whose answer closes it. Created keys expire after `ttl` seconds. `keys`
+   * and `keysValid` as for incrMany.
    */
   async arithMany(keys: KeyList, amounts: readonly (number | bigint)[], modes: ArrayLike<number>, ttl: number, options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
     if (keys.length !== amounts.length || keys.length !== modes.length) {
@@ -237,10 +237,10 @@ export class MemcacheConnection {
       if (options.keysValid !== true) checkKey(keys.at(i)!);
       if (!isU64(amounts[i]!)) checkAmount(keys.at(i)!, amounts[i]!);
       const m = modes[i]!;
-      if (m !== Arith.INCR && m !== Arith.UPSERT && m !== Arith.INCR_READ && m !== Arith.UPSERT_READ) throw new MemcacheError(`arithMany: unknown mode ${m} for ${keys.at(i)}`);
+      if (m !== Arith.INCR && m !== Arith.UPSERT && m !== Arith.UPSERT_READ) throw new MemcacheError(`arithMany: unknown mode ${m} for ${keys.at(i)}`);
     }
     checkTtl('arithMany', ttl);
-    // Quiet commands say nothing when they succeed: their flag starts as success.
+    // A quiet upsert says nothing unless it creates: its flag starts as success.
     const flags = new Uint8Array(keys.length).fill(1);
     const requests: Promise<Pending>[] = [];
     const upsert = ` N${ttl} J`;
@@ -249,17 +249,15 @@ export class MemcacheConnection {
       let text = '';
       for (let i = from; i < to; i++) {
         const a = amounts[i]!;
-        switch (modes[i]) {
-          case Arith.INCR: text += `ma ${keys.at(i)} q O${i - from} D${a}\r\n`; break;
-          // A creation answers HD with no index: nothing to learn from it.
-          case Arith.UPSERT: text += `ma ${keys.at(i)} q${upsert}${a} D${a}\r\n`; break;
-          case Arith.INCR_READ: text += `ma ${keys.at(i)} v O${i - from} D${a}\r\n`; break;
-          default: text += `ma ${keys.at(i)} v O${i - from}${upsert}${a} D${a}\r\n`;
-        }
+        const m = modes[i];
+        if (m === Arith.INCR) text += `incr ${keys.at(i)} ${a}\r\n`;
+        // A quiet creation answers HD with no index: nothing to learn from it.
+        else if (m === Arith.UPSERT) text += `ma ${keys.at(i)} q${upsert}${a} D${a}\r\n`;
+        else text += `ma ${keys.at(i)} v O${i - from}${upsert}${a} D${a}\r\n`;
       }
       text += 'mn\r\n';
-      const what = (): string => `ma ${keys.at(from)} and ${to - from - 1} more`;
-      requests.push(this.send([text], { count: 1, expects: 'meta', what, flags, flagsAt: from, found: null, amounts, modes }, options.keysValid === true ? 'latin1' : 'utf8'));
+      const what = (): string => `incr/ma ${keys.at(from)} and ${to - from - 1} more`;
+      requests.push(this.send([text], { count: 1, expects: 'meta', what, flags, flagsAt: from, found: null, amounts, modes, cursor: from }, options.keysValid === true ? 'latin1' : 'utf8'));
     }
     await Promise.all(requests);
     return flags;
@@ -495,11 +493,20 @@ export class MemcacheConnection {
         continue;
       }
       if (expect === 'meta' && !is(buf, pos, eol, MN)) {
-        // One line per command that says anything (a miss, a creation, a value, an error); `mn`'s MN ends the piece.
+        // One line per `incr`, in order, and per upsert that says anything (a creation, a value); `mn`'s MN ends the piece.
         const flags = p.flags!;
-        const c0 = first;
+        const modes = p.modes!;
         const c1 = eol - pos >= 2 ? buf[pos + 1]! : 0;
-        if (c0 === 0x56 /* V */ && c1 === 0x41 /* A */ && (eol - pos === 2 || buf[pos + 2] === 0x20)) {
+        if (isDigit(first) || is(buf, pos, eol, NOT_FOUND)) {
+          let k = p.cursor!;
+          while (k < flags.length && modes[k] !== Arith.INCR) k++;
+          if (k === flags.length) throw new Error(`an incr reply "${buf.toString('latin1', pos, Math.min(eol, pos + 40))}" with no incr left`);
+          p.cursor = k + 1;
+          flags[k] = !isDigit(first) ? 0 : wrapped(buf, pos, eol, p.amounts![k]!) ? 2 : 1;
+          pos = lf + 1;
+          continue;
+        }
+        if (first === 0x56 /* V */ && c1 === 0x41 /* A */ && buf[pos + 2] === 0x20) {
           // VA <bytes> O<i>, then the value: taken whole or not at all.
           const lenEnd = indexOfIn(buf, 0x20, pos + 3, eol);
           const length = readDecimal(buf, pos + 3, lenEnd);
@@ -515,21 +522,18 @@ export class MemcacheConnection {
           const k = p.flagsAt + i;
           const amount = p.amounts![k]!;
           // Sums are never 0, so a value equal to the amount was made by this command (see Arith).
-          flags[k] = wrapped(buf, start, end, amount) ? 2 : p.modes![k] === Arith.UPSERT_READ && sameValue(buf, start, end, amount) ? 3 : 1;
+          flags[k] = wrapped(buf, start, end, amount) ? 2 : sameValue(buf, start, end, amount) ? 3 : 1;
           pos = end + 2;
           continue;
         }
-        if ((c0 === 0x4e /* N */ && c1 === 0x46 /* F */) || (c0 === 0x48 /* H */ && c1 === 0x44 /* D */)) {
-          const i = opaqueOf(buf, pos, eol);
-          if (i >= 0 && p.flagsAt + i < flags.length) flags[p.flagsAt + i] = c0 === 0x4e ? 0 : 3;
-          else if (c0 === 0x4e || i >= 0) throw new Error(`bad line "${buf.toString('latin1', pos, Math.min(eol, pos + 100))}"`);
-          pos = lf + 1;
+        if (first === 0x48 /* H */ && c1 === 0x44 /* D */ && eol - pos === 2) {
+          pos = lf + 1; // a quiet upsert created its key
           continue;
         }
         // Anything else (NS, an error line) fails the whole piece once its MN is in: which counters it reached is unknown.
         const line = buf.toString('utf8', pos, eol);
         if (line !== 'ERROR' && !line.startsWith('CLIENT_ERROR ') && !line.startsWith('SERVER_ERROR ') && !line.startsWith('NS')) {
-          throw new Error(`unexpected reply "${line.slice(0, 100)}" to ma`);
+          throw new Error(`unexpected reply "${line.slice(0, 100)}" to incr/ma`);
         }
         p.failure ??= new MemcacheError(`${this.label}: ${line} (${p.what(0)})`);
         pos = lf + 1;
