@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import {
+  Arith,
   MemcacheConnection,
   MemcacheError,
   MemcacheUnavailableError,
@@ -188,6 +189,14 @@ describe('MemcacheConnection', () => {
         slow.exec([{ kind: 'set', key: 'dribble:n', value: String(2n ** 60n), ttl: 0 }, { kind: 'incr', key: 'dribble:n', amount: 2n ** 62n }]),
         slow.stats(),
       ]);
+      const arith = await slow.arithMany(
+        ['dribble:n', 'dribble:new', 'dribble:none', 'dribble:quiet', 'dribble:new'],
+        [1, 2n ** 62n, 1, 3, 5],
+        [Arith.UPSERT_READ, Arith.UPSERT_READ, Arith.INCR, Arith.UPSERT, Arith.INCR],
+        60,
+      );
+      assert.deepEqual([...arith], [1, 3, 0, 1, 1]);
+      assert.equal(String((await slow.getMulti(['dribble:new'])).get('dribble:new')), String(2n ** 62n + 5n));
       assert.deepEqual(got, [value, null, Buffer.from('dribble:8')]);
       assert.equal(multi.size, 30);
       assert.deepEqual(multi.get('dribble:7'), value);
@@ -255,23 +264,48 @@ describe('MemcacheConnection', () => {
     for (const key of keys) assert.equal(BigInt(final.get(key)!.toString().trim()), expected.get(key));
   });
 
-  test('incrMany and addMany: one flag per key, in order, pipelined with other requests', async () => {
+  test('arithMany: incr and upserts mixed, one flag per key, in order, pipelined with other requests', async () => {
     await mc.flushAll();
-    const keys = Array.from({ length: 5000 }, (_, i) => `many:${i}`);
-    // Every other key exists.
+    const keys = Array.from({ length: 9000 }, (_, i) => `many:${i}`);
+    const modes = keys.map((_, i) => [Arith.INCR, Arith.UPSERT, Arith.UPSERT_READ][i % 3]!);
+    // Every other key exists; amounts are never 0, some bigints.
     await mc.exec(keys.filter((_, i) => i % 2 === 0).map((key) => ({ kind: 'set', key, value: '10', ttl: 0 })));
-    const [found, got] = await Promise.all([mc.incrMany(keys, keys.map((_, i) => (i % 3 === 0 ? BigInt(i) : i))), mc.getMulti(['many:0', 'many:1'])]);
-    assert.equal(found.length, keys.length);
-    for (let i = 0; i < keys.length; i++) assert.equal(found[i], i % 2 === 0 ? 1 : 0, `incr flag of ${keys[i]}`);
-    assert.equal(String(got.get('many:0')), '10', 'the get sent alongside saw the state before its own turn');
-    const stored = await mc.addMany(keys, keys.map((_, i) => String(i)), 60);
-    for (let i = 0; i < keys.length; i++) assert.equal(stored[i], i % 2 === 0 ? 0 : 1, `add flag of ${keys[i]}`);
+    const amounts = keys.map((_, i) => (i % 5 === 0 ? BigInt(i + 1) : i + 1));
+    const [flags, got] = await Promise.all([mc.arithMany(keys, amounts, modes, 60), mc.getMulti(['many:0', 'many:1'])]);
+    assert.equal(String(got.get('many:0')), '11', 'the get sent after it, on the same connection, saw its increment');
     const final = await mc.getMulti(keys);
-    for (let i = 0; i < keys.length; i++) assert.equal(final.get(keys[i]!)!.toString().trim(), String(i % 2 === 0 ? 10 + i : i), keys[i]);
-    assert.deepEqual([...(await mc.incrMany([], []))], []);
+    for (let i = 0; i < keys.length; i++) {
+      const exists = i % 2 === 0;
+      const mode = modes[i]!;
+      // INCR: 1 found / 0 not; UPSERT: always 1; UPSERT_READ: 1 incremented / 3 created.
+      const flag = mode === Arith.INCR ? (exists ? 1 : 0) : mode === Arith.UPSERT ? 1 : exists ? 1 : 3;
+      assert.equal(flags[i], flag, `flag of ${keys[i]} (mode ${mode})`);
+      const value = exists ? String(10 + i + 1) : mode === Arith.INCR ? undefined : String(i + 1);
+      assert.equal(final.get(keys[i]!)?.toString().trim(), value, `${keys[i]} after`);
+    }
+    assert.deepEqual([...(await mc.arithMany([], [], [], 60))], []);
   });
 
-  test('incrMany flags a counter memcached wrapped past 2^64 − 1 (flag 2), whatever the sizes of the reply and the amount', async () => {
+  test('arithMany: two connections upserting the same new keys at once make each once, and count every amount', async () => {
+    await mc.flushAll();
+    const other = new MemcacheConnection({ host: HOST, port });
+    try {
+      const keys = Array.from({ length: 20_000 }, (_, i) => `race:${i}`);
+      const [a, b] = await Promise.all([
+        mc.arithMany(keys, keys.map(() => 1), keys.map(() => Arith.UPSERT_READ), 60),
+        other.arithMany(keys, keys.map(() => 2), keys.map(() => Arith.UPSERT_READ), 60),
+      ]);
+      const final = await mc.getMulti(keys);
+      for (let i = 0; i < keys.length; i++) {
+        assert.equal(final.get(keys[i]!)!.toString().trim(), '3', `${keys[i]}: both amounts`);
+        assert.equal((a[i] === 3 ? 1 : 0) + (b[i] === 3 ? 1 : 0), 1, `${keys[i]} created exactly once (flags ${a[i]}, ${b[i]})`);
+      }
+    } finally {
+      await other.close();
+    }
+  });
+
+  test('arithMany flags a counter memcached wrapped past 2^64 − 1 (flag 2), by incr or upsert, whatever the sizes of the reply and the amount', async () => {
     const MAX = 2n ** 64n - 1n;
     // [start value, amount, flag, value after]
     const cases: [bigint, number | bigint, number, bigint][] = [
@@ -286,25 +320,35 @@ describe('MemcacheConnection', () => {
       [MAX, Number.MAX_SAFE_INTEGER, 2, 2n ** 53n - 2n], // long reply, amount a number ≥ 10^15
       [2n ** 63n, Number.MAX_SAFE_INTEGER, 1, 2n ** 63n + 2n ** 53n - 1n],
     ];
-    const keys = cases.map((_, i) => `wrap:${i}`);
-    await mc.exec(cases.map(([start], i) => ({ kind: 'set', key: keys[i]!, value: String(start), ttl: 0 })));
-    const flags = await mc.incrMany(keys, cases.map(([, amount]) => amount));
-    assert.deepEqual([...flags], cases.map(([, , flag]) => flag));
-    const after = await mc.getMulti(keys);
-    cases.forEach(([, , , value], i) => assert.equal(after.get(keys[i]!)!.toString().trim(), String(value), `${keys[i]} after`));
+    for (const mode of [Arith.INCR, Arith.UPSERT_READ]) {
+      const keys = cases.map((_, i) => `wrap:${mode}:${i}`);
+      await mc.exec(cases.map(([start], i) => ({ kind: 'set', key: keys[i]!, value: String(start), ttl: 0 })));
+      const flags = await mc.arithMany(keys, cases.map(([, amount]) => amount), cases.map(() => mode), 60);
+      // [0, MAX]: an upsert finding 0 takes the value it reads, equal to its amount, for its own creation.
+      assert.deepEqual([...flags], cases.map(([start, amount, flag]) => (mode === Arith.UPSERT_READ && start === 0n && BigInt(amount) === MAX ? 3 : flag)), `mode ${mode}`);
+      const after = await mc.getMulti(keys);
+      cases.forEach(([, , , value], i) => assert.equal(after.get(keys[i]!)!.toString().trim(), String(value), `${keys[i]} after`));
+    }
   });
 
-  test('incrMany and addMany check keys and amounts unless told the keys are valid; a server error fails only that batch', async () => {
-    await assert.rejects(mc.incrMany(['has space'], [1]), (e: Error) => e instanceof MemcacheError && e.message.includes('"has space"'));
-    await assert.rejects(mc.addMany(['nl\n'], ['1'], 60), MemcacheError);
-    await assert.rejects(mc.incrMany(['ok'], [-1]), /not an unsigned 64-bit integer/);
-    await assert.rejects(mc.incrMany(['a', 'b'], [1]), /2 keys but 1 amounts/);
+  test('arithMany checks keys, amounts and modes unless told the keys are valid; a server error fails only that batch', async () => {
+    await assert.rejects(mc.arithMany(['has space'], [1], [Arith.INCR], 60), (e: Error) => e instanceof MemcacheError && e.message.includes('"has space"'));
+    await assert.rejects(mc.arithMany(['nl\n'], [1], [Arith.UPSERT], 60), MemcacheError);
+    await assert.rejects(mc.arithMany(['ok'], [-1], [Arith.INCR], 60), /not an unsigned 64-bit integer/);
+    await assert.rejects(mc.arithMany(['a', 'b'], [1], [Arith.INCR, Arith.INCR], 60), /2 keys, 1 amounts and 2 modes/);
+    await assert.rejects(mc.arithMany(['a'], [1], [7], 60), /unknown mode 7/);
+    await assert.rejects(mc.arithMany(['a'], [1], [Arith.UPSERT], -1), /ttl -1/);
     await mc.exec([{ kind: 'set', key: 'text', value: 'abc', ttl: 0 }, { kind: 'set', key: 'n', value: '1', ttl: 0 }]);
-    const [bad, good] = await Promise.allSettled([mc.incrMany(['n', 'text', 'n'], [1, 1, 1], { keysValid: true }), mc.incrMany(['n'], [1])]);
-    assert.equal(bad.status, 'rejected');
-    assert.match((bad as PromiseRejectedResult).reason.message, /CLIENT_ERROR .*incr text/);
-    assert.equal(good.status, 'fulfilled');
-    assert.equal(String((await mc.getMulti(['n'])).get('n')).trim(), '4', 'both increments of the failed batch and the next one applied');
+    for (const mode of [Arith.INCR, Arith.UPSERT, Arith.UPSERT_READ]) {
+      const [bad, good] = await Promise.allSettled([
+        mc.arithMany(['n', 'text', 'n'], [1, 1, 1], [Arith.UPSERT_READ, mode, Arith.INCR], 60, { keysValid: true }),
+        mc.arithMany(['n'], [1], [Arith.INCR], 60),
+      ]);
+      assert.equal(bad.status, 'rejected', `mode ${mode}`);
+      assert.match((bad as PromiseRejectedResult).reason.message, /CLIENT_ERROR /);
+      assert.equal(good.status, 'fulfilled');
+    }
+    assert.equal(String((await mc.getMulti(['n'])).get('n')).trim(), '10', 'the increments of the failed batches and the next ones applied');
   });
 
   test('invalid keys are refused with their name before anything is written', async () => {

@@ -1,6 +1,7 @@
 /**
- * The ring's writer side against real memcached: counters created with `add`
- * for pairs a writer has not seen in the slice, incremented once it has; no
+ * The ring's writer side against real memcached: counters upserted (one
+ * atomic `ma`) for pairs a writer has not seen in the slice, incremented once
+ * it has; no
  * value sum until one is non-zero; writers racing, or wrong about what
  * exists, still count exactly; the writer/flush announcement.
  */
@@ -79,7 +80,7 @@ test('PairFlags remembers flags per pair across growth, stops learning at its bo
   assert.equal(f.get(1, 8, 3), PairFlags.COUNT | PairFlags.SUM, 'flags of a known pair still grow when full');
 });
 
-test('a new pair costs one add per counter, a known one one incr; zero value sums are never written, and read as 0', async () => {
+test('a new pair costs one upsert per counter, a known one one incr; zero value sums are never written, and read as 0', async () => {
   const r = ring({ keyPrefix: prefix() });
   const slice = futureSlice(SLICE);
   // 1,000 pairs; the 200 of users 1–100 carry values.
@@ -87,8 +88,8 @@ test('a new pair costs one add per counter, a known one one incr; zero value sum
   for (let u = 1; u <= 500; u++) for (const a of [1, 2]) events.push([u, a, u <= 100 ? u : 0]);
 
   const first = await r.apply(fold(slice, events));
-  // 1,200 adds, plus a constant: the register (reserve its chunk number: incr + add; write the chunk) and
-  // the slice's totals (events, twice: n and nv; value sums made), each made by incr NOT_FOUND + add the first time.
+  // 1,200 upserts, plus a constant: the register (reserve its chunk number: incr + add; write the chunk), `vn`
+  // made before the first value sum, and the slice's totals (events, twice: n and nv; value sums made).
   assert.ok(first.ops >= 1200 && first.ops <= 1200 + 9, `first fold: ${first.ops} ops`);
   assert.equal(first.newPairs, 1000);
   const second = await r.apply(fold(slice, events));
@@ -103,6 +104,25 @@ test('a new pair costs one add per counter, a known one one incr; zero value sum
   assert.equal(totals.missingPairs, 0);
   assert.equal(totals.valueSumsMade, 200n);
   assert.equal(totals.valueSumsFound, 200);
+  assert.equal(judge(totals, false, null).status, 'flushed');
+});
+
+test('a second writer new to the slice: one upsert per counter the first made (not a failed add and an incr), and `vn` counts each sum once', async () => {
+  const keyPrefix = prefix();
+  const [w1, w2] = [ring({ keyPrefix }), ring({ keyPrefix })];
+  const slice = futureSlice(SLICE);
+  const events: [number, number, number][] = [];
+  for (let u = 1; u <= 500; u++) for (const a of [1, 2]) events.push([u, a, u <= 100 ? u : 0]);
+  const first = await w1.apply(fold(slice, events));
+  const second = await w2.apply(fold(slice, events));
+  assert.equal(second.newPairs, 1000, 'the second writer knew none of them');
+  // Its own register chunk (reserve: 1 incr; write: 1 set), no `vn` made (w1 made it: 1 add), the same totals but `vn`.
+  assert.equal(second.ops, first.ops - 1 - 1, `second writer: ${second.ops} ops, first: ${first.ops}`);
+  const { rows, totals } = await readSlice(w1, slice);
+  assert.deepEqual(rows, expect([...events, ...events]));
+  assert.equal(totals.valueSumsMade, 200n, 'made by the first writer only');
+  assert.equal(totals.valueSumsFound, 200);
+  assert.equal(totals.duplicates, 1000, 'both writers listed every pair; the reader reads each once');
   assert.equal(judge(totals, false, null).status, 'flushed');
 });
 

@@ -80,10 +80,10 @@ export class PairTable {
  * table costs 5 bytes a slot (a million pairs ≈ 10 MB) where PairTable would
  * take 14. Two pairs with one hash share their flags, which can only make the
  * writer believe a counter exists when it does not: it then increments, gets
- * NOT_FOUND, and creates the counter the careful way (register, then add). A
- * wrong guess costs one operation, never a count. It is also bounded: past
- * `maxPairs` it stops learning (pairs it does not know are created with
- * `add`, which fails over to `incr` when they exist).
+ * NOT_FOUND, and creates the counter the careful way (register, then
+ * upsert). A wrong guess costs one operation, never a count. It is also
+ * bounded: past `maxPairs` it stops learning (pairs it does not know are
+ * upserted: incremented, or created when they do not exist).
  */
 export class PairFlags {
   static readonly COUNT = 1;

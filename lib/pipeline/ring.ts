@@ -81,14 +81,18 @@ export class Ring {
    * rejection means some may be, which is why jobs are acknowledged only after.
    *
    * Counters this Ring knows exist (it made or incremented them earlier in
-   * the slice: see PairFlags) are incremented; the others are created with
-   * `add`, their pairs listed in the register first. A value sum is made only
-   * for a non-zero sum: readers take a missing one as 0. Round trips: the
-   * register, when there are new pairs (per slice, in parallel); one batch
-   * per server of increments and adds together; then only for guesses that
-   * were wrong (an increment that found nothing is created, an add that found
-   * the counter is incremented); then, only if memcached wrapped a counter,
-   * setting it back to 2^64 − 1; then the slice totals.
+   * the slice: see PairFlags) are incremented; the others are upserted
+   * (incremented, or created if absent, in one atomic operation: Arith), their
+   * pairs listed in the register first. An upsert costs one operation whether
+   * or not another writer made the counter first, so a second worker no longer
+   * pays an `add` that fails and then an `incr` for each counter the other
+   * made. A value sum is made only for a non-zero sum: readers take a missing
+   * one as 0. Round trips: the register, when there are new pairs (per slice,
+   * in parallel); one batch per server of increments and upserts together;
+   * then only for increments that found nothing (evicted, or a shared hash:
+   * the pair is listed again and its counters upserted); then, only if
+   * memcached wrapped a counter, setting it back to 2^64 − 1; then the slice
+   * totals.
    *
    * The totals (`n`, `nv`, `late`, `vn`) go last so that they never lead the
    * pairs: a fold cut short (a worker killed, a connection lost mid-store)
@@ -443,7 +447,7 @@ export class Ring {
     throw new Error(`memcached: could not create ${key} after ${MAX_RACE_RETRIES} attempts`);
   }
 
-  /** Meta arithmetic on each server's counters (see Arith), every server's batch at once; the flags per server. */
+  /** Increments and upserts each server's counters (see Arith), every server's batch at once; the flags per server. */
   private async arith(lists: CounterList[]): Promise<Uint8Array[]> {
     return Promise.all(
       lists.map(async (l, server) => {

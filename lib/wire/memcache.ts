@@ -33,7 +33,7 @@ export type MemcacheOp =
   | { kind: 'delete'; key: string }
   | { kind: 'get'; key: string };
 
-/** Keys for incrMany/addMany: an array, or an object that makes key i when asked. */
+/** Keys for arithMany: an array, or an object that makes key i when asked (a caller with a hundred thousand counters need not hold their keys). */
 export interface KeyList {
   readonly length: number;
   at(i: number): string | undefined;
@@ -64,19 +64,16 @@ export const Arith = {
 interface Pending {
   /** Replies expected. */
   readonly count: number;
-  /** What reply i answers: one Expect per reply, or one for all of them (incrMany, addMany). */
+  /** What reply i answers: one Expect per reply, or one for all of them (getMulti, arithMany). */
   readonly expects: readonly Expect[] | Expect;
   /** Names command i and its key, so a server error can say which; built only when one happens. */
   readonly what: (i: number) => string;
   /** Replies so far (exec, getMulti, stats). */
   readonly replies: MemcacheReply[];
-  /**
-   * incrMany / addMany: byte flagsAt + i is 1 when command i found (incr) or
-   * stored (add) its key, else 0; 2 when an incr found its key and wrapped.
-   */
+  /** arithMany: byte flagsAt + i is command i's flag (see Arith). */
   readonly flags: Uint8Array | null;
   readonly flagsAt: number;
-  /** incrMany, arithMany: the amounts, to see a wrap (a new value below the amount). */
+  /** arithMany: the amounts, to see a wrap (a new value below the amount). */
   readonly amounts?: readonly (number | bigint)[];
   /** arithMany: each command's Arith mode; `incr` replies come in order, to the next INCR from `cursor` on. */
   readonly modes?: ArrayLike<number>;
@@ -108,7 +105,7 @@ const MAX_U64 = 2n ** 64n - 1n;
 // memcached caps a command line at 2048 bytes; beyond ~100 keys a line only delays the first reply.
 const GET_MAX_KEYS = 100;
 const GET_MAX_BYTES = 2000;
-/** Commands per write in incrMany/addMany: ~200 KB, enough to keep memcached busy while the next is built. */
+/** Commands per write in arithMany: ~200 KB, enough to keep memcached busy while the next is built. */
 const BULK_CHUNK = 4096;
 
 export class MemcacheConnection {
@@ -181,53 +178,19 @@ export class MemcacheConnection {
   }
 
   /**
-   * `incr` each key by its amount, pipelined. Resolves to one byte per key: 1
-   * when the key existed (and was incremented), 0 when it did not
-   * (NOT_FOUND). Unlike exec it makes no reply object per key, and it writes
-   * in pieces of BULK_CHUNK commands, so memcached is already working through
-   * the first while the next is being built.
+   * Increments or upserts each key by its amount, in the Arith mode given
+   * for it, pipelined: one write per BULK_CHUNK commands, so memcached is
+   * already working through the first while the next is built, and no reply
+   * object per key.
+   * Resolves to one flag per key (see Arith). `incr` replies come in order;
+   * an upsert that reads its value carries its index (`O`), and a quiet one
+   * says nothing unless it created the key, so each piece ends with `mn`,
+   * whose answer closes it. Created keys expire after `ttl` seconds.
    *
-   * `keys` is an array, or anything that can make key i on demand (`at(i)`):
-   * a caller with a hundred thousand counters need not hold their keys.
    * `keysValid: true` skips checking each key: for callers that build keys
    * from parts they have already checked (the Ring: a validated ASCII prefix
    * and decimal numbers). A key with a space or a line break would
    * desynchronise the stream, so anything else must leave it false.
-   */
-  async incrMany(keys: KeyList, amounts: readonly (number | bigint)[], options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
-    if (keys.length !== amounts.length) throw new MemcacheError(`incrMany: ${keys.length} keys but ${amounts.length} amounts`);
-    // Everything is checked before anything is written, so a bad key or amount never half-applies a batch.
-    for (let i = 0; i < keys.length; i++) {
-      if (options.keysValid !== true) checkKey(keys.at(i)!);
-      if (!isU64(amounts[i]!)) checkAmount(keys.at(i)!, amounts[i]!);
-    }
-    return this.sendBulk(keys, 'incr', (key, i) => `incr ${key} ${amounts[i]}\r\n`, options.keysValid === true, 'incr', amounts);
-  }
-
-  /**
-   * `add` each key with its value (decimal text, such as a counter's first
-   * value) and `ttl`, pipelined as incrMany is. Resolves to one byte per key:
-   * 1 when stored, 0 when the key already existed (NOT_STORED). `keys` and
-   * `keysValid` as for incrMany; values must be ASCII when keysValid is set.
-   */
-  async addMany(keys: KeyList, values: KeyList, ttl: number, options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
-    if (keys.length !== values.length) throw new MemcacheError(`addMany: ${keys.length} keys but ${values.length} values`);
-    for (let i = 0; i < keys.length && options.keysValid !== true; i++) checkKey(keys.at(i)!);
-    checkTtl('addMany', ttl);
-    return this.sendBulk(keys, 'store', (key, i) => {
-      const v = values.at(i)!;
-      return `add ${key} 0 ${ttl} ${options.keysValid === true ? v.length : Buffer.byteLength(v)}\r\n${v}\r\n`;
-    }, options.keysValid === true, 'add');
-  }
-
-  /**
-   * Increments or upserts each key by its amount, in the Arith mode given
-   * for it, pipelined in pieces of BULK_CHUNK commands as incrMany is.
-   * Resolves to one flag per key (see Arith). `incr` replies come in order;
-   * an upsert that reads its value carries its index (`O`), and a quiet one
-   * says nothing unless it created the key, so each piece ends with `mn`,
-   * whose answer closes it. Created keys expire after `ttl` seconds. `keys`
-   * and `keysValid` as for incrMany.
    */
   async arithMany(keys: KeyList, amounts: readonly (number | bigint)[], modes: ArrayLike<number>, ttl: number, options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
     if (keys.length !== amounts.length || keys.length !== modes.length) {
@@ -258,27 +221,6 @@ export class MemcacheConnection {
       text += 'mn\r\n';
       const what = (): string => `incr/ma ${keys.at(from)} and ${to - from - 1} more`;
       requests.push(this.send([text], { count: 1, expects: 'meta', what, flags, flagsAt: from, found: null, amounts, modes, cursor: from }, options.keysValid === true ? 'latin1' : 'utf8'));
-    }
-    await Promise.all(requests);
-    return flags;
-  }
-
-  /**
-   * One request per BULK_CHUNK commands, all sent now; resolves once every
-   * reply is in. `ascii`: every command is one byte per character, so it is
-   * written as latin1, a plain copy, rather than encoded as UTF-8.
-   */
-  private async sendBulk(
-    keys: KeyList, expects: 'incr' | 'store', command: (key: string, i: number) => string, ascii: boolean, name: string = expects, amounts?: readonly (number | bigint)[],
-  ): Promise<Uint8Array> {
-    const flags = new Uint8Array(keys.length);
-    const requests: Promise<Pending>[] = [];
-    for (let from = 0; from < keys.length; from += BULK_CHUNK) {
-      const to = Math.min(keys.length, from + BULK_CHUNK);
-      let text = '';
-      for (let i = from; i < to; i++) text += command(keys.at(i)!, i);
-      const what = (i: number): string => `${name} ${keys.at(from + i)}`;
-      requests.push(this.send([text], { count: to - from, expects, what, flags, flagsAt: from, found: null, ...(amounts ? { amounts } : {}) }, ascii ? 'latin1' : 'utf8'));
     }
     await Promise.all(requests);
     return flags;
@@ -317,7 +259,7 @@ export class MemcacheConnection {
    * the list, with no key string made and no map kept per reply, and each
    * value becomes a string straight from the socket's bytes. Trailing
    * spaces (memcached pads a counter in place when it gets shorter) are
-   * dropped. `keysValid` as for incrMany.
+   * dropped. `keysValid` as for arithMany.
    */
   async getCounters(keys: readonly string[], options: { keysValid?: boolean } = {}): Promise<(string | undefined)[]> {
     const values = new Array<string | undefined>(keys.length).fill(undefined);
@@ -549,7 +491,7 @@ export class MemcacheConnection {
       let reply: MemcacheReply | undefined;
       switch (expect) {
         case 'incr':
-          if (isDigit(first)) reply = p.flags ? (p.amounts && wrapped(buf, pos, eol, p.amounts[p.flagsAt + p.done]!) ? WRAPPED : true) : BigInt(buf.toString('latin1', pos, eol));
+          if (isDigit(first)) reply = BigInt(buf.toString('latin1', pos, eol));
           else if (is(buf, pos, eol, NOT_FOUND)) reply = null;
           break;
         case 'store':
@@ -586,8 +528,8 @@ export class MemcacheConnection {
       }
       pos = lf + 1;
       this.value = null;
-      if (expect === 'meta') { /* MN: the flags were set line by line */ } else if (p.flags) p.flags[p.flagsAt + p.done] = reply === true ? 1 : reply === WRAPPED ? 2 : 0;
-      else p.replies.push(reply);
+      // arithMany's flags were set line by line; its one reply is the MN that ends the piece.
+      if (expect !== 'meta') p.replies.push(reply);
       if (++p.done === p.count) {
         this.pending.shift();
         clearTimeout(p.timer);
@@ -598,9 +540,6 @@ export class MemcacheConnection {
     return pos;
   }
 }
-
-/** An incr reply that found its key but wrapped past 2^64 − 1 (flag 2). */
-const WRAPPED = Buffer.alloc(0);
 
 /**
  * memcached's incr wraps silently at 2^64: the new value (the digits at
