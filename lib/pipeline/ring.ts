@@ -137,8 +137,10 @@ export class Ring {
     const single = placement.servers.length === 1;
     this.forgetClosedSlices(deltas);
     // 1. Each pair's count (tag 2i) and value sum (2i + 1): incremented when known to exist, else
-    // upserted (incremented, or created, in one atomic step: see Arith). Every new value is read back, to
-    // catch a wrap, and for an upserted sum to learn whether this apply made it (for `vn`).
+    // upserted (incremented, or created, in one atomic step: see Arith). An upserted count is not read
+    // back: a pair's count is at most its slice's event total, which does not reach 2^64 (see step 4),
+    // so it cannot wrap, and that it was made here tells nothing. An upserted sum is read back, to catch
+    // a wrap and to learn whether this apply made it (for `vn`). Increments are read back as ever.
     const writes = this.conns.map(() => counters.list());
     const fresh: number[] = [];
     const withSums = new Set<SliceId>();
@@ -152,7 +154,7 @@ export class Ring {
       if ((known & PairFlags.COUNT) !== 0) list.push(2 * i, d.count, Arith.INCR);
       else {
         fresh.push(i);
-        list.push(2 * i, d.count, Arith.UPSERT_READ);
+        list.push(2 * i, d.count, Arith.UPSERT);
       }
       if (d.value !== 0) {
         list.push(2 * i + 1, d.value, (known & PairFlags.SUM) !== 0 ? Arith.INCR : Arith.UPSERT_READ);
@@ -170,7 +172,7 @@ export class Ring {
       const f = flags[server]!;
       for (let k = 0; k < l.length; k++) {
         const tag = l.tags[k]!;
-        if (f[k] === 0) missing.push(tag, l.amounts[k]!, Arith.UPSERT_READ);
+        if (f[k] === 0) missing.push(tag, l.amounts[k]!, (tag & 1) === 0 ? Arith.UPSERT : Arith.UPSERT_READ);
         else if (f[k] === 2) wraps[server]!.push(tag, 0);
         else if (f[k] === 3 && tag >= 0 && (tag & 1) === 1) {
           const slice = pairs[tag >> 1]!.slice;
