@@ -185,7 +185,7 @@ export class Ring {
     await Promise.all([fresh.length > 0 ? this.register(deltas, fresh) : null, this.announceSums(withSums)]);
     const missing = settle(writes, await this.arith(writes));
     // 2. Wrong guesses: counters thought to exist and not found (evicted, or a shared hash in
-    // PairFlags). A pair whose count is missing is listed again, then its counters are upserted.
+    // PairFlags). A pair whose count is missing is listed again, then what was missing is upserted.
     const unlisted: number[] = [];
     for (const m of missing) for (const tag of m.tags) if ((tag & 1) === 0) unlisted.push(tag >> 1);
     if (missing.some((m) => m.length > 0)) {
