@@ -66,6 +66,9 @@ const hostPort = (fallback: string, defaultPort: number) =>
     return servers;
   });
 
+/** memcached's longest relative expiry (30 days); a larger exptime is read as a Unix time. */
+export const MAX_RING_TTL_S = 2_592_000;
+
 const int = (min: number, max: number, fallback: number) =>
   z
     .string()
@@ -113,10 +116,14 @@ export function loadConfig(env: Record<string, string | undefined> = {}): Config
   }
   const e = parsed.data;
   // Rollups are recomputed from the finer rows, so a finer level must never outlive a coarser one.
-  const retention: string[] = [];
-  if (e.OFFLOG_HOURLY_RETENTION_DAYS < e.OFFLOG_RETENTION_DAYS) retention.push(`OFFLOG_HOURLY_RETENTION_DAYS: must be at least OFFLOG_RETENTION_DAYS (${e.OFFLOG_RETENTION_DAYS}) (got ${e.OFFLOG_HOURLY_RETENTION_DAYS})`);
-  if (e.OFFLOG_DAILY_RETENTION_DAYS !== 0 && e.OFFLOG_DAILY_RETENTION_DAYS < e.OFFLOG_HOURLY_RETENTION_DAYS) retention.push(`OFFLOG_DAILY_RETENTION_DAYS: must be 0 (for ever) or at least OFFLOG_HOURLY_RETENTION_DAYS (${e.OFFLOG_HOURLY_RETENTION_DAYS}) (got ${e.OFFLOG_DAILY_RETENTION_DAYS})`);
-  if (retention.length > 0) throw new ConfigError(`invalid configuration:\n  ${retention.join('\n  ')}`);
+  const crossChecks: string[] = [];
+  if (e.OFFLOG_HOURLY_RETENTION_DAYS < e.OFFLOG_RETENTION_DAYS) crossChecks.push(`OFFLOG_HOURLY_RETENTION_DAYS: must be at least OFFLOG_RETENTION_DAYS (${e.OFFLOG_RETENTION_DAYS}) (got ${e.OFFLOG_HOURLY_RETENTION_DAYS})`);
+  if (e.OFFLOG_DAILY_RETENTION_DAYS !== 0 && e.OFFLOG_DAILY_RETENTION_DAYS < e.OFFLOG_HOURLY_RETENTION_DAYS) crossChecks.push(`OFFLOG_DAILY_RETENTION_DAYS: must be 0 (for ever) or at least OFFLOG_HOURLY_RETENTION_DAYS (${e.OFFLOG_HOURLY_RETENTION_DAYS}) (got ${e.OFFLOG_DAILY_RETENTION_DAYS})`);
+  // memcached reads an exptime above 30 days as an absolute Unix time: every ring key would be born expired.
+  if (e.OFFLOG_SLICE_SECONDS * e.OFFLOG_RING_SLICES > MAX_RING_TTL_S) {
+    crossChecks.push(`OFFLOG_SLICE_SECONDS × OFFLOG_RING_SLICES: the ring's lifetime (${e.OFFLOG_SLICE_SECONDS} × ${e.OFFLOG_RING_SLICES} = ${e.OFFLOG_SLICE_SECONDS * e.OFFLOG_RING_SLICES} s) must be at most ${MAX_RING_TTL_S} s (30 days): memcached takes a longer expiry as an absolute time, so every key would be born expired`);
+  }
+  if (crossChecks.length > 0) throw new ConfigError(`invalid configuration:\n  ${crossChecks.join('\n  ')}`);
   return {
     gearmanServers: e.OFFLOG_GEARMAN_SERVERS,
     memcachedServers: e.OFFLOG_MEMCACHED_SERVERS,

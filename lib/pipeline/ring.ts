@@ -23,7 +23,7 @@
  * comes first, a writer either sees the watermark and writes elsewhere, or
  * the flush sees the writer and waits for it.
  */
-import type { HostPort } from '../base/config.ts';
+import { MAX_RING_TTL_S, type HostPort } from '../base/config.ts';
 import type { Deltas } from '../domain/aggregate.ts';
 import { PairFlags } from '../domain/pairtable.ts';
 import type { SliceId } from '../domain/slice.ts';
@@ -85,6 +85,7 @@ export class Ring {
     // Made now, connected on first use.
     this.lanes = this.placement.servers.map((s) => Array.from({ length: WRITE_LANES - 1 }, () => connect(s)));
     this.ttl = options.ringSlices * options.sliceSeconds;
+    if (this.ttl > MAX_RING_TTL_S) throw new RangeError(`ring lifetime ${options.sliceSeconds} s × ${options.ringSlices} slices = ${this.ttl} s is over memcached's 30-day relative expiry (${MAX_RING_TTL_S} s): every key would be born expired`);
     this.knownOptions = options.knownPairs ?? {};
   }
 

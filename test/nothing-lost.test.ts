@@ -1,0 +1,41 @@
+/**
+ * Issue 18, "nothing lost without a report": each defect found by reading the
+ * core gets the test that failed on the code before its fix, on real daemons
+ * where the defect needs them. The suspicions that turned out wrong keep the
+ * test that shows it.
+ */
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { loadConfig } from '../lib/base/config.ts';
+import { ConfigError } from '../lib/base/errors.ts';
+import { Ring } from '../lib/pipeline/ring.ts';
+import { MemcacheConnection } from '../lib/wire/memcache.ts';
+import { testConfig } from './support.ts';
+
+/** memcached's longest relative expiry: 30 days. */
+const MAX_RING_TTL_S = 2_592_000;
+const closers: (() => Promise<unknown>)[] = [];
+after(() => Promise.all(closers.map((c) => c())));
+
+// ── item 4: a ring lifetime over memcached's 30-day relative expiry ──
+
+test('config refuses a ring lifetime over 30 days, naming OFFLOG_SLICE_SECONDS × OFFLOG_RING_SLICES', () => {
+  assert.throws(
+    () => loadConfig({ OFFLOG_SLICE_SECONDS: '86400', OFFLOG_RING_SLICES: '31' }),
+    (err: Error) => err instanceof ConfigError && /OFFLOG_SLICE_SECONDS × OFFLOG_RING_SLICES/.test(err.message) && /86400 × 31 = 2678400 s/.test(err.message),
+  );
+  const c = loadConfig({ OFFLOG_SLICE_SECONDS: '86400', OFFLOG_RING_SLICES: '30' });
+  assert.equal(c.sliceSeconds * c.ringSlices, MAX_RING_TTL_S, '30 days exactly is memcached\'s longest relative expiry, and accepted');
+  assert.throws(() => new Ring({ servers: c.memcachedServers, keyPrefix: 'x:', sliceSeconds: 86_400, ringSlices: 31 }), /30-day/);
+});
+
+test('a key written with the longest accepted ring lifetime lives in real memcached (one second more is born expired)', async () => {
+  const c = testConfig();
+  const conn = new MemcacheConnection(c.memcachedServers[0]!);
+  closers.push(() => conn.close());
+  const [ok, over] = [`${c.keyPrefix}ttl-ok`, `${c.keyPrefix}ttl-over`];
+  await conn.exec([{ kind: 'set', key: ok, value: '1', ttl: MAX_RING_TTL_S }, { kind: 'set', key: over, value: '1', ttl: MAX_RING_TTL_S + 1 }]);
+  const found = await conn.getMulti([ok, over]);
+  assert.equal(found.get(ok)?.toString(), '1');
+  assert.equal(found.has(over), false, 'memcached took 2,592,001 s as a Unix time in 1970: the key expired at once');
+});
