@@ -8,8 +8,11 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadConfig } from '../lib/base/config.ts';
 import { ConfigError } from '../lib/base/errors.ts';
+import { sleep } from '../lib/base/backoff.ts';
 import { Ring } from '../lib/pipeline/ring.ts';
+import { Store } from '../lib/pipeline/store.ts';
 import { MemcacheConnection } from '../lib/wire/memcache.ts';
+import { Proxy } from './daemons.ts';
 import { testConfig } from './support.ts';
 
 /** memcached's longest relative expiry: 30 days. */
@@ -38,4 +41,37 @@ test('a key written with the longest accepted ring lifetime lives in real memcac
   const found = await conn.getMulti([ok, over]);
   assert.equal(found.get(ok)?.toString(), '1');
   assert.equal(found.has(over), false, 'memcached took 2,592,001 s as a Unix time in 1970: the key expired at once');
+});
+
+// ── item 7: a transient failure of the LOAD DATA probe must not pin upserts ──
+
+test('a LOAD DATA probe that fails without a refusal (MariaDB unreachable at the first flush) is tried again later, and loads', async (t) => {
+  const c = testConfig();
+  const url = new URL(c.mysqlUrl);
+  const proxy = await Proxy.start(t, Number(url.port));
+  url.host = `127.0.0.1:${proxy.port}`;
+  const s = new Store({ url: url.toString(), tablePrefix: c.tablePrefix, countsMethod: 'auto', loadProbeRetryMs: 300 });
+  closers.push(() => s.close());
+  await s.migrate();
+  await proxy.cut();
+  assert.equal(await s.countsMethod(), 'upsert', 'while the connection is down: upserts');
+  assert.equal(s.loadRefusal, null, 'a connection that failed is not a refusal');
+  assert.match(s.loadProbeFailure ?? '', /ECONNREFUSED|connect/i);
+  await proxy.heal();
+  await sleep(400);
+  assert.equal(await s.countsMethod(), 'load', `probed again after the pause: ${s.loadRefusal ?? s.loadProbeFailure}`);
+  assert.equal(s.loadProbeFailure, null);
+});
+
+test('a real refusal of LOAD DATA (here: no counts table) pins upserts, even once the retry pause has passed', async () => {
+  const c = testConfig();
+  const s = new Store({ url: c.mysqlUrl, tablePrefix: `${c.tablePrefix}none_`, countsMethod: 'auto', loadProbeRetryMs: 1 });
+  closers.push(() => s.close());
+  assert.equal(await s.countsMethod(), 'upsert');
+  await sleep(20);
+  assert.equal(await s.countsMethod(), 'upsert');
+  assert.match(s.loadRefusal ?? '', /doesn't exist/);
+  const before = s.statements;
+  await s.countsMethod();
+  assert.equal(s.statements, before, 'not probed again');
 });

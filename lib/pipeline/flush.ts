@@ -85,6 +85,8 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
   const ran = await store.withFlushLock(options.lockWaitSeconds ?? 10, async () => {
     if ((await store.countsMethod()) === 'upsert' && store.loadRefusal !== null) {
       log.warn({ reason: store.loadRefusal }, 'LOAD DATA LOCAL … REPLACE refused (local_infile off, or no DELETE on the counts table): writing counts with multi-row upserts, about half as fast');
+    } else if (store.loadProbeFailure !== null) {
+      log.warn({ reason: store.loadProbeFailure }, 'the LOAD DATA probe failed without a refusal (a lock wait, a dropped connection?): writing counts with upserts for now, probing again later');
     }
     const current = sliceOf(now.getTime(), sliceSeconds);
     const { oldest, newest } = flushableRange(current, ringSlices);

@@ -36,9 +36,18 @@ export interface StoreOptions {
    * allow it (checked once), else upserts.
    */
   countsMethod?: CountsMethod | 'auto';
+  /** After a probe failed without a refusal (a lock wait, a dropped connection), how long before probing again (default 60 s). */
+  loadProbeRetryMs?: number;
 }
 
 export type CountsMethod = 'load' | 'upsert';
+
+/**
+ * The server's answers that refuse LOAD DATA LOCAL … REPLACE for good: the
+ * command not allowed (local_infile off: 1148, MySQL 8's 3948 and 4166), no
+ * privilege for it (1044, 1142, 1227), or no counts table (1146).
+ */
+const LOAD_REFUSALS = new Set([1044, 1142, 1146, 1148, 1227, 3948, 4166]);
 
 export type SliceStatus = 'flushed' | 'incomplete' | 'lost' | 'corrupt' | 'saturated';
 
@@ -85,6 +94,7 @@ export class Store {
     };
     this.rowsPerStatement = options.rowsPerStatement ?? DEFAULT_ROWS_PER_STATEMENT;
     if (!Number.isSafeInteger(this.rowsPerStatement) || this.rowsPerStatement < 1) throw new RangeError(`rowsPerStatement must be a whole number >= 1, not ${options.rowsPerStatement}`);
+    this.loadProbeRetryMs = options.loadProbeRetryMs ?? 60_000;
     const method = options.countsMethod ?? 'auto';
     this.method = method === 'auto' ? null : Promise.resolve(method);
   }
@@ -93,20 +103,38 @@ export class Store {
    * How this store writes counts: as asked, or (auto) `load` when an empty
    * LOAD DATA LOCAL … REPLACE into the counts table succeeds — the server
    * allows local_infile and the user may INSERT and DELETE (REPLACE) there —
-   * else `upsert`, said once in the log by the caller. Asked once per Store.
+   * else `upsert`, said once in the log by the caller. A refusal (see
+   * LOAD_REFUSALS) settles it for the Store's life; any other failure of the
+   * probe (a lock wait, a dropped connection) means upserts for now and a new
+   * probe once loadProbeRetryMs have passed.
    */
   countsMethod(): Promise<CountsMethod> {
+    if (this.method === null && Date.now() < this.probeAgainAt) return Promise.resolve('upsert');
     return (this.method ??= this.probeLoad().then(
-      () => 'load' as const,
-      (err: Error) => {
-        this.loadRefusal = err.message;
+      () => {
+        this.loadProbeFailure = null;
+        return 'load' as const;
+      },
+      (err: Error & { errno?: number }) => {
+        if (err.errno !== undefined && LOAD_REFUSALS.has(err.errno)) {
+          this.loadRefusal = err.message;
+          this.loadProbeFailure = null;
+          return 'upsert' as const;
+        }
+        this.loadProbeFailure = err.message;
+        this.probeAgainAt = Date.now() + this.loadProbeRetryMs;
+        this.method = null;
         return 'upsert' as const;
       },
     ));
   }
 
-  /** Why `auto` chose upserts (the server's answer to the probe), or null. */
+  /** Why `auto` chose upserts for good (the server refused the probe), or null. */
   loadRefusal: string | null = null;
+  /** Why the last probe failed without a refusal (upserts until it is probed again), or null. */
+  loadProbeFailure: string | null = null;
+  private probeAgainAt = 0;
+  private readonly loadProbeRetryMs: number;
 
   private async probeLoad(): Promise<void> {
     const conn = await this.pool.getConnection();
