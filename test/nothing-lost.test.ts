@@ -9,11 +9,14 @@ import assert from 'node:assert/strict';
 import { loadConfig } from '../lib/base/config.ts';
 import { ConfigError } from '../lib/base/errors.ts';
 import { sleep } from '../lib/base/backoff.ts';
+import type { SliceId } from '../lib/domain/slice.ts';
+import { shardOfSlice } from '../lib/pipeline/keys.ts';
 import { Ring } from '../lib/pipeline/ring.ts';
+import { counterText } from '../lib/pipeline/slice-reader.ts';
 import { Store } from '../lib/pipeline/store.ts';
-import { MemcacheConnection } from '../lib/wire/memcache.ts';
-import { Proxy } from './daemons.ts';
-import { testConfig } from './support.ts';
+import { MemcacheConnection, MemcacheUnavailableError } from '../lib/wire/memcache.ts';
+import { memcached, Proxy } from './daemons.ts';
+import { futureSlice, testConfig } from './support.ts';
 
 /** memcached's longest relative expiry: 30 days. */
 const MAX_RING_TTL_S = 2_592_000;
@@ -74,4 +77,31 @@ test('a real refusal of LOAD DATA (here: no counts table) pins upserts, even onc
   const before = s.statements;
   await s.countsMethod();
   assert.equal(s.statements, before, 'not probed again');
+});
+
+// ── item 5: a failed enter() must not leave its writer counts up ──
+
+test('an enter() that fails on one server takes back the writer count it made on another: the flush finds no writer inside', async (t) => {
+  const [a, b] = [await memcached(t, 16), await memcached(t, 16)];
+  await a.start();
+  await b.start();
+  const r = new Ring({ servers: [a, b].map((d) => ({ host: '127.0.0.1', port: d.port })), keyPrefix: testConfig().keyPrefix, sliceSeconds: 600, ringSlices: 6, opTimeoutMs: 1000 });
+  closers.push(() => r.close());
+  // A slice whose writer count lives on server a (index 0); b is asked for the watermark.
+  let s = futureSlice(600);
+  while (r.placement.writer(shardOfSlice(s)) !== 0) s = (s + 1) as SliceId;
+  await b.kill();
+  for (let attempt = 0; attempt < 3; attempt++) await assert.rejects(r.enter([s]), MemcacheUnavailableError, 'b is down: the announcement fails');
+  const direct = new MemcacheConnection({ host: '127.0.0.1', port: a.port });
+  closers.push(() => direct.close());
+  // The take-backs are written, not waited for (as every leave): give them a moment to land.
+  let inside = -1;
+  for (let i = 0; i < 40 && inside !== 0; i++) {
+    const [w] = await direct.exec([{ kind: 'get', key: r.keys.sliceCounter(s, 'w') }]);
+    inside = w === null ? 0 : Number(counterText(w as Buffer));
+    if (inside !== 0) await sleep(50);
+  }
+  assert.equal(inside, 0, 'no writer left inside after three failed announcements');
+  await b.start();
+  assert.equal(await r.seal(s, 0), 0, 'the flush sees no writer inside');
 });

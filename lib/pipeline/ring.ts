@@ -284,23 +284,40 @@ export class Ring {
     }
     const asked = new Set<number>([...bySlice.keys(), ...this.placement.currentServers]);
     let again = false;
-    const found = await Promise.all([...asked].map(async (server) => {
+    // Slices whose count this call is known to have raised (their incr answered): taken back if the call fails.
+    const raised: SliceId[] = [];
+    const settled = await Promise.allSettled([...asked].map(async (server) => {
       const ops: MemcacheOp[] = [];
+      const mine = bySlice.get(server) ?? [];
       // `add` then `incr`: the count exists whether or not another writer created it first.
-      for (const s of bySlice.get(server) ?? []) {
+      for (const s of mine) {
         const key = this.keys.sliceCounter(s, 'w');
         ops.push({ kind: 'add', key, value: '0', ttl: this.ttl }, { kind: 'incr', key, amount: 1 });
       }
       ops.push({ kind: 'get', key: wmKey });
       const replies = await this.exec(server, ops);
       for (let i = 1; i < replies.length - 1; i += 2) {
-        if (replies[i] !== null) continue;
+        const slice = mine[(i - 1) / 2]!;
+        if (replies[i] !== null) {
+          raised.push(slice);
+          continue;
+        }
         // Gone between the add and the incr (evicted at once): announce the slow way, then read the watermark again.
-        await this.reserve(this.keys.sliceCounter(bySlice.get(server)![(i - 1) / 2]!, 'w'), server, 1);
+        await this.reserve(this.keys.sliceCounter(slice, 'w'), server, 1);
+        raised.push(slice);
         again = true;
       }
       return replies[replies.length - 1];
     }));
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      // The caller never learns of these, so it cannot leave them: a count left up would make the flush wait
+      // for a writer that is not there. (A server that failed mid-request may or may not have applied its
+      // incr; that one is left, since taking back another writer's announcement could lose its counts.)
+      await this.leave(raised);
+      throw failed.reason;
+    }
+    const found = settled.map((r) => (r as PromiseFulfilledResult<MemcacheReply | undefined>).value);
     const wm = maxWatermark(found);
     if (!again) return wm;
     const later = await this.watermark();
