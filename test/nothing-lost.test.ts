@@ -9,14 +9,16 @@ import assert from 'node:assert/strict';
 import { loadConfig } from '../lib/base/config.ts';
 import { ConfigError } from '../lib/base/errors.ts';
 import { sleep } from '../lib/base/backoff.ts';
-import type { SliceId } from '../lib/domain/slice.ts';
+import { Deltas } from '../lib/domain/aggregate.ts';
+import { sliceOf, type SliceId } from '../lib/domain/slice.ts';
+import { flush } from '../lib/pipeline/flush.ts';
 import { shardOfSlice } from '../lib/pipeline/keys.ts';
 import { Ring } from '../lib/pipeline/ring.ts';
 import { counterText } from '../lib/pipeline/slice-reader.ts';
 import { Store } from '../lib/pipeline/store.ts';
 import { MemcacheConnection, MemcacheUnavailableError } from '../lib/wire/memcache.ts';
 import { memcached, Proxy } from './daemons.ts';
-import { futureSlice, testConfig } from './support.ts';
+import { futureSlice, startOf, testConfig, testRuntime } from './support.ts';
 
 /** memcached's longest relative expiry: 30 days. */
 const MAX_RING_TTL_S = 2_592_000;
@@ -104,4 +106,39 @@ test('an enter() that fails on one server takes back the writer count it made on
   assert.equal(inside, 0, 'no writer left inside after three failed announcements');
   await b.start();
   assert.equal(await r.seal(s, 0), 0, 'the flush sees no writer inside');
+});
+
+// ── item 1: a memcached restart is reported on every slice that began before it, not only at the next flush ──
+
+/** `n` events of user u, action 1, value 1, at the middle of `slice`, applied to the ring. */
+async function put(ring: Ring, slice: SliceId, n: number, user = 1): Promise<void> {
+  const d = new Deltas();
+  d.addAll(Array.from({ length: n }, () => ({ userId: String(user), actionId: 1, value: 1, at: startOf(slice, 600) + 300_000 })), slice, 600);
+  await ring.apply(d);
+}
+
+test('a memcached restart marks every slice that began before it incomplete, whichever later flush takes it', async (t) => {
+  const m = await memcached(t, 16);
+  await m.start();
+  const rt = testRuntime({ OFFLOG_MEMCACHED_SERVERS: `127.0.0.1:${m.port}` });
+  closers.push(() => rt.close());
+  await rt.store.migrate();
+  const c = sliceOf(Date.now(), 600);
+  const at = (s: number): Date => new Date(startOf((c + s) as SliceId, 600) + 1000);
+  await flush(rt.flushDeps, at(0)); // remembers the memcached it saw
+  await put(rt.ring, (c - 1) as SliceId, 10);
+  await put(rt.ring, c, 10);
+  await m.restart();
+  await put(rt.ring, (c - 1) as SliceId, 3);
+  await put(rt.ring, c, 3);
+  await put(rt.ring, (c + 1) as SliceId, 7); // begins after the restart: whole
+  const statusOf = (r: Awaited<ReturnType<typeof flush>>, s: number) => r.slices.find((x) => x.slice === c + s);
+  const first = await flush(rt.flushDeps, at(1));
+  assert.equal(statusOf(first, -1)?.status, 'incomplete', `c−1 at the first flush after the restart: ${JSON.stringify(statusOf(first, -1))}`);
+  const second = await flush(rt.flushDeps, at(2));
+  assert.equal(statusOf(second, 0)?.status, 'incomplete', `c, flushed by the second flush after the restart: ${JSON.stringify(statusOf(second, 0))}`);
+  assert.match(statusOf(second, 0)!.note, /memcached restarted at .*earlier counts are gone/);
+  const third = await flush(rt.flushDeps, at(3));
+  assert.equal(statusOf(third, 1)?.status, 'flushed', `c+1 began after the restart: ${JSON.stringify(statusOf(third, 1))}`);
+  assert.equal(statusOf(third, 1)?.events, '7');
 });

@@ -194,18 +194,33 @@ export function restartedAfter(restartedAtS: number, sliceStartMs: number): bool
   return (restartedAtS + BOOT_TOLERANCE_S) * 1000 > sliceStartMs;
 }
 
-/** The newest boot time of a memcached server that restarted since the last flush, or null. */
+/**
+ * The newest restart of any memcached server ever seen (its boot time, whole
+ * seconds), or null. A restart found now (a server's pid or start time is
+ * not what the last flush saw) is recorded at once, before any slice is
+ * read: the boot times are overwritten at the end of every flush, and the
+ * slices being written when it happened (the current one, the one before)
+ * are flushed by later flushes, which must still see it. One time is
+ * enough: a slice lost counts to a restart exactly when one happened after
+ * it began, and then the newest did.
+ */
 async function memcachedRestart(ring: Ring, store: Store, log: Logger): Promise<number | null> {
-  let restartedAt: number | null = null;
+  const recorded = await store.getState(RESTART_STATE);
+  let restartedAt: number | null = recorded === null ? null : Number(recorded);
+  let found = false;
   for (const b of await ring.bootTimes()) {
     const before = (await store.getState(`memcached_boot:${b.server}`))?.split('@');
     if (before !== undefined && (Number(before[0]) !== b.pid || Math.abs(Number(before[1]) - b.bootedAt) > BOOT_TOLERANCE_S)) {
       log.error({ server: b.server, bootedAt: new Date(b.bootedAt * 1000).toISOString() }, 'memcached restarted since the last flush');
-      restartedAt = Math.max(restartedAt ?? 0, b.bootedAt);
+      if (restartedAt === null || b.bootedAt > restartedAt) (restartedAt = b.bootedAt), (found = true);
     }
   }
+  if (found) await store.setState(RESTART_STATE, String(restartedAt));
   return restartedAt;
 }
+
+/** Where the newest memcached restart seen is kept (see memcachedRestart). */
+const RESTART_STATE = 'memcached_restarted_at';
 
 async function rememberBootTimes(ring: Ring, store: Store): Promise<void> {
   for (const b of await ring.bootTimes()) await store.setState(`memcached_boot:${b.server}`, `${b.pid}@${b.bootedAt}`);
