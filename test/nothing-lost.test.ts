@@ -16,8 +16,11 @@ import { shardOfSlice } from '../lib/pipeline/keys.ts';
 import { Ring } from '../lib/pipeline/ring.ts';
 import { counterText } from '../lib/pipeline/slice-reader.ts';
 import { Store } from '../lib/pipeline/store.ts';
-import { MemcacheConnection, MemcacheUnavailableError } from '../lib/wire/memcache.ts';
-import { memcached, Proxy } from './daemons.ts';
+import { Arith, MemcacheConnection, MemcacheUnavailableError } from '../lib/wire/memcache.ts';
+import { OffLogClient } from '../lib/pipeline/client.ts';
+import { drainDeadLetters } from '../lib/pipeline/deadletter.ts';
+import { gearmand, memcached, Proxy } from './daemons.ts';
+import { FakeMemcached } from './fake-memcached.ts';
 import { futureSlice, startOf, testConfig, testRuntime } from './support.ts';
 
 /** memcached's longest relative expiry: 30 days. */
@@ -142,3 +145,46 @@ test('a memcached restart marks every slice that began before it incomplete, whi
   assert.equal(statusOf(third, 1)?.status, 'flushed', `c+1 began after the restart: ${JSON.stringify(statusOf(third, 1))}`);
   assert.equal(statusOf(third, 1)?.events, '7');
 });
+
+// ── item 2: a meta reply the parser does not expect is a protocol error, never an outage retried blind ──
+
+for (const dialect of ['old-wording', 'none'] as const) {
+  const what = dialect === 'none' ? 'a memcached with no meta commands (ERROR to ma and mn)' : 'a memcached answering OK to ma (the pre-1.6.10 wording)';
+  test(`${what}: arithMany fails at once, as a protocol error, not as memcached unreachable`, async (t) => {
+    const fake = await FakeMemcached.start(t, dialect);
+    const conn = new MemcacheConnection({ host: '127.0.0.1', port: fake.port }, { opTimeoutMs: 5000 });
+    t.after(() => conn.close());
+    const started = Date.now();
+    const err = await conn.arithMany(['a', 'b'], [1, 2], [Arith.UPSERT, Arith.UPSERT], 60).then(() => null, (e: Error) => e);
+    assert.ok(err instanceof Error, 'it fails');
+    assert.ok(!(err instanceof MemcacheUnavailableError), `not an outage: ${err.name}: ${err.message}`);
+    assert.match(err.message, dialect === 'none' ? /ERROR.*meta/ : /"OK".*meta/);
+    assert.ok(Date.now() - started < 2000, `failed at once, not at the 5 s timeout (${Date.now() - started} ms)`);
+    // The connection is usable again for what it does speak.
+    assert.deepEqual(await conn.exec([{ kind: 'set', key: 'k', value: '1', ttl: 60 }, { kind: 'get', key: 'k' }]), [true, Buffer.from('1')]);
+  });
+
+  test(`${what}: the worker dead-letters the fold with the reason, at once, and applies it only once`, async (t) => {
+    const fake = await FakeMemcached.start(t, dialect);
+    const g = await gearmand(t);
+    await g.start();
+    const server = { host: '127.0.0.1', port: g.port };
+    const rt = testRuntime({ OFFLOG_MEMCACHED_SERVERS: `127.0.0.1:${fake.port}`, OFFLOG_GEARMAN_SERVERS: `127.0.0.1:${g.port}` });
+    closers.push(() => rt.close());
+    await rt.store.migrate();
+    const client = new OffLogClient({ servers: [server], batchSize: 100 });
+    for (let i = 0; i < 300; i++) client.log(1 + (i % 10), 1);
+    await client.close();
+    const worker = rt.worker({}, { gearmanServers: [server] });
+    const started = Date.now();
+    await worker.run({ idle: true, deadlineMs: Date.now() + 8000 });
+    assert.equal(worker.stats.storeRetries, 0, 'never retried as an outage');
+    assert.ok(Date.now() - started < 4000, `done at once (${Date.now() - started} ms), not at the deadline`);
+    assert.equal(worker.stats.deadLetters, 3, 'the three jobs dead-lettered');
+    // 10 new pairs, each upserted once by the one attempt (none if the server knows no ma): not again and again.
+    assert.equal(fake.metaApplied, dialect === 'none' ? 0 : 10);
+    await sleep(1500);
+    assert.equal(await drainDeadLetters([server], rt.store), 3);
+    for (const row of await rt.store.deadLetters(10)) assert.match(row.error, /store failed: .*meta/);
+  });
+}

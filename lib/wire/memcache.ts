@@ -24,6 +24,16 @@ export class MemcacheUnavailableError extends MemcacheError {
   override name = 'MemcacheUnavailableError';
 }
 
+/**
+ * memcached answered in a way this client does not speak: a meta command
+ * answered `ERROR` (a server without them) or `OK` (the wording before
+ * 1.6.10). What the request applied is unknown, and sending it again would
+ * only apply it again: a caller must not retry it as an outage.
+ */
+export class MemcacheProtocolError extends MemcacheError {
+  override name = 'MemcacheProtocolError';
+}
+
 export type MemcacheOp =
   | { kind: 'incr'; key: string; amount: number | bigint }
   | { kind: 'decr'; key: string; amount: number | bigint }
@@ -345,8 +355,8 @@ export class MemcacheConnection {
     return socket;
   }
 
-  /** Rejects everything in flight on `socket` and forgets it; the next call reconnects. */
-  private fail(socket: net.Socket, error: MemcacheError): void {
+  /** Rejects everything in flight on `socket` (the first with `first`, when given) and forgets it; the next call reconnects. */
+  private fail(socket: net.Socket, error: MemcacheError, first?: MemcacheError): void {
     if (socket !== this.socket) return; // already failed; its late events mean nothing
     this.socket = null;
     socket.destroy();
@@ -355,10 +365,10 @@ export class MemcacheConnection {
     this.value = null;
     const pending = this.pending;
     this.pending = [];
-    for (const p of pending) {
+    pending.forEach((p, i) => {
       clearTimeout(p.timer);
-      p.reject(error);
-    }
+      p.reject(i === 0 && first ? first : error);
+    });
   }
 
   private onData(socket: net.Socket, chunk: Buffer): void {
@@ -372,7 +382,9 @@ export class MemcacheConnection {
       used = this.parse(buf);
     } catch (e) {
       const why = e instanceof Error ? e.message : String(e);
-      this.fail(socket, new MemcacheUnavailableError(`${this.label}: protocol out of sync (${why}); connection dropped`));
+      const dropped = new MemcacheUnavailableError(`${this.label}: protocol out of sync (${why}); connection dropped`);
+      // The request being answered gets the protocol error; those behind it only lost their connection.
+      this.fail(socket, dropped, e instanceof MemcacheProtocolError ? e : undefined);
       return;
     }
     this.chunks = used === buf.length ? [] : [buf.subarray(used)];
@@ -472,10 +484,16 @@ export class MemcacheConnection {
           pos = lf + 1; // a quiet upsert created its key
           continue;
         }
-        // Anything else (NS, an error line) fails the whole piece once its MN is in: which counters it reached is unknown.
+        // NS or a client/server error fails the whole piece once its MN is in: which counters it reached is unknown.
         const line = buf.toString('utf8', pos, eol);
-        if (line !== 'ERROR' && !line.startsWith('CLIENT_ERROR ') && !line.startsWith('SERVER_ERROR ') && !line.startsWith('NS')) {
-          throw new Error(`unexpected reply "${line.slice(0, 100)}" to incr/ma`);
+        if (!line.startsWith('CLIENT_ERROR ') && !line.startsWith('SERVER_ERROR ') && !line.startsWith('NS')) {
+          // ERROR (no meta commands: its `mn` gets one too, so no MN ever ends the piece), OK (the old
+          // wording) or anything else: this server does not speak the meta protocol OffLog needs.
+          const said = line === 'ERROR' ? 'ERROR to a meta command (ma/mn): it has no meta commands'
+            : line === 'OK' ? '"OK" to a meta command (ma): the wording before memcached 1.6.10 (or -o meta_response_old)'
+            : `"${line.slice(0, 100)}" to a meta command (ma/mn), which is no reply OffLog knows`;
+          throw new MemcacheProtocolError(`${this.label} answered ${said}. OffLog needs memcached 1.6.10 or later with its default meta replies. ` +
+            `What this batch of ${p.what(0)} applied is unknown, so it is not sent again`);
         }
         p.failure ??= new MemcacheError(`${this.label}: ${line} (${p.what(0)})`);
         pos = lf + 1;
