@@ -21,7 +21,7 @@ import { OffLogClient } from '../lib/pipeline/client.ts';
 import { drainDeadLetters } from '../lib/pipeline/deadletter.ts';
 import { gearmand, memcached, Proxy } from './daemons.ts';
 import { FakeMemcached } from './fake-memcached.ts';
-import { futureSlice, startOf, testConfig, testRuntime } from './support.ts';
+import { futureSlice, readCounts, startOf, testConfig, testRuntime } from './support.ts';
 
 /** memcached's longest relative expiry: 30 days. */
 const MAX_RING_TTL_S = 2_592_000;
@@ -188,3 +188,24 @@ for (const dialect of ['old-wording', 'none'] as const) {
     for (const row of await rt.store.deadLetters(10)) assert.match(row.error, /store failed: .*meta/);
   });
 }
+
+// ── S1: an evicted `vn` must not zero every value sum of its slice ──
+
+test('S1 (confirmed): with the slice\'s `vn` evicted and its counters alive, the sums are still read, and the slice is reported', async () => {
+  const rt = testRuntime();
+  closers.push(() => rt.close());
+  await rt.store.migrate();
+  const s = futureSlice(600);
+  await put(rt.ring, s, 5, 1); // user 1, action 1: 5 events of value 1
+  await put(rt.ring, s, 2, 2);
+  const direct = new MemcacheConnection(rt.config.memcachedServers[0]!);
+  closers.push(() => direct.close());
+  assert.deepEqual(await direct.exec([{ kind: 'delete', key: rt.ring.keys.sliceCounter(s, 'vn') }]), [true]);
+  const result = await flush(rt.flushDeps, new Date(startOf((s + 2) as SliceId, 600) + 1000));
+  const report = result.slices.find((x) => x.slice === s)!;
+  const rows = await readCounts(rt);
+  assert.deepEqual(rows.get(`${startOf(s, 600)}:1:1`), ['5', '5'], 'the value sum is read, not taken as 0');
+  assert.deepEqual(rows.get(`${startOf(s, 600)}:2:1`), ['2', '2']);
+  assert.equal(report.status, 'incomplete', `value sums that cannot be checked are reported: ${JSON.stringify(report)}`);
+  assert.match(report.note, /vn/);
+});

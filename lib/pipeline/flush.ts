@@ -173,6 +173,10 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   if (t.valueSumsMade !== null && BigInt(t.valueSumsFound) < t.valueSumsMade) {
     incomplete.push(`${t.valueSumsMade - BigInt(t.valueSumsFound)} value sum(s) gone (evicted or restarted): those pairs' sums read as 0`);
   }
+  if (t.valueSumsMade === null && t.valueSumsFound > 0 && t.events !== null && t.eventsCountingSums === t.events) {
+    // Every writer makes `vn` before its first value sum: sums without it mean `vn` was evicted, and with it the check above.
+    incomplete.push(`the slice's count of value sums (vn) is gone (evicted) while ${t.valueSumsFound} value sum(s) were found: sums that were evicted too cannot be told from sums of 0`);
+  }
   if (t.events !== null && t.counted < t.events) incomplete.push(`rows hold ${t.counted} events but workers counted ${t.events}`);
   if (incomplete.length > 0 && status === 'flushed') status = 'incomplete';
   notes.push(...incomplete);

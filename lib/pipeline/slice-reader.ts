@@ -36,7 +36,7 @@ export interface SliceHead {
   /** Events the workers counted into this slice (null when the counter itself is gone). */
   events: bigint | null;
   late: bigint;
-  /** Value-sum counters the writers created (null when no writer made a value sum in the slice, or wrote before `vn` existed). */
+  /** Value-sum counters the writers created (null when no writer made a value sum in the slice, wrote before `vn` existed, or `vn` was evicted). */
   valueSumsMade: bigint | null;
   /** Events counted by writers that keep `valueSumsMade` (see keys.ts `nv`); equal to `events` when every writer did. */
   eventsCountingSums: bigint | null;
@@ -253,13 +253,10 @@ export class SliceReader {
     const { keys, placement, conns, countOps } = this.deps;
     const slice = this.head.slice;
     const n = users.length;
-    // No writer was about to make a value sum in this slice (each makes `vn` first), and every writer
-    // would have said so (nv = n): read counts only. `vn` itself may be 0 with sums made (see Ring.apply).
-    const h = this.head;
-    const sums = !(h.events !== null && h.eventsCountingSums === h.events && h.valueSumsMade === null);
+    // Value sums are read for every pair, even where the slice has no `vn`: `vn` is touched only by folds
+    // that create sums, so it can be evicted while the counters live, and "no vn" cannot prove "no sums".
     const single = placement.servers.length === 1;
-    // Where pair i's counters are in the lists asked of each server: its count at `at`, its value sum
-    // (when read) right after. One server, or (while the pool changes) up to two.
+    // Where pair i's counters are in the lists asked of each server: its count at `at`, its value sum right after. One server, or (while the pool changes) up to two.
     const keysByServer: string[][] = placement.servers.map(() => []);
     const serverA = new Int32Array(n);
     const atA = new Int32Array(n);
@@ -267,7 +264,7 @@ export class SliceReader {
     const atB = single ? null : new Int32Array(n);
     for (let i = 0; i < n; i++) {
       const count = keys.count(slice, users[i]!, actions[i]!);
-      const sum = sums ? keys.valueSum(slice, users[i]!, actions[i]!) : '';
+      const sum = keys.valueSum(slice, users[i]!, actions[i]!);
       const servers = single ? SERVER_0 : placement.readers(shardOfPair(users[i]!, actions[i]!));
       for (let k = 0; k < servers.length; k++) {
         const s = servers[k]!;
@@ -275,7 +272,7 @@ export class SliceReader {
         if (k === 0) (serverA[i] = s), (atA[i] = list.length);
         else (serverB![i] = s), (atB![i] = list.length);
         list.push(count);
-        if (sums) list.push(sum);
+        list.push(sum);
       }
     }
     // Keys built here from the checked prefix and numbers: ASCII, valid.
@@ -295,7 +292,7 @@ export class SliceReader {
         const at = k === 0 ? atA[i]! : atB![i]!;
         const values = found[s]!;
         const c = values[at];
-        const v = sums ? values[at + 1] : undefined;
+        const v = values[at + 1];
         if (v !== undefined) this.valueSumsFound++;
         // A pair exists where its count does; its value sum is made only once non-zero.
         if (c === undefined) continue;
