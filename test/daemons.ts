@@ -139,14 +139,24 @@ export async function waitForPort(port: number, what: string, timeoutMs = 20_000
   }
 }
 
-/** A TCP proxy on a free port in front of a real server: `cut()` drops every connection and refuses new ones until `heal()`. */
+/**
+ * How a Proxy slows the server's replies (a latency proxy): they are passed on
+ * in pieces of `chunkBytes`, each `delayMs` after the one before, as from a
+ * server that is slow but keeps answering.
+ */
+export interface SlowReplies {
+  delayMs: number;
+  chunkBytes: number;
+}
+
+/** A TCP proxy on a free port in front of a real server: `cut()` drops every connection and refuses new ones until `heal()`; `slow` delays the replies. */
 export class Proxy {
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
-  private constructor(readonly port: number, private readonly target: number) {}
+  private constructor(readonly port: number, private readonly target: number, private readonly slow?: SlowReplies) {}
 
-  static async start(t: Scope, target: number): Promise<Proxy> {
-    const p = new Proxy(await freePort(), target);
+  static async start(t: Scope, target: number, slow?: SlowReplies): Promise<Proxy> {
+    const p = new Proxy(await freePort(), target, slow);
     await p.start();
     t.after(() => p.cut());
     return p;
@@ -160,11 +170,31 @@ export class Proxy {
         s.on('close', () => this.sockets.delete(s));
         s.on('error', () => undefined);
       }
-      client.pipe(upstream).pipe(client);
+      client.pipe(upstream);
+      if (this.slow) this.trickle(upstream, client, this.slow);
+      else upstream.pipe(client);
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());
     });
     await new Promise<void>((r) => this.server!.listen(this.port, '127.0.0.1', r));
+  }
+
+  /** Passes `from`'s bytes on to `to` in pieces of chunkBytes, one every delayMs, in order. */
+  private trickle(from: net.Socket, to: net.Socket, slow: SlowReplies): void {
+    const queue: Buffer[] = [];
+    let pumping = false;
+    const pump = async (): Promise<void> => {
+      pumping = true;
+      while (queue.length > 0 && !to.destroyed) {
+        await sleep(slow.delayMs);
+        to.write(queue.shift()!);
+      }
+      pumping = false;
+    };
+    from.on('data', (chunk: Buffer) => {
+      for (let o = 0; o < chunk.length; o += slow.chunkBytes) queue.push(chunk.subarray(o, o + slow.chunkBytes));
+      if (!pumping) void pump();
+    });
   }
 
   async cut(): Promise<void> {

@@ -209,3 +209,24 @@ test('S1 (confirmed): with the slice\'s `vn` evicted and its counters alive, the
   assert.equal(report.status, 'incomplete', `value sums that cannot be checked are reported: ${JSON.stringify(report)}`);
   assert.match(report.note, /vn/);
 });
+
+// ── S3: a slow but healthy memcached must not time a store out while it is still answering ──
+
+test('S3 (confirmed): a memcached that keeps answering, slowly, past the op timeout: the batch completes, applied once', async (t) => {
+  const c = testConfig();
+  const target = c.memcachedServers[0]!;
+  // 40,000 incr replies ("2\r\n": 120 KB) passed on 4 KB every 200 ms: 6 s in all, never 2 s without a byte.
+  const proxy = await Proxy.start(t, target.port, { delayMs: 200, chunkBytes: 4096 });
+  const keys = Array.from({ length: 40_000 }, (_, i) => `${c.keyPrefix}slow:${i}`);
+  const direct = new MemcacheConnection(target);
+  closers.push(() => direct.close());
+  await direct.arithMany(keys, keys.map(() => 1), keys.map(() => Arith.UPSERT), 600);
+  const slow = new MemcacheConnection({ host: '127.0.0.1', port: proxy.port }, { opTimeoutMs: 2000 });
+  t.after(() => slow.close());
+  const started = Date.now();
+  const flags = await slow.arithMany(keys, keys.map(() => 1), keys.map(() => Arith.INCR), 600);
+  assert.ok(Date.now() - started > 2000, `the replies took longer than the op timeout (${Date.now() - started} ms)`);
+  assert.equal(flags.filter((f) => f === 1).length, keys.length, 'every incr answered');
+  const values = await direct.getCounters(keys);
+  assert.equal(values.filter((v) => v === '2').length, keys.length, 'each counter incremented once');
+});

@@ -96,7 +96,6 @@ interface Pending {
   readonly aligned?: Aligned;
   readonly stats: Record<string, string>;
   failure: MemcacheError | null;
-  timer: NodeJS.Timeout;
   resolve(p: Pending): void;
   reject(e: Error): void;
 }
@@ -134,6 +133,9 @@ export class MemcacheConnection {
   private buffered = 0;
   private needed = 0;
   private value: Buffer | null = null;
+  /** The op timeout's timer (see watch) and when a byte last came in, or the wait began. */
+  private watchdog: NodeJS.Timeout | null = null;
+  private progressAt = 0;
 
   constructor(address: MemcacheAddress, options: { connectTimeoutMs?: number; opTimeoutMs?: number } = {}) {
     this.address = { host: address.host, port: address.port };
@@ -320,11 +322,10 @@ export class MemcacheConnection {
     if (this.closed) return Promise.reject(new MemcacheError(`${this.label}: connection was closed by close()`));
     const socket = this.socket ?? this.connect();
     return new Promise<Pending>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.fail(socket, new MemcacheUnavailableError(
-          `${this.label}: no reply within ${this.opTimeoutMs} ms; connection dropped, writes in flight may or may not have been applied`));
-      }, this.opTimeoutMs);
-      this.pending.push({ ...request, replies: [], done: 0, stats: {}, failure: null, timer, resolve, reject });
+      // The wait starts now if nothing else was waiting; otherwise it runs from the last byte received.
+      if (this.pending.length === 0) this.progressAt = performance.now();
+      this.pending.push({ ...request, replies: [], done: 0, stats: {}, failure: null, resolve, reject });
+      this.watch(socket);
       // Corked, the whole batch leaves in one writev, whatever mix of strings and Buffers it is.
       socket.cork();
       for (const part of parts) {
@@ -355,6 +356,29 @@ export class MemcacheConnection {
     return socket;
   }
 
+  /**
+   * The op timeout, per connection and by progress: it fires when requests
+   * wait and nothing has been received for opTimeoutMs. A timer per request
+   * from when it was sent timed out the last pieces of a large batch while
+   * memcached was still answering the first ones, and the retry then applied
+   * again what memcached had read (see arithMany).
+   */
+  private watch(socket: net.Socket): void {
+    if (this.watchdog !== null) return;
+    const check = (): void => {
+      this.watchdog = null;
+      if (socket !== this.socket || this.pending.length === 0) return;
+      const quiet = performance.now() - this.progressAt;
+      if (quiet < this.opTimeoutMs) {
+        this.watchdog = setTimeout(check, this.opTimeoutMs - quiet);
+        return;
+      }
+      this.fail(socket, new MemcacheUnavailableError(
+        `${this.label}: no reply within ${this.opTimeoutMs} ms (nothing received while ${this.pending.length} request(s) waited); connection dropped, writes in flight may or may not have been applied`));
+    };
+    this.watchdog = setTimeout(check, this.opTimeoutMs);
+  }
+
   /** Rejects everything in flight on `socket` (the first with `first`, when given) and forgets it; the next call reconnects. */
   private fail(socket: net.Socket, error: MemcacheError, first?: MemcacheError): void {
     if (socket !== this.socket) return; // already failed; its late events mean nothing
@@ -365,14 +389,14 @@ export class MemcacheConnection {
     this.value = null;
     const pending = this.pending;
     this.pending = [];
-    pending.forEach((p, i) => {
-      clearTimeout(p.timer);
-      p.reject(i === 0 && first ? first : error);
-    });
+    if (this.watchdog !== null) clearTimeout(this.watchdog);
+    this.watchdog = null;
+    pending.forEach((p, i) => p.reject(i === 0 && first ? first : error));
   }
 
   private onData(socket: net.Socket, chunk: Buffer): void {
     if (socket !== this.socket) return;
+    this.progressAt = performance.now();
     this.chunks.push(chunk);
     this.buffered += chunk.length;
     if (this.buffered < this.needed) return;
@@ -550,7 +574,6 @@ export class MemcacheConnection {
       if (expect !== 'meta') p.replies.push(reply);
       if (++p.done === p.count) {
         this.pending.shift();
-        clearTimeout(p.timer);
         if (p.failure) p.reject(p.failure);
         else p.resolve(p);
       }
