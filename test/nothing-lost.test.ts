@@ -230,3 +230,34 @@ test('S3 (confirmed): a memcached that keeps answering, slowly, past the op time
   const values = await direct.getCounters(keys);
   assert.equal(values.filter((v) => v === '2').length, keys.length, 'each counter incremented once');
 });
+
+// ── S5: one counter that is not a number must not fail every fold that touches its pair ──
+
+test('S5 (confirmed): a counter that is not a number is skipped and reported; the fold and the other counters go on, exact', async () => {
+  const rt = testRuntime();
+  closers.push(() => rt.close());
+  await rt.store.migrate();
+  const s = futureSlice(600);
+  const direct = new MemcacheConnection(rt.config.memcachedServers[0]!);
+  closers.push(() => direct.close());
+  const bad = rt.ring.keys.count(s, '7', 1);
+  await direct.exec([{ kind: 'set', key: bad, value: 'not a number', ttl: 600 }]);
+  const fold = (): Deltas => {
+    const d = new Deltas();
+    const events = [7, 8, 9].flatMap((u) => Array.from({ length: 3 }, () => ({ userId: String(u), actionId: 1, value: 2, at: startOf(s, 600) + 1000 })));
+    d.addAll(events, s, 600);
+    return d;
+  };
+  // Twice: first as new pairs (upserts), then as pairs the Ring knows (plain incr).
+  const first = await rt.ring.apply(fold());
+  const second = await rt.ring.apply(fold());
+  assert.equal(first.notNumbers + second.notNumbers, 2, 'each fold skipped the one bad counter');
+  const result = await flush(rt.flushDeps, new Date(startOf((s + 2) as SliceId, 600) + 1000));
+  const report = result.slices.find((x) => x.slice === s)!;
+  assert.equal(report.status, 'corrupt');
+  assert.match(report.note, new RegExp(bad.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  const rows = await readCounts(rt);
+  assert.deepEqual(rows.get(`${startOf(s, 600)}:8:1`), ['6', '12']);
+  assert.deepEqual(rows.get(`${startOf(s, 600)}:9:1`), ['6', '12']);
+  assert.equal(rows.has(`${startOf(s, 600)}:7:1`), false, 'the bad pair is not written');
+});

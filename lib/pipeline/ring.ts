@@ -45,7 +45,8 @@ export interface RingOptions {
   knownPairs?: { maxPairs?: number; hashBits?: number };
 }
 
-export interface ApplyStats { ops: number; newPairs: number; wrapped: number }
+/** notNumbers: counters memcached refused because they hold something that is not a number (skipped; the flush reports their slice corrupt). */
+export interface ApplyStats { ops: number; newPairs: number; wrapped: number; notNumbers: number }
 
 /** 50,000 pairs × 10 bytes: well under memcached's 1 MB item limit. */
 const CHUNK_PAIRS = 50_000;
@@ -135,6 +136,8 @@ export class Ring {
       return (tag & 1) === 0 ? keys.count(d.slice, d.userId, d.actionId) : keys.valueSum(d.slice, d.userId, d.actionId);
     };
     const counters = new Counters(keyOf);
+    // Counters that hold something else than a number: skipped, as the flush skips them (and reports the slice).
+    const notNumbers = { count: 0 };
     const single = placement.servers.length === 1;
     this.forgetClosedSlices(deltas);
     // 1. Each pair's count (tag 2i) and value sum (2i + 1): incremented when known to exist, else
@@ -184,14 +187,14 @@ export class Ring {
     });
     // A pair is listed before any counter of it can exist, and a slice's `vn` made before any value sum of it.
     await Promise.all([fresh.length > 0 ? this.register(deltas, fresh) : null, this.announceSums(withSums)]);
-    const missing = settle(writes, await this.arith(writes));
+    const missing = settle(writes, await this.arith(writes, notNumbers));
     // 2. Wrong guesses: counters thought to exist and not found (evicted, or a shared hash in
     // PairFlags). A pair whose count is missing is listed again, then what was missing is upserted.
     const unlisted: number[] = [];
     for (const m of missing) for (const tag of m.tags) if ((tag & 1) === 0) unlisted.push(tag >> 1);
     if (missing.some((m) => m.length > 0)) {
       if (unlisted.length > 0) await this.register(deltas, unlisted);
-      const gone = settle(missing, await this.arith(missing));
+      const gone = settle(missing, await this.arith(missing, notNumbers));
       if (gone.some((m) => m.length > 0)) throw new Error(`memcached: an upsert of ${gone.find((m) => m.length > 0)!.at(0)} found nothing`);
     }
     // 3. Counters memcached wrapped: their true totals are past 2^64 − 1, so they are held there (the flush reports them).
@@ -211,14 +214,14 @@ export class Ring {
     for (const [slice, n] of deltas.late) total(slice, 'late', n);
     for (const [slice, n] of made) total(slice, 'vn', n);
     // A slice's event total does not reach 2^64: a wrap there is not looked for.
-    await this.arith(sums);
+    await this.arith(sums, notNumbers);
     // Everything of the fold exists now.
     for (let i = 0; i < pairs.length; i++) {
       const d = pairs[i]!;
       if (d.slice !== tableSlice) (table = this.knownIn(d.slice)), (tableSlice = d.slice);
       table!.add(deltas.hi(i), deltas.lo(i), d.actionId, d.value !== 0 ? PairFlags.COUNT | PairFlags.SUM : PairFlags.COUNT);
     }
-    return { ops: this.ops - before, newPairs: fresh.length + unlisted.length, wrapped: held.reduce((n, ops) => n + ops.length, 0) };
+    return { ops: this.ops - before, newPairs: fresh.length + unlisted.length, wrapped: held.reduce((n, ops) => n + ops.length, 0), notNumbers: notNumbers.count };
   }
 
   /**
@@ -484,13 +487,13 @@ export class Ring {
   }
 
   /** Increments and upserts each server's counters (see Arith), every server's batch at once; the flags per server. */
-  private async arith(lists: CounterList[]): Promise<Uint8Array[]> {
+  private async arith(lists: CounterList[], notNumbers: { count: number }): Promise<Uint8Array[]> {
     return Promise.all(
       lists.map(async (l, server) => {
         if (l.length === 0) return new Uint8Array(0);
         this.ops += l.length;
         // Keys built here from the checked prefix and numbers: memcache need not check them again.
-        const valid = { keysValid: true };
+        const valid = { keysValid: true, notNumbers };
         if (l.length < SPLIT_MIN) return this.conns[server]!.arithMany(l, l.amounts, l.modes, this.ttl, valid);
         const lanes = [this.conns[server]!, ...this.lanes[server]!];
         const per = Math.ceil(l.length / lanes.length);

@@ -73,6 +73,8 @@ export interface WorkerStats {
   wrapped: number;
   /** Raw records of watched events handed to the `offlog.watched` queue. */
   watched: number;
+  /** Counters memcached refused because they hold something that is not a number: those increments were skipped (the flush reports the slice corrupt). */
+  notNumbers: number;
 }
 
 /** Stop conditions for `run`: drain until idle, or until a deadline (a Lambda's remaining time). */
@@ -96,7 +98,7 @@ interface Fold {
 }
 
 export class Worker {
-  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, folds: 0, memcachedOps: 0, storeRetries: 0, movedPastWatermark: 0, wrapped: 0, watched: 0 };
+  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, folds: 0, memcachedOps: 0, storeRetries: 0, movedPastWatermark: 0, wrapped: 0, watched: 0, notNumbers: 0 };
   private conns: GearmanConnection[] = [];
   private stopping = false;
   /** The run's deadline (a Lambda's remaining time): retries stop there too. */
@@ -380,6 +382,10 @@ export class Worker {
       const result = await ring.apply(deltas);
       this.stats.memcachedOps += ring.ops - before;
       this.stats.wrapped += result.wrapped;
+      if (result.notNumbers > 0) {
+        this.stats.notNumbers += result.notNumbers;
+        log.error({ counters: result.notNumbers, slices: deltas.slices() }, 'counters in memcached hold something that is not a number: their increments were skipped, the rest of the fold is stored (the flush reports the slice corrupt)');
+      }
       // Moves only ever go up, to above the last watermark: what moved is what the fold had at or below it.
       const moved = this.watermark === null ? 0 : folded.eventsThrough(this.watermark);
       if (moved > 0) {

@@ -71,6 +71,13 @@ export const Arith = {
   UPSERT_READ: 2,
 } as const;
 
+/**
+ * An `incr`'s flag when its counter holds something that is not a number:
+ * memcached refused it and changed nothing. (An upsert refused so says no
+ * key; it is only counted: see arithMany's `notNumbers`.)
+ */
+export const NOT_A_NUMBER = 4;
+
 interface Pending {
   /** Replies expected. */
   readonly count: number;
@@ -88,6 +95,10 @@ interface Pending {
   /** arithMany: each command's Arith mode; `incr` replies come in order, to the next INCR from `cursor` on. */
   readonly modes?: ArrayLike<number>;
   cursor?: number;
+  /** arithMany: the piece's `incr` replies still to come (its incrs are sent first, so its first replies are theirs). */
+  incrsLeft?: number;
+  /** arithMany: counters refused as not numbers are counted here. */
+  readonly notNumbers?: { count: number };
   /** Replies in so far. */
   done: number;
   /** getMulti collects here; exec's single-key get replies in `replies`. */
@@ -101,7 +112,7 @@ interface Pending {
 }
 
 /** The parts of a request `send` needs; the rest of a Pending is its state. */
-type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found' | 'amounts' | 'modes' | 'cursor' | 'aligned'>;
+type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found' | 'amounts' | 'modes' | 'cursor' | 'aligned' | 'incrsLeft' | 'notNumbers'>;
 
 /** getCounters' state: the keys asked for, in order, the values found so far, and the next key a reply may be for. */
 interface Aligned {
@@ -199,12 +210,18 @@ export class MemcacheConnection {
    * says nothing unless it created the key, so each piece ends with `mn`,
    * whose answer closes it. Created keys expire after `ttl` seconds.
    *
+   * A counter that holds something other than a number is refused by
+   * memcached and changes nothing: that command is skipped (flag
+   * NOT_A_NUMBER for an `incr`) and counted in `notNumbers`, and the rest of
+   * the batch stands. Each piece sends its `incr`s before its upserts, so
+   * that the refusal (which names no key) of an `incr` can be placed.
+   *
    * `keysValid: true` skips checking each key: for callers that build keys
    * from parts they have already checked (the Ring: a validated ASCII prefix
    * and decimal numbers). A key with a space or a line break would
    * desynchronise the stream, so anything else must leave it false.
    */
-  async arithMany(keys: KeyList, amounts: readonly (number | bigint)[], modes: ArrayLike<number>, ttl: number, options: { keysValid?: boolean } = {}): Promise<Uint8Array> {
+  async arithMany(keys: KeyList, amounts: readonly (number | bigint)[], modes: ArrayLike<number>, ttl: number, options: { keysValid?: boolean; notNumbers?: { count: number } } = {}): Promise<Uint8Array> {
     if (keys.length !== amounts.length || keys.length !== modes.length) {
       throw new MemcacheError(`arithMany: ${keys.length} keys, ${amounts.length} amounts and ${modes.length} modes`);
     }
@@ -222,17 +239,23 @@ export class MemcacheConnection {
     for (let from = 0; from < keys.length; from += BULK_CHUNK) {
       const to = Math.min(keys.length, from + BULK_CHUNK);
       let text = '';
+      let incrs = 0;
+      for (let i = from; i < to; i++) {
+        if (modes[i] !== Arith.INCR) continue;
+        text += `incr ${keys.at(i)} ${amounts[i]!}\r\n`;
+        incrs++;
+      }
       for (let i = from; i < to; i++) {
         const a = amounts[i]!;
         const m = modes[i];
-        if (m === Arith.INCR) text += `incr ${keys.at(i)} ${a}\r\n`;
         // A quiet creation answers HD with no index: nothing to learn from it.
-        else if (m === Arith.UPSERT) text += `ma ${keys.at(i)} q${upsert}${a} D${a}\r\n`;
-        else text += `ma ${keys.at(i)} v O${i - from}${upsert}${a} D${a}\r\n`;
+        if (m === Arith.UPSERT) text += `ma ${keys.at(i)} q${upsert}${a} D${a}\r\n`;
+        else if (m === Arith.UPSERT_READ) text += `ma ${keys.at(i)} v O${i - from}${upsert}${a} D${a}\r\n`;
       }
       text += 'mn\r\n';
       const what = (): string => `incr/ma ${keys.at(from)} and ${to - from - 1} more`;
-      requests.push(this.send([text], { count: 1, expects: 'meta', what, flags, flagsAt: from, found: null, amounts, modes, cursor: from }, options.keysValid === true ? 'latin1' : 'utf8'));
+      const piece = { count: 1, expects: 'meta', what, flags, flagsAt: from, found: null, amounts, modes, cursor: from, incrsLeft: incrs, notNumbers: options.notNumbers } as const;
+      requests.push(this.send([text], piece, options.keysValid === true ? 'latin1' : 'utf8'));
     }
     await Promise.all(requests);
     return flags;
@@ -475,12 +498,24 @@ export class MemcacheConnection {
         const flags = p.flags!;
         const modes = p.modes!;
         const c1 = eol - pos >= 2 ? buf[pos + 1]! : 0;
-        if (isDigit(first) || is(buf, pos, eol, NOT_FOUND)) {
+        if (p.incrsLeft! > 0) {
+          // One line per `incr`, in order, before any upsert's (see arithMany).
           let k = p.cursor!;
           while (k < flags.length && modes[k] !== Arith.INCR) k++;
           if (k === flags.length) throw new Error(`an incr reply "${buf.toString('latin1', pos, Math.min(eol, pos + 40))}" with no incr left`);
           p.cursor = k + 1;
-          flags[k] = !isDigit(first) ? 0 : wrapped(buf, pos, eol, p.amounts![k]!) ? 2 : 1;
+          p.incrsLeft!--;
+          if (isDigit(first)) flags[k] = wrapped(buf, pos, eol, p.amounts![k]!) ? 2 : 1;
+          else if (is(buf, pos, eol, NOT_FOUND)) flags[k] = 0;
+          else if (startsWith(buf, pos, eol, NOT_NUMERIC)) {
+            flags[k] = NOT_A_NUMBER;
+            if (p.notNumbers) p.notNumbers.count++;
+          } else if (startsWith(buf, pos, eol, CLIENT_ERROR) || startsWith(buf, pos, eol, SERVER_ERROR)) {
+            p.failure ??= new MemcacheError(`${this.label}: ${buf.toString('utf8', pos, eol)} (${p.what(0)})`);
+          } else {
+            throw new MemcacheProtocolError(`${this.label} answered "${buf.toString('utf8', pos, Math.min(eol, pos + 100))}" to incr, which is no reply OffLog knows. ` +
+              `What this batch of ${p.what(0)} applied is unknown, so it is not sent again`);
+          }
           pos = lf + 1;
           continue;
         }
@@ -506,6 +541,12 @@ export class MemcacheConnection {
         }
         if (first === 0x48 /* H */ && c1 === 0x44 /* D */ && eol - pos === 2) {
           pos = lf + 1; // a quiet upsert created its key
+          continue;
+        }
+        if (startsWith(buf, pos, eol, NOT_NUMERIC)) {
+          // An upsert refused (its counter is not a number): nothing done, and the rest of the piece stands.
+          if (p.notNumbers) p.notNumbers.count++;
+          pos = lf + 1;
           continue;
         }
         // NS or a client/server error fails the whole piece once its MN is in: which counters it reached is unknown.
@@ -609,6 +650,10 @@ const DELETED = Buffer.from('DELETED');
 const END = Buffer.from('END');
 const OK = Buffer.from('OK');
 const MN = Buffer.from('MN');
+const CLIENT_ERROR = Buffer.from('CLIENT_ERROR ');
+const SERVER_ERROR = Buffer.from('SERVER_ERROR ');
+/** memcached's refusal of incr/decr/ma on a value that is not a number (it names no key). */
+const NOT_NUMERIC = Buffer.from('CLIENT_ERROR cannot increment or decrement non-numeric value');
 
 /** The index a meta reply line buf[pos, eol) carries as `O<i>`, or -1 without one. */
 function opaqueOf(buf: Buffer, pos: number, eol: number): number {
