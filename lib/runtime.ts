@@ -58,7 +58,7 @@ export class Runtime {
   /** A worker on this runtime's ring and Gearman servers; `deps` overrides (a test's clock, say). */
   worker(options: WorkerOptions = {}, deps: Partial<WorkerDeps> = {}): Worker {
     const c = this.config;
-    return new Worker({ gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring: this.ring, log: this.log, watchList: this.watchList, ...deps }, options);
+    return new Worker({ gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring: this.ring, log: this.log, watchList: this.watchList, ...deps }, { maxFoldEvents: c.maxFoldEvents, ...options });
   }
 
   /** The drain of watched raw records: MySQL, then the bus. */

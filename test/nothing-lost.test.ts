@@ -261,3 +261,38 @@ test('S5 (confirmed): a counter that is not a number is skipped and reported; th
   assert.deepEqual(rows.get(`${startOf(s, 600)}:9:1`), ['6', '12']);
   assert.equal(rows.has(`${startOf(s, 600)}:7:1`), false, 'the bad pair is not written');
 });
+
+// ── item 6: the duplicate bound is the fold's event cap, enforced: jobs past it wait, a job over it is refused ──
+
+test('a worker folds at most OFFLOG_MAX_FOLD_EVENTS events at once: jobs past it go in the next fold, a job over it is dead-lettered', async (t) => {
+  const g = await gearmand(t);
+  await g.start();
+  const server = { host: '127.0.0.1', port: g.port };
+  const rt = testRuntime({ OFFLOG_GEARMAN_SERVERS: `127.0.0.1:${g.port}`, OFFLOG_MAX_FOLD_EVENTS: '1000', OFFLOG_MAX_BATCH_EVENTS: '1000' });
+  closers.push(() => rt.close());
+  await rt.store.migrate();
+  const small = new OffLogClient({ servers: [server], batchSize: 400 });
+  for (let i = 0; i < 4000; i++) small.log(1 + (i % 50), 1);
+  await small.close();
+  const big = new OffLogClient({ servers: [server], batchSize: 1500 });
+  for (let i = 0; i < 1500; i++) big.log(99, 2);
+  await big.close();
+  // Every fold the ring is asked to store, by its events.
+  const folds: number[] = [];
+  const apply = rt.ring.apply.bind(rt.ring);
+  rt.ring.apply = (d) => (folds.push(d.events), apply(d));
+  const worker = rt.worker({}, { gearmanServers: [server] });
+  await worker.run({ idle: true });
+  assert.equal(folds.reduce((a, b) => a + b, 0), 4000, 'every event of the small jobs stored, once');
+  assert.ok(Math.max(...folds) <= 1000, `no fold over the cap: ${folds.join(', ')}`);
+  assert.equal(worker.stats.deadLetters, 1, 'the 1,500-event job refused');
+  await sleep(1500);
+  assert.equal(await drainDeadLetters([server], rt.store), 1);
+  const [letter] = await rt.store.deadLetters(10);
+  assert.match(letter!.error, /1500 events.*at most 1000.*OFFLOG_MAX_FOLD_EVENTS/);
+});
+
+test('config refuses OFFLOG_MAX_FOLD_EVENTS below OFFLOG_MAX_BATCH_EVENTS (the ingest would accept jobs the worker refuses)', () => {
+  assert.throws(() => loadConfig({ OFFLOG_MAX_FOLD_EVENTS: '5000' }), /OFFLOG_MAX_FOLD_EVENTS: must be at least OFFLOG_MAX_BATCH_EVENTS \(10000\)/);
+  assert.equal(loadConfig({}).maxFoldEvents, 80_000);
+});

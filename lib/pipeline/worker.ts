@@ -36,6 +36,17 @@ export class WorkerStoppedError extends Error {
  */
 export const DEFAULT_MAX_JOBS_PER_FOLD = 16;
 
+/**
+ * Events folded together at most (OFFLOG_MAX_FOLD_EVENTS): what one crash or
+ * one broken store can count twice. Jobs past it wait for the next fold; a
+ * single job over it is refused (dead-lettered), since a job is folded whole
+ * or not at all.
+ */
+export const DEFAULT_MAX_FOLD_EVENTS = 80_000;
+
+/** fold()'s answer for a job that does not fit in the fold: it goes in the next one. */
+const CARRY = Symbol('carry');
+
 /** How long a starting worker waits for its first reading of the watch lists. */
 const WATCH_LIST_WAIT_MS = 2000;
 
@@ -55,6 +66,8 @@ export interface WorkerOptions {
   maxJobsPerFold?: number;
   /** Connections per Gearman server; more connections hold more jobs at once. */
   connectionsPerServer?: number;
+  /** Events folded together at most (see DEFAULT_MAX_FOLD_EVENTS). */
+  maxFoldEvents?: number;
 }
 
 export interface WorkerStats {
@@ -73,6 +86,8 @@ export interface WorkerStats {
   wrapped: number;
   /** Raw records of watched events handed to the `offlog.watched` queue. */
   watched: number;
+  /** Events in the largest fold stored (never above maxFoldEvents). */
+  largestFold: number;
   /** Counters memcached refused because they hold something that is not a number: those increments were skipped (the flush reports the slice corrupt). */
   notNumbers: number;
 }
@@ -93,12 +108,14 @@ interface Fold {
   dead: { job: Job; error: string }[];
   /** Jobs left out as already applied (or copies of another job of the fold). */
   skipped: number;
+  /** Jobs taken that did not fit under maxFoldEvents: the next fold's, in order. */
+  carried: Job[];
   /** Raw records of watched events, by the job that carried them: queued before the fold is stored. */
   watched: { job: Job; records: WatchedRecord[] }[];
 }
 
 export class Worker {
-  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, folds: 0, memcachedOps: 0, storeRetries: 0, movedPastWatermark: 0, wrapped: 0, watched: 0, notNumbers: 0 };
+  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, folds: 0, memcachedOps: 0, storeRetries: 0, movedPastWatermark: 0, wrapped: 0, watched: 0, notNumbers: 0, largestFold: 0 };
   private conns: GearmanConnection[] = [];
   private stopping = false;
   /** The run's deadline (a Lambda's remaining time): retries stop there too. */
@@ -107,6 +124,9 @@ export class Worker {
   private watermark: SliceId | null = null;
   private readonly now: () => number;
   private readonly maxJobs: number;
+  private readonly maxFoldEvents: number;
+  /** Jobs taken that the last fold could not hold: folded next, before anything new is taken. */
+  private carried: Job[] = [];
   private readonly perServer: number;
   /** Unique ids of the fold being stored: a copy of one of them in the next fold waits for it, then is skipped. */
   private storing = new Set<string>();
@@ -117,6 +137,7 @@ export class Worker {
   constructor(private readonly deps: WorkerDeps, options: WorkerOptions = {}) {
     this.now = deps.now ?? Date.now;
     this.maxJobs = options.maxJobsPerFold ?? DEFAULT_MAX_JOBS_PER_FOLD;
+    this.maxFoldEvents = options.maxFoldEvents ?? DEFAULT_MAX_FOLD_EVENTS;
     this.perServer = options.connectionsPerServer ?? 1;
     this.watchedSender = new WatchedSender(deps.gearmanServers);
   }
@@ -142,7 +163,7 @@ export class Worker {
           await sleep(1000);
           continue;
         }
-        const jobs = await this.take();
+        const jobs = this.carried.length > 0 ? this.carried.splice(0) : await this.take();
         if (jobs.length > 0) {
           const fold = await this.prepare(jobs);
           await storing;
@@ -233,22 +254,33 @@ export class Worker {
       fold = this.foldAll(jobs, receivedAt, new Set([...already, ...storing]));
     }
     this.stats.duplicatesSkipped += fold.skipped;
+    this.carried = fold.carried;
     return fold;
   }
 
   /** Folds every job whose unique id is not in `skip` (nor met earlier in `jobs`) into a new Fold. */
   private foldAll(jobs: Job[], receivedAt: number, skip: ReadonlySet<string>): Fold {
     const current = sliceOf(receivedAt, this.deps.sliceSeconds);
-    const fold: Fold = { jobs, deltas: new Deltas(), applied: [], dead: [], skipped: 0, watched: [] };
+    const fold: Fold = { jobs: [], deltas: new Deltas(), applied: [], dead: [], skipped: 0, watched: [], carried: [] };
     const seen = new Set<string>();
     const watch = this.deps.watchList?.current() ?? null;
     for (const job of jobs) {
+      if (fold.carried.length > 0) {
+        fold.carried.push(job);
+        continue;
+      }
+      fold.jobs.push(job);
       if (job.unique && (skip.has(job.unique) || seen.has(job.unique))) {
         fold.skipped++;
         continue;
       }
       try {
         const records = this.fold(job, fold.deltas, receivedAt, current, watch);
+        if (records === CARRY) {
+          fold.jobs.pop();
+          fold.carried.push(job);
+          continue;
+        }
         if (records !== null) fold.watched.push({ job, records });
         fold.applied.push(job);
         if (job.unique) seen.add(job.unique);
@@ -262,23 +294,33 @@ export class Worker {
 
   /**
    * Decodes one job and adds its events to `deltas`: all of them, or (it
-   * throws) none. Returns the raw records the job owes the watch lists.
+   * throws) none. Returns the raw records the job owes the watch lists, or
+   * CARRY when the job would take the fold past maxFoldEvents (it goes in the
+   * next fold). A job over the limit on its own is refused.
    */
-  private fold(job: Job, deltas: Deltas, receivedAt: number, current: SliceId, watch: WatchSnapshot | null): WatchedRecord[] | null {
+  private fold(job: Job, deltas: Deltas, receivedAt: number, current: SliceId, watch: WatchSnapshot | null): WatchedRecord[] | null | typeof CARRY {
     const { sliceSeconds } = this.deps;
     // Stable across redeliveries: gearmand keeps a job's unique (and makes one up for a job sent without).
     const jobId = job.unique || `handle:${job.handle}`;
+    const fits = (n: number): boolean => {
+      if (deltas.events + n <= this.maxFoldEvents) return true;
+      if (deltas.events > 0) return false;
+      throw new InputError('events', `the job has ${n} events; a worker folds at most ${this.maxFoldEvents} at once (OFFLOG_MAX_FOLD_EVENTS), and a job whole or not at all: send it as smaller jobs`);
+    };
     if (job.fn === FN_BATCH) {
       // The fast path reads what OffLogClient writes; anything else is decoded (and judged) by decodeBatch.
       if (decodeBatchColumns(job.data, this.columns)) {
+        if (!fits(this.columns.length)) return CARRY;
         deltas.addColumns(this.columns, current, sliceSeconds);
         return watch === null ? null : watchedOfColumns(this.columns, watch, jobId);
       }
       const events = decodeBatch(job.data, receivedAt);
+      if (!fits(events.length)) return CARRY;
       deltas.addAll(events, current, sliceSeconds);
       return watchedOfEvents(events, watch, jobId);
     } else if (job.fn === FN_LOG_SIMPLE) {
       const event = parseLogSimple(job.data, receivedAt);
+      if (!fits(1)) return CARRY;
       deltas.add(event, current, sliceSeconds);
       return watchedOfEvents([event], watch, jobId);
     }
@@ -351,6 +393,7 @@ export class Worker {
     this.stats.folds++;
     this.stats.jobs += jobs.length;
     this.stats.events += deltas.events;
+    this.stats.largestFold = Math.max(this.stats.largestFold, deltas.events);
     this.stats.late += deltas.lateEvents;
     if (deltas.lateEvents > 0) log.warn({ late: deltas.lateEvents }, 'late or future-dated events counted into the current slice');
   }
