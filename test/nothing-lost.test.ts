@@ -296,3 +296,22 @@ test('config refuses OFFLOG_MAX_FOLD_EVENTS below OFFLOG_MAX_BATCH_EVENTS (the i
   assert.throws(() => loadConfig({ OFFLOG_MAX_FOLD_EVENTS: '5000' }), /OFFLOG_MAX_FOLD_EVENTS: must be at least OFFLOG_MAX_BATCH_EVENTS \(10000\)/);
   assert.equal(loadConfig({}).maxFoldEvents, 80_000);
 });
+
+// ── S2: a writer still inside the slice when the flush's wait ends ──
+
+test('S2 (confirmed): a live writer still inside a slice past the flush\'s wait: the slice is reported, not written as whole', async () => {
+  const rt = testRuntime();
+  closers.push(() => rt.close());
+  await rt.store.migrate();
+  const s = futureSlice(600);
+  // A writer announced on the slice, stored part of its fold, and is paused (a GC pause, a slow memcached).
+  assert.equal(await rt.ring.enter([s]), null);
+  await put(rt.ring, s, 5);
+  const result = await flush({ ...rt.flushDeps, sealWaitMs: 300 }, new Date(startOf((s + 2) as SliceId, 600) + 1000));
+  const report = result.slices.find((x) => x.slice === s)!;
+  // It resumes: what it writes now is after the flush's read.
+  await put(rt.ring, s, 3);
+  await rt.ring.leave([s]);
+  assert.equal(report.status, 'incomplete', `a writer was inside when the slice was read: ${JSON.stringify(report)}`);
+  assert.match(report.note, /1 writer\(s\) still inside/);
+});

@@ -24,6 +24,8 @@ export interface FlushDeps {
   sliceSeconds: number;
   ringSlices: number;
   log: Logger;
+  /** How long the flush waits for writers still inside a slice (default SEAL_WAIT_MS; tests shorten it). */
+  sealWaitMs?: number;
 }
 
 export interface SliceReport {
@@ -111,13 +113,13 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
     for (let s = next; s <= newest; s = (s + 1) as SliceId) {
       const restarted = restartedAt !== null && restartedAfter(restartedAt, sliceStartMs(s, sliceSeconds));
       // Writers see the slice as taken from here on; those already inside finish first.
-      const inside = await ring.seal(s, SEAL_WAIT_MS);
-      if (inside > 0) log.warn({ slice: iso(s, sliceSeconds), writers: inside }, 'writers still inside the slice after the wait (a worker died mid-store?); reading it anyway');
+      const inside = await ring.seal(s, deps.sealWaitMs ?? SEAL_WAIT_MS);
+      if (inside > 0) log.warn({ slice: iso(s, sliceSeconds), writers: inside }, 'writers still inside the slice after the wait (a worker paused, or died mid-store?); reading it anyway, and reporting it incomplete');
       const written = await store.writeSlice(new Date(sliceStartMs(s, sliceSeconds)), async (write) => {
         const reader = await ring.openSlice(s, store.rowsPerStatement);
         await copyRows(reader, write);
         const totals = reader.totals();
-        const { status, note } = judge(totals, restarted, restartedAt);
+        const { status, note } = judge(totals, restarted, restartedAt, inside);
         return record(status, totals, note);
       });
       const r = report(s, written, sliceSeconds);
@@ -159,7 +161,7 @@ async function copyRows(reader: SliceReader, write: (rows: CountRows) => Promise
 }
 
 /** A slice's status: the worst of what was found (corrupt, then incomplete, then saturated), with every finding in the note. */
-export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | null): { status: SliceRecord['status']; note: string } {
+export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | null, writersInside = 0): { status: SliceRecord['status']; note: string } {
   const notes: string[] = [];
   let status: SliceRecord['status'] = 'flushed';
   if (t.corrupt > 0) {
@@ -168,6 +170,10 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   }
   const incomplete: string[] = [];
   if (restarted) incomplete.push(`memcached restarted at ${new Date(restartedAt! * 1000).toISOString()}, after this slice began: earlier counts are gone`);
+  if (writersInside > 0) {
+    // A live writer paused past the wait still acknowledges its jobs: what it writes after this read is in no row.
+    incomplete.push(`${writersInside} writer(s) still inside the slice when it was read (a worker paused, or one that died mid-store): what they wrote after the read is not in these rows`);
+  }
   if (t.missingPairs > 0) incomplete.push(`${t.missingPairs} pair(s) listed but their counters are gone (evicted or restarted)`);
   if (t.missingChunks > 0) incomplete.push(`${t.missingChunks} register chunk(s) gone: their pairs cannot be found`);
   if (t.valueSumsMade !== null && BigInt(t.valueSumsFound) < t.valueSumsMade) {
