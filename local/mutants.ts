@@ -61,6 +61,17 @@ const MUTANTS: Mutant[] = [
     pattern: 'memcached cut inside the store',
   },
   {
+    id: 'ack-before-marks',
+    bug: 'worker.ts: a stored fold\'s jobs acknowledged before they are marked applied',
+    file: 'lib/pipeline/worker.ts',
+    edits: [
+      ['    for (const job of jobs) job.conn.complete(job.handle);\n    this.storing = new Set();\n    this.stats.folds++;', '    this.storing = new Set();\n    this.stats.folds++;'],
+      ['    try {\n      await retry(() => ring.markApplied(', '    for (const job of jobs) job.conn.complete(job.handle);\n    try {\n      await retry(() => ring.markApplied('],
+    ],
+    tests: ['test/chaos.test.ts'],
+    pattern: 'SIGKILLs inside stores redelivered',
+  },
+  {
     id: 'marks-ignored',
     bug: 'worker.ts: the "applied" marks read back are ignored (only the fold being stored is skipped)',
     file: 'lib/pipeline/worker.ts',

@@ -139,14 +139,23 @@ export async function waitForPort(port: number, what: string, timeoutMs = 20_000
   }
 }
 
-/** A TCP proxy on a free port in front of a real server: `cut()` drops every connection and refuses new ones until `heal()`. */
+/**
+ * A TCP proxy on a free port in front of a real server: `cut()` drops every
+ * connection and refuses new ones until `heal()`. Started with `latency`,
+ * `latencyMs` (0 unless set) holds each reply that long before passing it on,
+ * in order, like a slow server or network (requests go through at once, so
+ * the server still does the work when it would).
+ */
 export class Proxy {
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
-  private constructor(readonly port: number, private readonly target: number) {}
+  /** Delay added to every reply from now on (ms). */
+  latencyMs = 0;
+  private constructor(readonly port: number, private readonly target: number, private readonly delays: boolean) {}
 
-  static async start(t: Scope, target: number): Promise<Proxy> {
-    const p = new Proxy(await freePort(), target);
+  /** `latency`: replies may be delayed (latencyMs); without it they are piped straight through. */
+  static async start(t: Scope, target: number, options: { latency?: boolean } = {}): Promise<Proxy> {
+    const p = new Proxy(await freePort(), target, options.latency === true);
     await p.start();
     t.after(() => p.cut());
     return p;
@@ -160,7 +169,18 @@ export class Proxy {
         s.on('close', () => this.sockets.delete(s));
         s.on('error', () => undefined);
       }
-      client.pipe(upstream).pipe(client);
+      client.pipe(upstream);
+      if (!this.delays) upstream.pipe(client);
+      else {
+        // Each reply leaves `latencyMs` after it came, never before the one before it.
+        let sent = Promise.resolve();
+        upstream.on('data', (chunk: Buffer) => {
+          const due = Date.now() + this.latencyMs;
+          sent = sent.then(() => (this.latencyMs > 0 ? sleep(due - Date.now()) : undefined)).then(() => {
+            if (!client.destroyed) client.write(chunk);
+          });
+        });
+      }
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());
     });

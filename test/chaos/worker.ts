@@ -4,6 +4,13 @@
  * (CHAOS_CLOCK_OFFSET_MS, added to Date.now()), which is how the run delays
  * clocks. It prints its stats as one JSON line a second (a killed worker's
  * last line is what the run knows of it) and once more when stopped (SIGTERM).
+ *
+ * A line on stdin arms a crash inside the next store (the store-kill fault):
+ *   `kill-after counters`  SIGKILL itself once the fold's pair counters are in
+ *                          memcached, before the slice totals, marks and acks
+ *                          (the fold is applied again: bounded duplicates);
+ *   `kill-after marks`     once the fold's jobs are marked applied, before they
+ *                          are acknowledged (redelivered, and skipped).
  */
 import { loadConfig } from '../../lib/base/config.ts';
 import { Runtime } from '../../lib/runtime.ts';
@@ -12,6 +19,30 @@ const offset = Number(process.env.CHAOS_CLOCK_OFFSET_MS ?? '0');
 if (!Number.isInteger(offset)) throw new TypeError(`CHAOS_CLOCK_OFFSET_MS: a whole number of ms, got ${process.env.CHAOS_CLOCK_OFFSET_MS}`);
 const rt = new Runtime(loadConfig(process.env));
 const worker = rt.worker({}, { now: () => Date.now() + offset });
+let armed: 'counters' | 'marks' | null = null;
+const die = (): never => {
+  process.kill(process.pid, 'SIGKILL');
+  throw new Error('unreachable');
+};
+// The pair counters are the first batch of counter writes (tags ≥ 0) in Ring.apply; the slice totals come after.
+const ring = rt.ring as unknown as { arith: (lists: { tags: number[] }[]) => Promise<unknown>; markApplied: (u: readonly string[]) => Promise<void> };
+const arith = ring.arith.bind(rt.ring);
+ring.arith = async (lists) => {
+  const result = await arith(lists);
+  if (armed === 'counters' && lists.some((l) => l.tags.length > 0) && lists.every((l) => l.tags.every((t) => t >= 0))) die();
+  return result;
+};
+if (typeof ring.markApplied === 'function') {
+  const markApplied = ring.markApplied.bind(rt.ring);
+  ring.markApplied = async (uniques) => {
+    await markApplied(uniques);
+    if (armed === 'marks' && uniques.length > 0) die();
+  };
+}
+process.stdin.setEncoding('utf8').on('data', (text: string) => {
+  const m = /kill-after (counters|marks)/.exec(text);
+  if (m) armed = m[1] as 'counters' | 'marks';
+});
 const report = () => process.stdout.write(`${JSON.stringify(worker.stats)}\n`);
 const timer = setInterval(report, 1000);
 process.once('SIGTERM', () => worker.stop());
@@ -21,4 +52,6 @@ try {
   clearInterval(timer);
   report();
   await rt.close();
+  // stdin (the run's pipe) would keep the process alive.
+  process.stdin.destroy();
 }
