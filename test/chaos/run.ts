@@ -54,7 +54,10 @@
  * only events whose own slice lies within LOSS_WINDOW slices of an
  * `incomplete` one may be missing. So no slice reported `flushed` comes out
  * with fewer events than were sent to it (a loss near no incomplete slice is
- * a violation).
+ * a violation), and every slice begun before a restart and flushed after it
+ * must be reported `incomplete`. A SIGKILL may leave pairs listed without
+ * counters (the register is written first, by design): a slice `incomplete`
+ * for that alone is allowed after a SIGKILL, and excuses no loss.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, mkdirSync } from 'node:fs';
@@ -453,10 +456,15 @@ export async function runChaos(options: ChaosOptions, scope: Scope): Promise<Cha
     }
     return writeSlice(...args);
   };
+  /** When the flush that wrote each slice began (ms), and the memcached restarts (down, up again). */
+  const flushBegan = new Map<number, number>();
+  const mcRestarts: { down: number; up: number }[] = [];
   const flushOnce = async (now: Date): Promise<boolean> => {
     cutting ??= armedCuts.shift() ?? null;
+    const began = Date.now();
     try {
       const r = await rt.flush(now);
+      for (const sl of r.slices) flushBegan.set(sl.slice, began);
       if (r.ran) flushes.ok++;
       else flushes.gaveWay++;
       const bad = r.slices.filter((s) => s.status !== 'flushed');
@@ -517,11 +525,13 @@ export async function runChaos(options: ChaosOptions, scope: Scope): Promise<Cha
         break;
       }
       case 'memcached-restart':
+        const down = Date.now();
         await mc.kill();
         counts['memcached-restart']++;
         say(`memcached-restart: SIGKILLed (its counts are gone), down for ${f.downMs} ms`);
         await sleep(f.downMs);
         await mc.start();
+        mcRestarts.push({ down, up: Date.now() });
         say('memcached-restart: up, empty');
         break;
       case 'memcached-slow':
@@ -606,9 +616,18 @@ export async function runChaos(options: ChaosOptions, scope: Scope): Promise<Cha
     got.set(k, [cur[0] + n, cur[1] + Number(sum)]);
   }
   // Slices a memcached restart made `incomplete`: the only place events may be missing (see the header).
+  // A SIGKILL between listing a fold's new pairs and creating their counters may leave pairs listed
+  // without counters (by design: reported, never hidden); when the redelivered fold lands in another
+  // slice, that slice says `incomplete` though nothing is lost. Allowed after a SIGKILL, excusing no loss.
+  const kills = counts['worker-kill'] + counts['store-kill'];
   const incomplete = new Set<number>();
+  const listedOnly = new Set<number>();
   for (const r of sliceRows) {
-    if (r.status === 'incomplete' && counts['memcached-restart'] > 0) incomplete.add(Number(r.s) / 1000 / SLICE_SECONDS);
+    if (r.status !== 'incomplete') continue;
+    const slice = Number(r.s) / 1000 / SLICE_SECONDS;
+    const notes = String(r.note).split('; ');
+    if (counts['memcached-restart'] > 0 && notes.some((n) => /^memcached restarted at /.test(n))) incomplete.add(slice);
+    else if (kills > 0 && notes.every((n) => /^\d+ pair\(s\) listed but their counters are gone/.test(n))) listedOnly.add(slice);
   }
   const reported = (own: number): boolean => [...incomplete].some((s) => Math.abs(s - own) <= LOSS_WINDOW);
   let duplicates = 0;
@@ -633,7 +652,6 @@ export async function runChaos(options: ChaosOptions, scope: Scope): Promise<Cha
   if (lostPairs > 5) violation(`… ${lostPairs} (user, action) pairs lost events in all`);
   for (const k of got.keys()) if (!expected.has(k)) violation(`counted a (user, action) never sent: ${k}`);
   if (counted !== sent + duplicates - lostReported) violation(`counted ${counted} = sent ${sent} + duplicates ${duplicates} − lost where reported ${lostReported}? off by ${counted - sent - duplicates + lostReported}`);
-  const kills = counts['worker-kill'] + counts['store-kill'];
   const duplicateBound = kills * DEFAULT_MAX_JOBS_PER_FOLD * BATCH;
   if (duplicates > duplicateBound) violation(`${duplicates} events counted twice, over the bound ${duplicateBound} (${kills} SIGKILLs × ${DEFAULT_MAX_JOBS_PER_FOLD} jobs × ${BATCH})`);
   if (duplicates === 0 && extraValue !== 0) violation(`value sums ${extraValue} over with no event counted twice`);
@@ -654,12 +672,21 @@ export async function runChaos(options: ChaosOptions, scope: Scope): Promise<Cha
     written.add(slice);
     statuses[r.status as string] = (statuses[r.status as string] ?? 0) + 1;
     const at = new Date(Number(r.s)).toISOString();
-    if (r.status !== 'flushed' && !incomplete.has(slice)) violation(`slice ${at} is ${r.status}: ${r.note}`);
+    if (r.status !== 'flushed' && !incomplete.has(slice) && !listedOnly.has(slice)) violation(`slice ${at} is ${r.status}: ${r.note}`);
     const recorded = Number(r.late);
     late += recorded;
     const found = displacedIn.get(slice) ?? 0;
     // An incomplete slice lost counts, its `late` counter among them.
     if (!incomplete.has(slice) && Math.abs(recorded - found) > duplicates) violation(`slice ${at}: late ${recorded} recorded, ${found} events counted there belong to another slice`);
+  }
+  // A slice begun before memcached restarted and read by a flush begun after it lost its earlier counts: it must say so.
+  const statusOf = new Map(sliceRows.map((r) => [Number(r.s) / 1000 / SLICE_SECONDS, r.status as string]));
+  for (const { down, up } of mcRestarts) {
+    for (const [slice, began] of flushBegan) {
+      if (sliceStartMs(slice as SliceId, SLICE_SECONDS) < down && began > up && statusOf.get(slice) === 'flushed') {
+        violation(`slice ${new Date(sliceStartMs(slice as SliceId, SLICE_SECONDS)).toISOString()} began before memcached restarted (${new Date(down).toISOString()}) and was flushed after, yet it is reported flushed`);
+      }
+    }
   }
   const lastWritten = Math.max(...written);
   for (let s = firstSlice; s <= lastSlice; s++) if (!written.has(s)) violation(`slice ${new Date(sliceStartMs(s as SliceId, SLICE_SECONDS)).toISOString()} was never flushed`);
