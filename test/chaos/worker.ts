@@ -11,7 +11,12 @@
  *                          (the fold is applied again: bounded duplicates);
  *   `kill-after marks`     once the fold's jobs are marked applied, before they
  *                          are acknowledged (redelivered, and skipped).
+ * It waits 200 ms first (an acknowledgement sent too early reaches gearmand
+ * meanwhile, rather than being lost with the connection), then prints what
+ * the fold held, `{"storeKill":…,"events":…,"jobs":…}`, and dies.
  */
+import { writeSync } from 'node:fs';
+import { sleep } from '../../lib/base/backoff.ts';
 import { loadConfig } from '../../lib/base/config.ts';
 import { Runtime } from '../../lib/runtime.ts';
 
@@ -20,23 +25,30 @@ if (!Number.isInteger(offset)) throw new TypeError(`CHAOS_CLOCK_OFFSET_MS: a who
 const rt = new Runtime(loadConfig(process.env));
 const worker = rt.worker({}, { now: () => Date.now() + offset });
 let armed: 'counters' | 'marks' | null = null;
-const die = (): never => {
+const die = async (held: { storeKill: 'counters' | 'marks'; events?: number; jobs?: number }): Promise<never> => {
+  await sleep(200);
+  writeSync(1, `${JSON.stringify(held)}\n`);
   process.kill(process.pid, 'SIGKILL');
   throw new Error('unreachable');
 };
-// The pair counters are the first batch of counter writes (tags ≥ 0) in Ring.apply; the slice totals come after.
-const ring = rt.ring as unknown as { arith: (lists: { tags: number[] }[]) => Promise<unknown>; markApplied: (u: readonly string[]) => Promise<void> };
+// The pair counters are the first batch of counter writes (tags ≥ 0; even: a count) in Ring.apply; the slice totals come after.
+type Lists = { tags: number[]; amounts: (number | bigint)[] }[];
+const ring = rt.ring as unknown as { arith: (lists: Lists) => Promise<unknown>; markApplied: (u: readonly string[]) => Promise<void> };
 const arith = ring.arith.bind(rt.ring);
 ring.arith = async (lists) => {
   const result = await arith(lists);
-  if (armed === 'counters' && lists.some((l) => l.tags.length > 0) && lists.every((l) => l.tags.every((t) => t >= 0))) die();
+  if (armed === 'counters' && lists.some((l) => l.tags.length > 0) && lists.every((l) => l.tags.every((t) => t >= 0))) {
+    let events = 0;
+    for (const l of lists) l.tags.forEach((t, i) => (events += t % 2 === 0 ? Number(l.amounts[i]) : 0));
+    await die({ storeKill: 'counters', events });
+  }
   return result;
 };
 if (typeof ring.markApplied === 'function') {
   const markApplied = ring.markApplied.bind(rt.ring);
   ring.markApplied = async (uniques) => {
     await markApplied(uniques);
-    if (armed === 'marks' && uniques.length > 0) die();
+    if (armed === 'marks' && uniques.some(Boolean)) await die({ storeKill: 'marks', jobs: uniques.filter(Boolean).length });
   };
 }
 process.stdin.setEncoding('utf8').on('data', (text: string) => {
