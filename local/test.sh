@@ -35,5 +35,11 @@ if [ "${1:-}" = --chaos ]; then
   node --import tsx test/chaos/main.ts "$@"
   exit
 fi
+# `npm run mutants`: one-line bugs put in one at a time, each against its tests (local/mutants.ts).
+if [ "${1:-}" = --mutants ]; then
+  shift
+  node --import tsx local/mutants.ts "$@"
+  exit
+fi
 if [ $# -eq 0 ]; then set -- test/*.test.ts; fi
 node --import tsx --test --test-concurrency=1 --test-timeout=300000 "$@"

@@ -140,6 +140,7 @@ export async function waitForPort(port: number, what: string, timeoutMs = 20_000
 }
 
 /**
+/**
  * How a Proxy slows the server's replies (a latency proxy): they are passed on
  * in pieces of `chunkBytes`, each `delayMs` after the one before, as from a
  * server that is slow but keeps answering.
@@ -149,14 +150,28 @@ export interface SlowReplies {
   chunkBytes: number;
 }
 
-/** A TCP proxy on a free port in front of a real server: `cut()` drops every connection and refuses new ones until `heal()`; `slow` delays the replies. */
+export interface ProxyOptions {
+  /** Replies may be held `latencyMs` (set at any time, 0 at first) before they are passed on. */
+  latency?: boolean;
+  /** Replies trickle through in pieces (see SlowReplies). */
+  slow?: SlowReplies;
+}
+
+/**
+ * A TCP proxy on a free port in front of a real server: `cut()` drops every
+ * connection and refuses new ones until `heal()`. Requests always go through
+ * at once, so the server still does the work when it would; only replies are
+ * slowed (see ProxyOptions).
+ */
 export class Proxy {
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
-  private constructor(readonly port: number, private readonly target: number, private readonly slow?: SlowReplies) {}
+  /** Delay added to every reply from now on (ms), with `latency`. */
+  latencyMs = 0;
+  private constructor(readonly port: number, private readonly target: number, private readonly options: ProxyOptions) {}
 
-  static async start(t: Scope, target: number, slow?: SlowReplies): Promise<Proxy> {
-    const p = new Proxy(await freePort(), target, slow);
+  static async start(t: Scope, target: number, options: ProxyOptions = {}): Promise<Proxy> {
+    const p = new Proxy(await freePort(), target, options);
     await p.start();
     t.after(() => p.cut());
     return p;
@@ -171,12 +186,24 @@ export class Proxy {
         s.on('error', () => undefined);
       }
       client.pipe(upstream);
-      if (this.slow) this.trickle(upstream, client, this.slow);
+      if (this.options.slow) this.trickle(upstream, client, this.options.slow);
+      else if (this.options.latency) this.delay(upstream, client);
       else upstream.pipe(client);
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());
     });
     await new Promise<void>((r) => this.server!.listen(this.port, '127.0.0.1', r));
+  }
+
+  /** Each reply leaves `latencyMs` after it came, never before the one before it. */
+  private delay(from: net.Socket, to: net.Socket): void {
+    let sent = Promise.resolve();
+    from.on('data', (chunk: Buffer) => {
+      const due = Date.now() + this.latencyMs;
+      sent = sent.then(() => (this.latencyMs > 0 ? sleep(due - Date.now()) : undefined)).then(() => {
+        if (!to.destroyed) to.write(chunk);
+      });
+    });
   }
 
   /** Passes `from`'s bytes on to `to` in pieces of chunkBytes, one every delayMs, in order. */

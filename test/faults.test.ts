@@ -13,13 +13,13 @@ import { Deltas } from '../lib/domain/aggregate.ts';
 import { OffLogClient } from '../lib/pipeline/client.ts';
 import type { HostPort } from '../lib/base/config.ts';
 import { flush } from '../lib/pipeline/flush.ts';
-import { adminStatus } from '../lib/wire/gearman.ts';
+import { adminStatus, GearmanConnection } from '../lib/wire/gearman.ts';
 import { Arith } from '../lib/wire/memcache.ts';
 import { ingest } from '../lib/pipeline/ingest.ts';
 import { Ring } from '../lib/pipeline/ring.ts';
 import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
 import { Store } from '../lib/pipeline/store.ts';
-import { FN_BATCH } from '../lib/domain/contract.ts';
+import { encodeBatch, FN_BATCH } from '../lib/domain/contract.ts';
 import { DEFAULT_MAX_JOBS_PER_FOLD, Worker } from '../lib/pipeline/worker.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import { gearmand, memcached, Proxy } from './daemons.ts';
@@ -63,14 +63,34 @@ test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounde
   const first = spawn('node', ['bin/offlog.js', 'worker'], { env, stdio: 'ignore' });
   // A worker left running by a failed run would take the next tests' jobs from the shared gearmand.
   t.after(() => void first.kill('SIGKILL'));
-  // Kill it once it is well into the stream.
+  // Kill it once it is well into the stream, and inside a fold: frozen (SIGSTOP), it must hold jobs it has
+  // taken and not acknowledged, which gearmand then hands out again; if it holds none, it runs on a moment.
   for (let i = 0; i < 400; i++) {
     const queued = (await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)?.queued ?? 0;
     if (queued < 250) break;
     await sleep(10);
   }
+  let held = 0;
+  for (let i = 0; i < 50 && held === 0; i++) {
+    first.kill('SIGSTOP');
+    held = (await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)?.running ?? 0;
+    if (held === 0) {
+      first.kill('SIGCONT');
+      await sleep(5);
+    }
+  }
+  assert.ok(held > 0, 'the kill landed inside a fold: the worker held unacknowledged jobs');
+  const queuedAtKill = (await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)?.queued ?? 0;
   first.kill('SIGKILL');
   await new Promise((r) => first.once('exit', r));
+  // The held jobs went back to the queue (redelivered to the next worker), nothing else was acknowledged.
+  let requeued = (await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)!;
+  for (let i = 0; i < 100 && requeued.running > 0; i++) {
+    await sleep(20);
+    requeued = (await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)!;
+  }
+  assert.deepEqual([requeued.queued, requeued.running], [queuedAtKill, 0], `the ${held} held job(s) are queued again`);
+  process.stdout.write(`# SIGKILL landed holding ${held} job(s), redelivered\n`);
   const second = spawn('node', ['bin/offlog.js', 'worker', '--until-idle'], { env, stdio: 'ignore' });
   t.after(() => void second.kill('SIGKILL'));
   assert.equal(await new Promise((r) => second.once('exit', r)), 0);
@@ -202,6 +222,80 @@ test('memcached unreachable: the worker holds its jobs, retries, and resumes; to
   assert.deepEqual(await readCounts(rt), expected.asStrings());
   await ring.close();
   await proxy.cut();
+});
+
+test('memcached cut inside the store (after the fold was prepared): the jobs stay queued, none acknowledged, and the totals come out exact', async (t) => {
+  const rt = fresh();
+  await rt.store.migrate();
+  const proxy = await Proxy.start(t, rt.config.memcachedServers[0]!.port);
+  const ring = new Ring({ servers: [local(proxy.port)], keyPrefix: rt.config.keyPrefix, sliceSeconds: SLICE, ringSlices: 6, opTimeoutMs: 500 });
+  t.after(() => ring.close());
+  const base = futureSlice(SLICE);
+  const at = startOf(base, SLICE) + 10;
+  const expected = new Expected();
+  // 500-event jobs: the queue count below is in jobs.
+  const client = new OffLogClient({ servers: rt.config.gearmanServers, batchSize: 500 });
+  for (let i = 0; i < 20_000; i++) {
+    client.log(i % 100, 1, { at, value: 2 });
+    expected.add(startOf(base, SLICE), i % 100, 1, 2);
+  }
+  await client.close();
+  assert.equal((await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)?.queued, 40);
+
+  // memcached answers the worker's prepare() (its marks are read), and goes away as the store announces itself.
+  const enter = ring.enter.bind(ring);
+  let cutInStore = false;
+  ring.enter = async (slices) => {
+    if (!cutInStore) {
+      cutInStore = true;
+      await proxy.cut();
+    }
+    return enter(slices);
+  };
+  const w = worker(rt, rt.config.gearmanServers, () => at, ring);
+  const running = w.run({ idle: true });
+  const deadline = Date.now() + 20_000;
+  while (w.stats.storeRetries < 2 && Date.now() < deadline) await sleep(50);
+  assert.ok(cutInStore, 'the cut came inside store()');
+  assert.ok(w.stats.storeRetries >= 2, 'the store is being retried');
+  assert.equal(w.stats.folds, 0, 'no fold stored');
+  const held = (await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)!;
+  assert.equal(held.queued, 40, 'every job is still Gearman’s: none was acknowledged before its counts were in');
+  assert.ok(held.running > 0, 'the worker holds jobs');
+
+  await proxy.heal();
+  await running;
+  assert.equal(w.stats.jobs, 40);
+  assert.equal(w.stats.duplicatesSkipped, 0);
+  await flush(flushDeps(rt, ring), new Date(startOf((base + 2) as SliceId, SLICE)));
+  assert.deepEqual(await readCounts(rt), expected.asStrings());
+});
+
+test('the same job (same unique) sent again after it was counted: counted once, the copy skipped', async () => {
+  const rt = fresh();
+  await rt.store.migrate();
+  const base = futureSlice(SLICE);
+  const at = startOf(base, SLICE) + 10;
+  const events = Array.from({ length: 300 }, (_, i) => ({ userId: String(1 + (i % 30)), actionId: 4, value: 3, at }));
+  const expected = new Expected();
+  for (const e of events) expected.add(startOf(base, SLICE), e.userId, e.actionId, e.value);
+  const unique = `resent-${rt.config.keyPrefix}`;
+  const conn = await GearmanConnection.connect(rt.config.gearmanServers[0]!);
+  try {
+    // A client's re-send: the same job, the same unique, after a worker counted the first copy.
+    await conn.submitBackground(FN_BATCH, encodeBatch(events), unique);
+    const first = worker(rt, rt.config.gearmanServers, () => at);
+    await first.run({ idle: true });
+    assert.deepEqual([first.stats.jobs, first.stats.events, first.stats.duplicatesSkipped], [1, 300, 0]);
+    await conn.submitBackground(FN_BATCH, encodeBatch(events), unique);
+    const second = worker(rt, rt.config.gearmanServers, () => at);
+    await second.run({ idle: true });
+    assert.deepEqual([second.stats.jobs, second.stats.events, second.stats.duplicatesSkipped], [1, 0, 1], 'the copy was taken, and skipped');
+  } finally {
+    conn.close();
+  }
+  await flush(flushDeps(rt), new Date(startOf((base + 2) as SliceId, SLICE)));
+  assert.deepEqual(await readCounts(rt), expected.asStrings(), 'counted once');
 });
 
 test('memcached restarted: the flush reports the slice incomplete instead of writing it as whole', async (t) => {

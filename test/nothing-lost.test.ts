@@ -216,7 +216,7 @@ test('S3 (confirmed): a memcached that keeps answering, slowly, past the op time
   const c = testConfig();
   const target = c.memcachedServers[0]!;
   // 40,000 incr replies ("2\r\n": 120 KB) passed on 4 KB every 200 ms: 6 s in all, never 2 s without a byte.
-  const proxy = await Proxy.start(t, target.port, { delayMs: 200, chunkBytes: 4096 });
+  const proxy = await Proxy.start(t, target.port, { slow: { delayMs: 200, chunkBytes: 4096 } });
   const keys = Array.from({ length: 40_000 }, (_, i) => `${c.keyPrefix}slow:${i}`);
   const direct = new MemcacheConnection(target);
   closers.push(() => direct.close());

@@ -200,6 +200,18 @@ test('an evicted count is listed and made again; an evicted value sum makes the 
   const verdict = judge(totals, false, null);
   assert.equal(verdict.status, 'incomplete');
   assert.match(verdict.note, /1 value sum\(s\) gone/);
+
+  // A value sum lost alone (every count intact, so the rows hold every event): still incomplete, on the sums alone.
+  const other = (slice + 1) as SliceId;
+  await r.apply(fold(other, [[1, 1, 3], [2, 1, 4]]));
+  await conn.exec([{ kind: 'delete', key: r.keys.valueSum(other, '2', 1) }]);
+  const alone = await readSlice(r, other);
+  assert.deepEqual(alone.rows, new Map([['1:1', '1/3'], ['2:1', '1/0']]));
+  assert.equal(alone.totals.counted, alone.totals.events, 'no count is short');
+  assert.equal(alone.totals.missingPairs, 0);
+  const sumsOnly = judge(alone.totals, false, null);
+  assert.equal(sumsOnly.status, 'incomplete', sumsOnly.note);
+  assert.equal(sumsOnly.note, '1 value sum(s) gone (evicted or restarted): those pairs\' sums read as 0');
 });
 
 test('writer and flush announce themselves: a writer inside holds the flush back; after the seal a writer sees the watermark', async () => {
@@ -272,4 +284,32 @@ test('two pools: a slice written under the old pool and the new one is read in k
   assert.deepEqual(keys, sorted);
   // Pairs both pools listed (on two head servers) were read once.
   assert.ok(totals.duplicates > 0, 'some pairs were listed under both pools');
+});
+
+test('a writer killed right after its counters are written: every count it left in memcached is among the slice\'s rows (the register came first)', async () => {
+  const keyPrefix = prefix();
+  const slice = futureSlice(SLICE);
+  const events: [number, number, number][] = [];
+  for (let u = 1; u <= 40; u++) events.push([u, 1 + (u % 3), u % 2 === 0 ? u : 0]);
+  const dying = ring({ keyPrefix });
+  // The first batch of pair counters is written for real, then the writer dies before anything else.
+  type Arith = (lists: { tags: number[] }[]) => Promise<unknown>;
+  const hook = dying as unknown as { arith: Arith };
+  const real = hook.arith.bind(dying);
+  let killed = false;
+  hook.arith = async (lists) => {
+    if (killed || lists.some((b) => b.tags.some((t) => t < 0))) return real(lists);
+    await real(lists);
+    killed = true;
+    throw new Error('killed after the counters');
+  };
+  await assert.rejects(dying.apply(fold(slice, events)), /killed after the counters/);
+  assert.ok(killed, 'the counters were written before the crash');
+  const countKeys = [...new Set(events.map(([u, a]) => `${u}:${a}`))].map((k) => [k, dying.keys.count(slice, k.split(':')[0]!, Number(k.split(':')[1]))] as const);
+  const inMemcached = await dying.connections[0]!.getMulti(countKeys.map(([, key]) => key));
+  const left = countKeys.filter(([, key]) => inMemcached.has(key)).map(([pair]) => pair);
+  assert.equal(left.length, countKeys.length, 'every counter of the fold was written');
+  const { rows, totals } = await readSlice(ring({ keyPrefix }), slice);
+  const unfound = left.filter((pair) => !rows.has(pair));
+  assert.deepEqual(unfound, [], `counters in memcached that no reader can find (missing pairs reported: ${totals.missingPairs})`);
 });

@@ -115,3 +115,20 @@ test('top users over whole, most-of and a-few-days-of weeks equal a GROUP BY ove
   }
   assert.ok(deeper > 0, 'the small first depth took several rounds');
 });
+
+test('top users on a tie at the threshold: the unseen user with the lower id is found, not left out', async () => {
+  // Two whole days (read as two daily lists), action 3 only here: users 1 and 9 have 5 on each day, 10 in all.
+  // Read one row per list, user 9 comes first (lists run busiest first, then by user id downwards); then an
+  // unseen user can still reach 5 + 5 = 10, which is user 9's total: a tie, which user 1 wins by its lower id.
+  const days = [Date.UTC(2026, 2, 2), Date.UTC(2026, 2, 3)];
+  for (const day of days) {
+    await rt.store.pool.query(`INSERT INTO \`${p}counts\` (slice_start, user_id, action_id, count, value_sum) VALUES (FROM_UNIXTIME(?), 1, 3, 5, 1), (FROM_UNIXTIME(?), 9, 3, 5, 2)`, [day / 1000 + 600, day / 1000 + 1200]);
+    await rollup(rt.store, day, day + DAY);
+  }
+  const range = decompose(days[0]!, days[1]! + DAY);
+  for (const firstDepth of [1, undefined]) {
+    const { rows, stats } = await topUsers(rt.store, 3, range, 1, firstDepth);
+    assert.deepEqual(stats.lists, { weeks: 0, days: 2 });
+    assert.deepEqual(rows.map((u) => [u.userId, String(u.count), String(u.valueSum)]), [['1', '10', '2']], `first depth ${firstDepth ?? 'default'}`);
+  }
+});

@@ -4,7 +4,19 @@
  * (CHAOS_CLOCK_OFFSET_MS, added to Date.now()), which is how the run delays
  * clocks. It prints its stats as one JSON line a second (a killed worker's
  * last line is what the run knows of it) and once more when stopped (SIGTERM).
+ *
+ * A line on stdin arms a crash inside the next store (the store-kill fault):
+ *   `kill-after counters`  SIGKILL itself once the fold's pair counters are in
+ *                          memcached, before the slice totals, marks and acks
+ *                          (the fold is applied again: bounded duplicates);
+ *   `kill-after marks`     once the fold's jobs are marked applied, before they
+ *                          are acknowledged (redelivered, and skipped).
+ * It waits 200 ms first (an acknowledgement sent too early reaches gearmand
+ * meanwhile, rather than being lost with the connection), then prints what
+ * the fold held, `{"storeKill":…,"events":…,"jobs":…}`, and dies.
  */
+import { writeSync } from 'node:fs';
+import { sleep } from '../../lib/base/backoff.ts';
 import { loadConfig } from '../../lib/base/config.ts';
 import { Runtime } from '../../lib/runtime.ts';
 
@@ -12,6 +24,37 @@ const offset = Number(process.env.CHAOS_CLOCK_OFFSET_MS ?? '0');
 if (!Number.isInteger(offset)) throw new TypeError(`CHAOS_CLOCK_OFFSET_MS: a whole number of ms, got ${process.env.CHAOS_CLOCK_OFFSET_MS}`);
 const rt = new Runtime(loadConfig(process.env));
 const worker = rt.worker({}, { now: () => Date.now() + offset });
+let armed: 'counters' | 'marks' | null = null;
+const die = async (held: { storeKill: 'counters' | 'marks'; events?: number; jobs?: number }): Promise<never> => {
+  await sleep(200);
+  writeSync(1, `${JSON.stringify(held)}\n`);
+  process.kill(process.pid, 'SIGKILL');
+  throw new Error('unreachable');
+};
+// The pair counters are the first batch of counter writes (tags ≥ 0; even: a count) in Ring.apply; the slice totals come after.
+type Lists = { tags: number[]; amounts: (number | bigint)[] }[];
+const ring = rt.ring as unknown as { arith: (lists: Lists) => Promise<unknown>; markApplied: (u: readonly string[]) => Promise<void> };
+const arith = ring.arith.bind(rt.ring);
+ring.arith = async (lists) => {
+  const result = await arith(lists);
+  if (armed === 'counters' && lists.some((l) => l.tags.length > 0) && lists.every((l) => l.tags.every((t) => t >= 0))) {
+    let events = 0;
+    for (const l of lists) l.tags.forEach((t, i) => (events += t % 2 === 0 ? Number(l.amounts[i]) : 0));
+    await die({ storeKill: 'counters', events });
+  }
+  return result;
+};
+if (typeof ring.markApplied === 'function') {
+  const markApplied = ring.markApplied.bind(rt.ring);
+  ring.markApplied = async (uniques) => {
+    await markApplied(uniques);
+    if (armed === 'marks' && uniques.some(Boolean)) await die({ storeKill: 'marks', jobs: uniques.filter(Boolean).length });
+  };
+}
+process.stdin.setEncoding('utf8').on('data', (text: string) => {
+  const m = /kill-after (counters|marks)/.exec(text);
+  if (m) armed = m[1] as 'counters' | 'marks';
+});
 const report = () => process.stdout.write(`${JSON.stringify(worker.stats)}\n`);
 const timer = setInterval(report, 1000);
 process.once('SIGTERM', () => worker.stop());
@@ -21,4 +64,6 @@ try {
   clearInterval(timer);
   report();
   await rt.close();
+  // stdin (the run's pipe) would keep the process alive.
+  process.stdin.destroy();
 }
