@@ -9,6 +9,7 @@ import { createLogger, type Logger } from './base/log.ts';
 import { OffLogClient } from './pipeline/client.ts';
 import { flush, type FlushDeps, type FlushResult } from './pipeline/flush.ts';
 import { Ring } from './pipeline/ring.ts';
+import { Claims } from './pipeline/claims.ts';
 import { Store } from './pipeline/store.ts';
 import { Worker, type WorkerDeps, type WorkerOptions } from './pipeline/worker.ts';
 import { createBus, type Bus } from './pipeline/bus.ts';
@@ -58,7 +59,10 @@ export class Runtime {
   /** A worker on this runtime's ring and Gearman servers; `deps` overrides (a test's clock, say). */
   worker(options: WorkerOptions = {}, deps: Partial<WorkerDeps> = {}): Worker {
     const c = this.config;
-    return new Worker({ gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring: this.ring, log: this.log, watchList: this.watchList, ...deps }, { maxFoldEvents: c.maxFoldEvents, ...options });
+    const ring = deps.ring ?? this.ring;
+    // Each worker its own lease: two workers of one process are two workers to the fold protocol.
+    const claims = deps.claims ?? new Claims(ring, { leaseSeconds: c.leaseSeconds });
+    return new Worker({ gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring, log: this.log, watchList: this.watchList, ...deps, claims }, { maxFoldEvents: c.maxFoldEvents, ...options });
   }
 
   /** The drain of watched raw records: MySQL, then the bus. */

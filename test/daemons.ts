@@ -151,8 +151,10 @@ export interface SlowReplies {
 }
 
 export interface ProxyOptions {
-  /** Replies may be held `latencyMs` (set at any time, 0 at first) before they are passed on. */
+  /** Replies may be held `latencyMs` (set at any time) before they are passed on. */
   latency?: boolean;
+  /** The first `latencyMs` (implies `latency`). */
+  latencyMs?: number;
   /** Replies trickle through in pieces (see SlowReplies). */
   slow?: SlowReplies;
 }
@@ -172,6 +174,7 @@ export class Proxy {
 
   static async start(t: Scope, target: number, options: ProxyOptions = {}): Promise<Proxy> {
     const p = new Proxy(await freePort(), target, options);
+    p.latencyMs = options.latencyMs ?? 0;
     await p.start();
     t.after(() => p.cut());
     return p;
@@ -187,7 +190,7 @@ export class Proxy {
       }
       client.pipe(upstream);
       if (this.options.slow) this.trickle(upstream, client, this.options.slow);
-      else if (this.options.latency) this.delay(upstream, client);
+      else if (this.options.latency || this.options.latencyMs !== undefined) this.delay(upstream, client);
       else upstream.pipe(client);
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());

@@ -4,11 +4,16 @@
  * each job. While memcached is unreachable it holds what it has, takes nothing
  * new and retries; the jobs stay Gearman's until they are acknowledged.
  *
+ * Each fold F claims its jobs (claims.ts) before storing anything, so a
+ * second copy of a job (a client's re-send to another gearmand, a
+ * redelivery) is never folded by two workers at once; announces F on every
+ * slice it writes into; stores its counts; commits F; then acknowledges.
+ *
  * Two folds overlap: while one is being stored (memcached's time, mostly),
- * the next is taken from gearmand, decoded and folded (this process's time).
- * Stores still happen one after the other, each fold's jobs are acknowledged
- * only after its own counts and marks are in memcached, and at most two folds
- * are held at once.
+ * the next is taken from gearmand, decoded, folded and claimed (this
+ * process's time). Stores still happen one after the other, each fold's jobs
+ * are acknowledged only after its own counts and commit are in memcached,
+ * and at most two folds are held at once.
  */
 import { Deltas } from '../domain/aggregate.ts';
 import { retry, sleep } from '../base/backoff.ts';
@@ -19,6 +24,7 @@ import { GearmanConnection, type Job } from '../wire/gearman.ts';
 import type { Logger } from '../base/log.ts';
 import { MemcacheUnavailableError } from '../wire/memcache.ts';
 import type { Ring } from './ring.ts';
+import { Claims, type FoldId } from './claims.ts';
 import { sliceOf, type SliceId } from '../domain/slice.ts';
 import { watchedOfColumns, watchedOfEvents, type WatchList, type WatchSnapshot } from './watch.ts';
 import { WatchedSender } from './watched.ts';
@@ -47,6 +53,8 @@ export const DEFAULT_MAX_FOLD_EVENTS = 80_000;
 /** fold()'s answer for a job that does not fit in the fold: it goes in the next one. */
 const CARRY = Symbol('carry');
 
+const NONE: ReadonlySet<string> = new Set();
+
 /** How long a starting worker waits for its first reading of the watch lists. */
 const WATCH_LIST_WAIT_MS = 2000;
 
@@ -59,6 +67,8 @@ export interface WorkerDeps {
   now?: () => number;
   /** The watch lists (read in the background); without them only events sent as watched keep their raw record. */
   watchList?: WatchList;
+  /** The fold protocol on `ring` (its lease time from config); made with the defaults when absent. */
+  claims?: Claims;
 }
 
 export interface WorkerOptions {
@@ -75,8 +85,10 @@ export interface WorkerStats {
   events: number;
   late: number;
   deadLetters: number;
-  /** Redelivered jobs recognised as already applied and skipped. */
+  /** Copies of jobs another fold stored or is storing (redeliveries, re-sends), found by their claims and skipped. */
   duplicatesSkipped: number;
+  /** Folds found aborted at their commit (by the flush, or by a worker that took their claims over): their slices are reported maybe-duplicated. */
+  foldsAborted: number;
   folds: number;
   memcachedOps: number;
   storeRetries: number;
@@ -100,13 +112,15 @@ export interface RunUntil {
 
 /** A fold between being prepared (decoded, folded) and stored. */
 interface Fold {
+  /** The fold's id: its claims, its entries in the slices' fold lists, its decision record. */
+  id: FoldId;
   /** Every job taken: all are acknowledged once the fold is stored. */
   jobs: Job[];
   deltas: Deltas;
-  /** Jobs whose events are in `deltas`: marked applied once stored. */
+  /** Jobs whose events are in `deltas`: claimed by the fold. */
   applied: Job[];
   dead: { job: Job; error: string }[];
-  /** Jobs left out as already applied (or copies of another job of the fold). */
+  /** Jobs left out as claimed by another fold (or copies of another job of the fold). */
   skipped: number;
   /** Jobs taken that did not fit under maxFoldEvents: the next fold's, in order. */
   carried: Job[];
@@ -115,7 +129,7 @@ interface Fold {
 }
 
 export class Worker {
-  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, folds: 0, memcachedOps: 0, storeRetries: 0, movedPastWatermark: 0, wrapped: 0, watched: 0, notNumbers: 0, largestFold: 0 };
+  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, foldsAborted: 0, folds: 0, memcachedOps: 0, storeRetries: 0, movedPastWatermark: 0, wrapped: 0, watched: 0, notNumbers: 0, largestFold: 0 };
   private conns: GearmanConnection[] = [];
   private stopping = false;
   /** The run's deadline (a Lambda's remaining time): retries stop there too. */
@@ -128,8 +142,9 @@ export class Worker {
   /** Jobs taken that the last fold could not hold: folded next, before anything new is taken. */
   private carried: Job[] = [];
   private readonly perServer: number;
-  /** Unique ids of the fold being stored: a copy of one of them in the next fold waits for it, then is skipped. */
-  private storing = new Set<string>();
+  readonly claims: Claims;
+  /** The folds being stored: a copy, in the next fold, of one of their jobs is skipped (they finish it or hand it back). */
+  private readonly inFlight = new Set<FoldId>();
   /** Reused by every batch job: decoding allocates nothing per event. */
   private readonly columns = newEventColumns();
   private readonly watchedSender: WatchedSender;
@@ -140,6 +155,7 @@ export class Worker {
     this.maxFoldEvents = options.maxFoldEvents ?? DEFAULT_MAX_FOLD_EVENTS;
     this.perServer = options.connectionsPerServer ?? 1;
     this.watchedSender = new WatchedSender(deps.gearmanServers);
+    this.claims = deps.claims ?? new Claims(deps.ring);
   }
 
   /** Processes jobs until stopped, idle (when asked) or past the deadline. */
@@ -233,26 +249,28 @@ export class Worker {
   }
 
   /**
-   * Decodes and folds the jobs not applied before (their marks say so; a
-   * copy of a job of the fold being stored counts as applied, since it will
-   * be before this fold is stored). Bad jobs are set aside as dead letters.
+   * Decodes and folds the jobs, then claims them for a new fold (one round
+   * trip: Claims.claimFold). Bad jobs are set aside as dead letters.
    *
-   * The marks are read after folding: that read waits behind the fold being
+   * The claims are made after folding: the adds wait behind the fold being
    * stored on the same memcached connection, and folding meanwhile is the
-   * point of the overlap. A job found applied (rare: after a crash or a
-   * client's re-send) means folding again without it.
+   * point of the overlap. A job claimed by another fold (rare: a redelivery
+   * after a crash, a client's re-send) is settled as claims.ts says: a
+   * duplicate is left out (folding again without it), a dead or aborted
+   * holder's claim is taken over.
    */
   private async prepare(jobs: Job[]): Promise<Fold> {
-    const { ring } = this.deps;
+    const { claims } = this;
     const receivedAt = this.now();
-    let fold = this.foldAll(jobs, receivedAt, this.storing);
-    // Taken before asking memcached: a fold that finishes storing meanwhile has its marks written
-    // before it leaves this set, so each of its jobs is in one or the other.
-    const storing = this.storing;
-    const already = await retry(() => ring.appliedJobs(fold.applied.map((j) => j.unique)), this.retrying(jobs.length));
-    if (fold.applied.some((j) => j.unique && (already.has(j.unique) || storing.has(j.unique)))) {
-      fold = this.foldAll(jobs, receivedAt, new Set([...already, ...storing]));
+    let fold = this.foldAll(jobs, receivedAt, NONE);
+    const uniques = fold.applied.map((j) => j.unique);
+    // A retry after an outage starts a new fold; the claims an earlier attempt made are this worker's, and taken over.
+    const claimed = await retry(() => claims.claimFold(uniques, { inFlight: this.inFlight, stopped: () => this.stopped() }), this.retrying(jobs.length));
+    if (claimed.unresolved.length > 0) {
+      throw new WorkerStoppedError(`stopped while waiting for another worker's fold to decide; ${jobs.length} job(s) left with gearmand`);
     }
+    if (claimed.duplicates.length > 0) fold = this.foldAll(jobs, receivedAt, new Set(claimed.duplicates));
+    fold.id = claimed.fold;
     this.stats.duplicatesSkipped += fold.skipped;
     this.carried = fold.carried;
     return fold;
@@ -261,7 +279,7 @@ export class Worker {
   /** Folds every job whose unique id is not in `skip` (nor met earlier in `jobs`) into a new Fold. */
   private foldAll(jobs: Job[], receivedAt: number, skip: ReadonlySet<string>): Fold {
     const current = sliceOf(receivedAt, this.deps.sliceSeconds);
-    const fold: Fold = { jobs: [], deltas: new Deltas(), applied: [], dead: [], skipped: 0, watched: [], carried: [] };
+    const fold: Fold = { id: '', jobs: [], deltas: new Deltas(), applied: [], dead: [], skipped: 0, watched: [], carried: [] };
     const seen = new Set<string>();
     const watch = this.deps.watchList?.current() ?? null;
     for (const job of jobs) {
@@ -329,10 +347,10 @@ export class Worker {
 
   /**
    * Queues the fold's watched records on `offlog.watched` (persistent, like
-   * every queue) before its counts are stored: once its jobs are marked
-   * applied a redelivery is skipped, so the records must be safe first. A
-   * crash after this and before the marks sends them again, under the same
-   * ids, which the drain stores once. While no gearmand takes them the fold
+   * every queue) before its counts are stored: once the fold commits a
+   * redelivery is skipped, so the records must be safe first. A crash after
+   * this and before the commit sends them again, under the same ids, which
+   * the drain stores once. While no gearmand takes them the fold
    * is held, as when memcached is away.
    */
   private async queueWatched(fold: Fold, retrying: Parameters<typeof retry>[1]): Promise<void> {
@@ -342,7 +360,6 @@ export class Worker {
         retryable: (err) => err instanceof GearmanUnavailableError,
         onError: (err, attempt, delayMs) => this.deps.log.warn({ err: err.message, attempt, delayMs }, 'no gearmand took the watched records; holding the fold and retrying'),
       }).catch((err: Error) => {
-        this.storing = new Set();
         throw new WorkerStoppedError(`stopped while no gearmand took the watched records; ${fold.jobs.length} job(s) left with gearmand (${err.message})`);
       });
       this.stats.watched += records.length;
@@ -350,46 +367,47 @@ export class Worker {
   }
 
   /**
-   * Stores a fold's counts, dead-letters its bad jobs, marks its jobs applied,
-   * then acknowledges every one. memcached being unreachable is retried (the
-   * jobs stay held) until it answers or the worker stops: stopped before the
-   * counts are in, the jobs go back to gearmand; after, they are acknowledged
-   * even without their marks. Any other failure to store dead-letters the
-   * fold's jobs with the reason, so nothing can stall here.
+   * Stores a fold's counts (see applyOutsideFlushed: announced, stored,
+   * committed), dead-letters its bad jobs, then acknowledges every one.
+   * memcached being unreachable is retried (the jobs stay held) until it
+   * answers or the worker stops: stopped before the counts are in, the jobs
+   * go back to gearmand; after, they are acknowledged even without the
+   * commit (the flush then aborts the fold and reports its slices). Any
+   * other failure to store dead-letters the fold's jobs with the reason and
+   * aborts the fold, so nothing can stall here.
    */
   private async store(fold: Fold): Promise<void> {
-    const { ring, log } = this.deps;
-    const { jobs, applied } = fold;
+    const { log } = this.deps;
+    const { id, jobs, applied } = fold;
     let { deltas, dead } = fold;
-    this.storing = new Set(applied.map((j) => j.unique).filter(Boolean));
-    const retrying = this.retrying(jobs.length);
-    if (fold.watched.length > 0) await this.queueWatched(fold, retrying);
-    if (deltas.pairs.length > 0) {
-      try {
-        deltas = await retry(() => this.applyOutsideFlushed(deltas), retrying);
-      } catch (err) {
-        // An outage is retried until the worker stops (see retrying), so this one ended with a stop.
-        if (err instanceof MemcacheUnavailableError) {
-          this.storing = new Set();
-          throw new WorkerStoppedError(`stopped while memcached was unreachable; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
-        }
-        // Not a memcached outage: retrying would fail the same way forever. Park the jobs, with the reason.
-        log.error({ err: (err as Error).message, jobs: applied.length }, 'storing a fold failed; its jobs are dead-lettered');
-        dead = [...dead, ...applied.map((job) => ({ job, error: `store failed: ${(err as Error).message}` }))];
-        deltas = new Deltas();
-      }
-    }
-    for (const { job, error } of dead) await this.deadLetter(job, error);
-    const stored = applied.filter((j) => !dead.some((d) => d.job === j));
+    this.inFlight.add(id);
     try {
-      await retry(() => ring.markApplied(stored.map((j) => j.unique)), retrying);
-    } catch (err) {
-      // The counts are in: a job handed back now would be counted again, so it is acknowledged
-      // anyway. Without its mark, only a client's re-send of that same job could count twice.
-      log.warn({ err: (err as Error).message, jobs: stored.length }, 'could not mark the stored jobs applied; acknowledging them anyway');
+      const retrying = this.retrying(jobs.length);
+      if (fold.watched.length > 0) await this.queueWatched(fold, retrying);
+      if (deltas.pairs.length > 0) {
+        try {
+          deltas = await retry(() => this.applyOutsideFlushed(deltas, id), retrying);
+        } catch (err) {
+          // An outage is retried until the worker stops (see retrying), so this one ended with a stop.
+          if (err instanceof MemcacheUnavailableError) {
+            throw new WorkerStoppedError(`stopped while memcached was unreachable; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
+          }
+          // Not a memcached outage: retrying would fail the same way forever. Park the jobs, with the reason.
+          log.error({ err: (err as Error).message, jobs: applied.length }, 'storing a fold failed; its jobs are dead-lettered');
+          dead = [...dead, ...applied.map((job) => ({ job, error: `store failed: ${(err as Error).message}` }))];
+          deltas = new Deltas();
+          // Its claims are released, and a slice it may have half written is reported (see flush).
+          await this.claims.abort(id).catch((e: Error) => log.warn({ err: e.message, fold: id }, 'could not abort the failed fold; its claims lapse with the lease'));
+        }
+      } else if (applied.length > 0) {
+        // Jobs with no events still hold claims: committed, their copies are skipped.
+        await this.commit(id, new Map());
+      }
+      for (const { job, error } of dead) await this.deadLetter(job, error);
+      for (const job of jobs) job.conn.complete(job.handle);
+    } finally {
+      this.inFlight.delete(id);
     }
-    for (const job of jobs) job.conn.complete(job.handle);
-    this.storing = new Set();
     this.stats.folds++;
     this.stats.jobs += jobs.length;
     this.stats.events += deltas.events;
@@ -399,11 +417,32 @@ export class Worker {
   }
 
   /**
+   * Commits fold `id` (retried through an outage; its counts are in, so a
+   * stop only leaves it undecided, for the flush to abort and report). A
+   * fold found aborted (the flush took its slice, or a worker took its
+   * claims over, while it was away) is acknowledged all the same: its
+   * counts are in, and its slices are reported maybe-duplicated.
+   */
+  private async commit(id: FoldId, totals: ReadonlyMap<SliceId, number>): Promise<void> {
+    const { log } = this.deps;
+    try {
+      if (await retry(() => this.claims.commit(id, totals), this.retrying(totals.size))) return;
+      this.stats.foldsAborted++;
+      log.warn({ fold: id }, 'the fold was aborted while it was being stored (its lease lapsed, or the flush took its slice): its slices are reported maybe-duplicated');
+    } catch (err) {
+      log.warn({ err: (err as Error).message, fold: id }, 'could not commit the stored fold; acknowledging its jobs anyway (the flush will abort it and report its slices maybe-duplicated)');
+    }
+  }
+
+  /**
    * Applies `deltas`, announced on their slices (see Ring.enter): any slice
    * the flush has already taken is moved, with its events counted as late,
-   * to the first slice it has not. Returns the deltas as applied.
+   * to the first slice it has not. The fold is added to each slice's fold
+   * list (its intent) with that announcement, before anything is written
+   * there, and committed before the slices are left, so a flush never finds
+   * a live, finished fold undecided. Returns the deltas as applied.
    */
-  private async applyOutsideFlushed(folded: Deltas): Promise<Deltas> {
+  private async applyOutsideFlushed(folded: Deltas, id: FoldId): Promise<Deltas> {
     const { ring, log, sliceSeconds } = this.deps;
     const entered: SliceId[] = [];
     let deltas = folded;
@@ -415,12 +454,18 @@ export class Worker {
           deltas = deltas.movedAbove(taken, Math.max(sliceOf(this.now(), sliceSeconds), taken + 1) as SliceId);
         }
         const fresh = deltas.slices().filter((s) => !entered.includes(s));
-        const wm = await ring.enter(fresh);
+        // The intent goes out with the announcement, in the same round trip: listed on a slice the
+        // watermark then takes, the fold is only a harmless extra entry there.
+        const perSlice = deltas.eventsPerSlice();
+        const [wm] = await Promise.all([ring.enter(fresh), this.claims.announce(id, new Map(fresh.map((s) => [s, perSlice.get(s)!])))]);
         entered.push(...fresh);
         if (wm !== null && (this.watermark === null || wm > this.watermark)) this.watermark = wm;
         // Every slice is above `taken` now; if that is still the watermark, none is taken.
         if (this.watermark === taken) break;
       }
+      const events = deltas.eventsPerSlice();
+      // Moved into a slice announced before the move: listed again with its final events (readers keep the largest).
+      if (deltas !== folded) await this.claims.announce(id, events);
       const before = ring.ops;
       const result = await ring.apply(deltas);
       this.stats.memcachedOps += ring.ops - before;
@@ -435,6 +480,8 @@ export class Worker {
         this.stats.movedPastWatermark += moved;
         log.warn({ watermark: this.watermark, events: moved }, 'events for slices the flush already took went to the next open slice (counted as late)');
       }
+      // Retried on its own: an outage here must not apply the counts again.
+      await this.commit(id, events);
       return deltas;
     } finally {
       await ring.leave(entered).catch(() => undefined);
