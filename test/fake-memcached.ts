@@ -46,12 +46,13 @@ export class FakeMemcached {
         if (lf < 0) break;
         const line = buf.toString('latin1', 0, lf);
         const [cmd, key = '', ...rest] = line.split(' ');
-        if (cmd === 'set' || cmd === 'add') {
+        if (cmd === 'set' || cmd === 'add' || cmd === 'append') {
           const bytes = Number(rest[2]);
           if (buf.length < lf + 2 + bytes + 2) break;
           const value = buf.toString('latin1', lf + 2, lf + 2 + bytes);
           buf = buf.subarray(lf + 2 + bytes + 2);
-          if (cmd === 'add' && this.items.has(key)) out += 'NOT_STORED\r\n';
+          if (cmd === 'append') out += this.items.has(key) ? (this.items.set(key, this.items.get(key)! + value), 'STORED\r\n') : 'NOT_STORED\r\n';
+          else if (cmd === 'add' && this.items.has(key)) out += 'NOT_STORED\r\n';
           else (this.items.set(key, value), (out += 'STORED\r\n'));
           continue;
         }

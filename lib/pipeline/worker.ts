@@ -378,15 +378,28 @@ export class Worker {
    */
   private async store(fold: Fold): Promise<void> {
     const { log } = this.deps;
-    const { id, jobs, applied } = fold;
-    let { deltas, dead } = fold;
+    const { jobs } = fold;
+    let { id, applied, deltas, dead } = fold;
     this.inFlight.add(id);
     try {
       const retrying = this.retrying(jobs.length);
       if (fold.watched.length > 0) await this.queueWatched(fold, retrying);
       if (deltas.pairs.length > 0) {
         try {
-          deltas = await retry(() => this.applyOutsideFlushed(deltas, id), retrying);
+          for (;;) {
+            const stored = await retry(() => this.applyOutsideFlushed(deltas, id), retrying);
+            deltas = stored.deltas;
+            if (stored.committed) break;
+            // Aborted while it was being stored (paused past its lease, or past the flush's wait): what it
+            // wrote after the flush read the slice is in no row, so the fold is done again under a new id,
+            // into an open slice. What the flush did read of it is reported there as maybe-duplicated.
+            this.inFlight.delete(id);
+            const again = await this.refold(applied);
+            ({ id, applied, deltas } = again);
+            this.inFlight.add(id);
+            log.warn({ fold: again.id, jobs: applied.length, events: deltas.events }, 'the fold was aborted while being stored; storing it again under a new id');
+            if (deltas.pairs.length === 0) break;
+          }
         } catch (err) {
           // An outage is retried until the worker stops (see retrying), so this one ended with a stop.
           if (err instanceof MemcacheUnavailableError) {
@@ -423,15 +436,36 @@ export class Worker {
    * claims over, while it was away) is acknowledged all the same: its
    * counts are in, and its slices are reported maybe-duplicated.
    */
-  private async commit(id: FoldId, totals: ReadonlyMap<SliceId, number>): Promise<void> {
+  /** Commits the fold; false when it was aborted first (it must then be stored again: see store). */
+  private async commit(id: FoldId, totals: ReadonlyMap<SliceId, number>): Promise<boolean> {
     const { log } = this.deps;
     try {
-      if (await retry(() => this.claims.commit(id, totals), this.retrying(totals.size))) return;
+      if (await retry(() => this.claims.commit(id, totals), this.retrying(totals.size))) return true;
       this.stats.foldsAborted++;
       log.warn({ fold: id }, 'the fold was aborted while it was being stored (its lease lapsed, or the flush took its slice): its slices are reported maybe-duplicated');
+      return false;
     } catch (err) {
       log.warn({ err: (err as Error).message, fold: id }, 'could not commit the stored fold; acknowledging its jobs anyway (the flush will abort it and report its slices maybe-duplicated)');
+      return true;
     }
+  }
+
+  /**
+   * A fold of the jobs of an aborted one, under a new id: their claims are
+   * taken over from the aborted fold, and any a copy elsewhere has meanwhile
+   * taken over and committed is left out as a duplicate.
+   */
+  private async refold(jobs: Job[]): Promise<Fold> {
+    const receivedAt = this.now();
+    let fold = this.foldAll(jobs, receivedAt, NONE);
+    const claimed = await retry(() => this.claims.claimFold(fold.applied.map((j) => j.unique), { inFlight: this.inFlight, stopped: () => this.stopped() }), this.retrying(jobs.length));
+    if (claimed.unresolved.length > 0) {
+      throw new WorkerStoppedError(`stopped while waiting for another worker's fold to decide; ${jobs.length} job(s) left with gearmand`);
+    }
+    if (claimed.duplicates.length > 0) fold = this.foldAll(jobs, receivedAt, new Set(claimed.duplicates));
+    fold.id = claimed.fold;
+    this.stats.duplicatesSkipped += fold.skipped;
+    return fold;
   }
 
   /**
@@ -442,7 +476,7 @@ export class Worker {
    * there, and committed before the slices are left, so a flush never finds
    * a live, finished fold undecided. Returns the deltas as applied.
    */
-  private async applyOutsideFlushed(folded: Deltas, id: FoldId): Promise<Deltas> {
+  private async applyOutsideFlushed(folded: Deltas, id: FoldId): Promise<{ deltas: Deltas; committed: boolean }> {
     const { ring, log, sliceSeconds } = this.deps;
     const entered: SliceId[] = [];
     let deltas = folded;
@@ -481,8 +515,7 @@ export class Worker {
         log.warn({ watermark: this.watermark, events: moved }, 'events for slices the flush already took went to the next open slice (counted as late)');
       }
       // Retried on its own: an outage here must not apply the counts again.
-      await this.commit(id, events);
-      return deltas;
+      return { deltas, committed: await this.commit(id, events) };
     } finally {
       await ring.leave(entered).catch(() => undefined);
     }
