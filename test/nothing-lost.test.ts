@@ -315,3 +315,48 @@ test('S2 (confirmed): a live writer still inside a slice past the flush\'s wait:
   assert.equal(report.status, 'incomplete', `a writer was inside when the slice was read: ${JSON.stringify(report)}`);
   assert.match(report.note, /1 writer\(s\) still inside/);
 });
+
+// ── S4: a sum that memcached wrapped must be held (or found) even if the writer dies before holding it ──
+
+/** One fold: `user`, action 1, one event of value `value` (up to 2^64 − 1: the fold holds a sum, not an event). */
+function sumFold(slice: SliceId, user: number, value: bigint): Deltas {
+  const d = new Deltas();
+  // Events carry values up to 2^53 − 1: a large sum is many of them.
+  const max = 2n ** 53n - 1n;
+  const events: { userId: string; actionId: number; value: number; at: number }[] = [];
+  for (let left = value; left > 0n; left -= left > max ? max : left) events.push({ userId: String(user), actionId: 1, value: Number(left > max ? max : left), at: startOf(slice, 600) + 1000 });
+  d.addAll(events, slice, 600);
+  return d;
+}
+
+for (const [how, before, wrapping] of [
+  ['one huge amount (marked before it is sent)', [2n ** 63n], 2n ** 63n + 7n],
+  ['amounts below 2^62 each (marked by the writer that saw the sum pass 2^62)', [2n ** 62n - 1n, 2n ** 62n - 1n, 2n ** 62n - 1n, 2n ** 62n - 1n], 2n ** 62n - 1n],
+] as const) {
+  test(`S4 (confirmed): a writer that dies between memcached wrapping a sum and holding it: the flush still holds it and reports it; ${how}`, async () => {
+    const rt = testRuntime();
+    closers.push(() => rt.close());
+    await rt.store.migrate();
+    const s = futureSlice(600);
+    for (const v of before) await rt.ring.apply(sumFold(s, 5, v));
+    // The fold that wraps the sum; its hold (a `set` to 2^64 − 1) never comes: the writer dies first.
+    const dying = new Ring({ servers: rt.config.memcachedServers, keyPrefix: rt.config.keyPrefix, sliceSeconds: 600, ringSlices: 6 });
+    closers.push(() => dying.close());
+    const conn = dying.connections[0]!;
+    const exec = conn.exec.bind(conn);
+    conn.exec = async (ops) => {
+      if (ops.some((o) => o.kind === 'set' && o.key.includes(':v:'))) throw new Error('killed before holding the sum');
+      return exec(ops);
+    };
+    await assert.rejects(dying.apply(sumFold(s, 5, wrapping)), /killed before holding/);
+    // Later writes build on the wrapped value.
+    await rt.ring.apply(sumFold(s, 5, 3n));
+    const result = await flush(rt.flushDeps, new Date(startOf((s + 2) as SliceId, 600) + 1000));
+    const report = result.slices.find((x) => x.slice === s)!;
+    const rows = await readCounts(rt);
+    const [, sum] = rows.get(`${startOf(s, 600)}:5:1`)!;
+    assert.equal(sum, '18446744073709551615', 'held at 2^64 − 1, not the small wrapped value');
+    assert.equal(report.status, 'saturated', JSON.stringify(report));
+    assert.match(report.note, /1 found wrapped by memcached/);
+  });
+}

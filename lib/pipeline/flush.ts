@@ -188,7 +188,8 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   notes.push(...incomplete);
   if (t.saturated > 0) {
     if (status === 'flushed') status = 'saturated';
-    notes.push(`${t.saturated} value sum(s) reached 2^64-1 (BIGINT UNSIGNED's maximum) and are held at ${U64_MAX_TEXT}: the true sums may be larger`);
+    const found = t.wrapsHeld > 0 ? ` (${t.wrapsHeld} found wrapped by memcached, their writer gone before holding them)` : '';
+    notes.push(`${t.saturated} value sum(s) reached 2^64-1 (BIGINT UNSIGNED's maximum) and are held at ${U64_MAX_TEXT}${found}: the true sums may be larger`);
   }
   return { status, note: notes.join('; ') };
 }

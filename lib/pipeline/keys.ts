@@ -10,6 +10,7 @@
  *   {p}{slice}:vn                  value-sum counters created (a reader finding fewer knows some were evicted)
  *   {p}{slice}:nv                  events counted by writers that keep `vn` (equal to `n`: `vn` is complete)
  *   {p}{slice}:w                   writers inside the slice right now (see Ring.enter / Ring.seal)
+ *   {p}{slice}:hi                  pairs whose value sum reached 2^62, 10 bytes each as the register (see Ring.markHigh)
  *   {p}j:{unique}                  "job applied" marks (idempotency)
  *   {p}wm                          the flush's watermark: the last slice it committed
  *
@@ -43,6 +44,11 @@ export class RingKeys {
 
   registerChunk(slice: SliceId, n: number): string {
     return `${this.prefix}${slice}:r:${n}`;
+  }
+
+  /** The slice's pairs whose value sum reached 2^62: one found below it was wrapped and never held. */
+  highSums(slice: SliceId): string {
+    return `${this.prefix}${slice}:hi`;
   }
 
   count(slice: SliceId, userId: UserId, actionId: ActionId): string {
