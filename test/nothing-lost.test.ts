@@ -299,22 +299,37 @@ test('config refuses OFFLOG_MAX_FOLD_EVENTS below OFFLOG_MAX_BATCH_EVENTS (the i
 
 // ── S2: a writer still inside the slice when the flush's wait ends ──
 
-test('S2 (confirmed): a live writer still inside a slice past the flush\'s wait: the slice is reported, not written as whole', async () => {
-  const rt = testRuntime();
-  closers.push(() => rt.close());
-  await rt.store.migrate();
-  const s = futureSlice(600);
-  // A writer announced on the slice, stored part of its fold, and is paused (a GC pause, a slow memcached).
-  assert.equal(await rt.ring.enter([s]), null);
-  await put(rt.ring, s, 5);
-  const result = await flush({ ...rt.flushDeps, sealWaitMs: 300 }, new Date(startOf((s + 2) as SliceId, 600) + 1000));
-  const report = result.slices.find((x) => x.slice === s)!;
-  // It resumes: what it writes now is after the flush's read.
-  await put(rt.ring, s, 3);
-  await rt.ring.leave([s]);
-  assert.equal(report.status, 'incomplete', `a writer was inside when the slice was read: ${JSON.stringify(report)}`);
-  assert.match(report.note, /1 writer\(s\) still inside/);
-});
+for (const resumes of [true, false]) {
+  const who = resumes ? 'a live writer paused past the flush\'s wait stores the rest of its fold after the read: the next flush marks the slice incomplete'
+    : 'a writer that died inside the slice (it never leaves): the slice stays flushed, nothing of it is missing';
+  test(`S2 (confirmed): ${who}`, async () => {
+    const rt = testRuntime();
+    closers.push(() => rt.close());
+    await rt.store.migrate();
+    const s = futureSlice(600);
+    const deps = { ...rt.flushDeps, sealWaitMs: 300 };
+    // A writer announced on the slice, stored part of its fold, and is paused (GC, swap, a slow memcached), or dead.
+    assert.equal(await rt.ring.enter([s]), null);
+    await put(rt.ring, s, 5);
+    const first = await flush(deps, new Date(startOf((s + 2) as SliceId, 600) + 1000));
+    const read = first.slices.find((x) => x.slice === s)!;
+    assert.equal(read.status, 'flushed', JSON.stringify(read));
+    assert.match(read.note, /1 writer\(s\) still inside/);
+    if (resumes) {
+      // It resumes: what it stores now is after the flush's read; then it leaves and acknowledges its jobs.
+      await put(rt.ring, s, 3);
+      await rt.ring.leave([s]);
+      for (let i = 0; i < 40 && (await rt.ring.writersIn(s)) > 0; i++) await sleep(25);
+    }
+    await flush(deps, new Date(startOf((s + 3) as SliceId, 600) + 1000));
+    const record = (await rt.store.recentSlices(20)).find((r) => (r.slice_start as Date).getTime() === startOf(s, 600))!;
+    assert.equal(record.status, resumes ? 'incomplete' : 'flushed', String(record.note));
+    if (resumes) {
+      assert.match(String(record.note), /left afterwards/);
+      assert.equal(record.published_at, null, 'its SliceFlushed goes out again, with the new status');
+    }
+  });
+}
 
 // ── S4: a sum that memcached wrapped must be held (or found) even if the writer dies before holding it ──
 

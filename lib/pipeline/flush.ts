@@ -110,11 +110,15 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
     }
 
     const restartedAt = await memcachedRestart(ring, store, log);
+    const readWithWriters = await writersLeftSince(ring, store, oldest, sliceSeconds, log);
     for (let s = next; s <= newest; s = (s + 1) as SliceId) {
       const restarted = restartedAt !== null && restartedAfter(restartedAt, sliceStartMs(s, sliceSeconds));
       // Writers see the slice as taken from here on; those already inside finish first.
       const inside = await ring.seal(s, deps.sealWaitMs ?? SEAL_WAIT_MS);
-      if (inside > 0) log.warn({ slice: iso(s, sliceSeconds), writers: inside }, 'writers still inside the slice after the wait (a worker paused, or died mid-store?); reading it anyway, and reporting it incomplete');
+      if (inside > 0) {
+        log.warn({ slice: iso(s, sliceSeconds), writers: inside }, 'writers still inside the slice after the wait (a worker paused, or died mid-store?); reading it anyway: if one leaves later, the next flush marks the slice incomplete');
+        readWithWriters.set(s, inside);
+      }
       const written = await store.writeSlice(new Date(sliceStartMs(s, sliceSeconds)), async (write) => {
         const reader = await ring.openSlice(s, store.rowsPerStatement);
         await copyRows(reader, write);
@@ -128,6 +132,7 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
       result.pairsMissing += r.pairsMissing;
       if (r.status !== 'flushed') log.error(r, `slice ${r.sliceStart} is ${r.status}: ${r.note}`);
     }
+    await store.setState(WRITERS_STATE, JSON.stringify(Object.fromEntries(readWithWriters)));
     await rememberBootTimes(ring, store);
     return true;
   });
@@ -170,10 +175,6 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   }
   const incomplete: string[] = [];
   if (restarted) incomplete.push(`memcached restarted at ${new Date(restartedAt! * 1000).toISOString()}, after this slice began: earlier counts are gone`);
-  if (writersInside > 0) {
-    // A live writer paused past the wait still acknowledges its jobs: what it writes after this read is in no row.
-    incomplete.push(`${writersInside} writer(s) still inside the slice when it was read (a worker paused, or one that died mid-store): what they wrote after the read is not in these rows`);
-  }
   if (t.missingPairs > 0) incomplete.push(`${t.missingPairs} pair(s) listed but their counters are gone (evicted or restarted)`);
   if (t.missingChunks > 0) incomplete.push(`${t.missingChunks} register chunk(s) gone: their pairs cannot be found`);
   if (t.valueSumsMade !== null && BigInt(t.valueSumsFound) < t.valueSumsMade) {
@@ -186,6 +187,9 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   if (t.events !== null && t.counted < t.events) incomplete.push(`rows hold ${t.counted} events but workers counted ${t.events}`);
   if (incomplete.length > 0 && status === 'flushed') status = 'incomplete';
   notes.push(...incomplete);
+  if (writersInside > 0) {
+    notes.push(`${writersInside} writer(s) still inside the slice when it was read (a worker that died mid-store, or one paused: if it leaves, the next flush marks the slice incomplete)`);
+  }
   if (t.saturated > 0) {
     if (status === 'flushed') status = 'saturated';
     const found = t.wrapsHeld > 0 ? ` (${t.wrapsHeld} found wrapped by memcached, their writer gone before holding them)` : '';
@@ -229,6 +233,36 @@ async function memcachedRestart(ring: Ring, store: Store, log: Logger): Promise<
   if (found) await store.setState(RESTART_STATE, String(restartedAt));
   return restartedAt;
 }
+
+/**
+ * Slices read with writers still inside (slice → how many), kept from one
+ * flush to the next. A writer that died mid-store never leaves (its count
+ * stays until the key expires): its partial fold is in the slice, and nothing
+ * is missing from it. A live writer that was paused past the wait leaves once
+ * it has stored the rest of its fold, after the read, and acknowledges its
+ * jobs: those counts are in no row. So a slice whose count of writers inside
+ * has dropped since its read is marked incomplete; one that leaves the ring
+ * first is forgotten.
+ */
+async function writersLeftSince(ring: Ring, store: Store, oldest: SliceId, sliceSeconds: number, log: Logger): Promise<Map<SliceId, number>> {
+  const pending = new Map<SliceId, number>();
+  const text = await store.getState(WRITERS_STATE);
+  for (const [key, inside] of Object.entries(text === null ? {} : (JSON.parse(text) as Record<string, number>))) {
+    const slice = Number(key) as SliceId;
+    if (slice < oldest) continue;
+    const now = await ring.writersIn(slice);
+    if (now >= inside) {
+      pending.set(slice, inside);
+      continue;
+    }
+    const note = `${inside - now} writer(s) still inside when the slice was read left afterwards (a live worker paused past the flush's wait): what they stored after the read is not in these rows`;
+    log.error({ slice: iso(slice, sliceSeconds), writers: inside - now }, note);
+    await store.reportSlice(new Date(sliceStartMs(slice, sliceSeconds)), note);
+  }
+  return pending;
+}
+
+const WRITERS_STATE = 'slices_read_with_writers_inside';
 
 /** Where the newest memcached restart seen is kept (see memcachedRestart). */
 const RESTART_STATE = 'memcached_restarted_at';

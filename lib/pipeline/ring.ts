@@ -415,19 +415,24 @@ export class Ring {
     if (current === null || slice > current) {
       await Promise.all(this.placement.servers.map((_, s) => this.exec(s, [{ kind: 'set', key, value: String(slice), ttl: 0 }])));
     }
-    const homes = this.placement.readers(shardOfSlice(slice));
-    const w = this.keys.sliceCounter(slice, 'w');
     const deadline = Date.now() + waitMs;
     for (let delay = 5; ; delay = Math.min(200, delay * 2)) {
-      let inside = 0;
-      for (const h of homes) {
-        const [v] = await this.exec(h, [{ kind: 'get', key: w }]);
-        const text = v instanceof Buffer ? counterText(v) : null;
-        inside += text === null ? 0 : Number(text);
-      }
+      const inside = await this.writersIn(slice);
       if (inside === 0 || Date.now() >= deadline) return inside;
       await new Promise((r) => setTimeout(r, delay));
     }
+  }
+
+  /** The writers announced on `slice` now (its `w`, over every server that may hold it). */
+  async writersIn(slice: SliceId): Promise<number> {
+    const w = this.keys.sliceCounter(slice, 'w');
+    let inside = 0;
+    for (const h of this.placement.readers(shardOfSlice(slice))) {
+      const [v] = await this.exec(h, [{ kind: 'get', key: w }]);
+      const text = v instanceof Buffer ? counterText(v) : null;
+      inside += text === null ? 0 : Number(text);
+    }
+    return inside;
   }
 
   /** Which of these jobs (by unique id) were already applied, under either pool. */
