@@ -18,6 +18,8 @@ import { counterText } from '../lib/pipeline/slice-reader.ts';
 import { Store } from '../lib/pipeline/store.ts';
 import { Arith, MemcacheConnection, MemcacheUnavailableError } from '../lib/wire/memcache.ts';
 import { OffLogClient } from '../lib/pipeline/client.ts';
+import { FN_BATCH } from '../lib/domain/contract.ts';
+import { GearmanConnection } from '../lib/wire/gearman.ts';
 import { drainDeadLetters } from '../lib/pipeline/deadletter.ts';
 import { gearmand, memcached, Proxy } from './daemons.ts';
 import { FakeMemcached } from './fake-memcached.ts';
@@ -375,3 +377,27 @@ for (const [how, before, wrapping] of [
     assert.match(report.note, /1 found wrapped by memcached/);
   });
 }
+
+test('a job carried to the next fold has its applied mark read there: two applied jobs, the second carried, are both skipped', async (t) => {
+  const g = await gearmand(t);
+  await g.start();
+  const server = { host: '127.0.0.1', port: g.port };
+  const rt = testRuntime({ OFFLOG_GEARMAN_SERVERS: `127.0.0.1:${g.port}`, OFFLOG_MAX_FOLD_EVENTS: '1000', OFFLOG_MAX_BATCH_EVENTS: '1000' });
+  closers.push(() => rt.close());
+  const job = (user: number): string => JSON.stringify({ v: 1, e: Array.from({ length: 600 }, () => [user, 1, 0, Date.now()]) });
+  await rt.ring.markApplied(['applied-a', 'applied-b']);
+  const conn = await GearmanConnection.connect(server);
+  try {
+    await conn.submitBackground(FN_BATCH, job(1), 'applied-a', 'low');
+    await conn.submitBackground(FN_BATCH, job(2), 'applied-b', 'low');
+  } finally {
+    conn.close();
+  }
+  const folds: number[] = [];
+  const apply = rt.ring.apply.bind(rt.ring);
+  rt.ring.apply = (d) => (folds.push(d.events), apply(d));
+  const worker = rt.worker({}, { gearmanServers: [server] });
+  await worker.run({ idle: true });
+  assert.equal(worker.stats.duplicatesSkipped, 2, 'both were applied before');
+  assert.deepEqual(folds, [], 'nothing stored again');
+});

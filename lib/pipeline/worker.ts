@@ -251,7 +251,10 @@ export class Worker {
     const storing = this.storing;
     const already = await retry(() => ring.appliedJobs(fold.applied.map((j) => j.unique)), this.retrying(jobs.length));
     if (fold.applied.some((j) => j.unique && (already.has(j.unique) || storing.has(j.unique)))) {
-      fold = this.foldAll(jobs, receivedAt, new Set([...already, ...storing]));
+      // Over the same jobs only: one carried before would now fit, but its mark was not read.
+      const carried = fold.carried;
+      fold = this.foldAll(fold.jobs, receivedAt, new Set([...already, ...storing]));
+      fold.carried.push(...carried);
     }
     this.stats.duplicatesSkipped += fold.skipped;
     this.carried = fold.carried;
