@@ -11,6 +11,7 @@ import { ConfigError } from '../lib/base/errors.ts';
 import { sleep } from '../lib/base/backoff.ts';
 import { Deltas } from '../lib/domain/aggregate.ts';
 import { sliceOf, type SliceId } from '../lib/domain/slice.ts';
+import { Claims } from '../lib/pipeline/claims.ts';
 import { flush } from '../lib/pipeline/flush.ts';
 import { shardOfSlice } from '../lib/pipeline/keys.ts';
 import { Ring } from '../lib/pipeline/ring.ts';
@@ -18,6 +19,8 @@ import { counterText } from '../lib/pipeline/slice-reader.ts';
 import { Store } from '../lib/pipeline/store.ts';
 import { Arith, MemcacheConnection, MemcacheUnavailableError } from '../lib/wire/memcache.ts';
 import { OffLogClient } from '../lib/pipeline/client.ts';
+import { FN_BATCH } from '../lib/domain/contract.ts';
+import { GearmanConnection } from '../lib/wire/gearman.ts';
 import { drainDeadLetters } from '../lib/pipeline/deadletter.ts';
 import { gearmand, memcached, Proxy } from './daemons.ts';
 import { FakeMemcached } from './fake-memcached.ts';
@@ -299,19 +302,107 @@ test('config refuses OFFLOG_MAX_FOLD_EVENTS below OFFLOG_MAX_BATCH_EVENTS (the i
 
 // ── S2: a writer still inside the slice when the flush's wait ends ──
 
-test('S2 (confirmed): a live writer still inside a slice past the flush\'s wait: the slice is reported, not written as whole', async () => {
-  const rt = testRuntime();
+for (const resumes of [true, false]) {
+  const who = resumes ? 'a live writer paused past the flush\'s wait stores the rest of its fold after the read: the next flush marks the slice incomplete'
+    : 'a writer that died inside the slice (it never leaves): the slice stays flushed, nothing of it is missing';
+  test(`S2 (confirmed): ${who}`, async () => {
+    const rt = testRuntime();
+    closers.push(() => rt.close());
+    await rt.store.migrate();
+    const s = futureSlice(600);
+    const deps = { ...rt.flushDeps, sealWaitMs: 300 };
+    // A writer announced on the slice, stored part of its fold, and is paused (GC, swap, a slow memcached), or dead.
+    assert.equal(await rt.ring.enter([s]), null);
+    await put(rt.ring, s, 5);
+    const first = await flush(deps, new Date(startOf((s + 2) as SliceId, 600) + 1000));
+    const read = first.slices.find((x) => x.slice === s)!;
+    assert.equal(read.status, 'flushed', JSON.stringify(read));
+    assert.match(read.note, /1 writer\(s\) still inside/);
+    if (resumes) {
+      // It resumes: what it stores now is after the flush's read; then it leaves and acknowledges its jobs.
+      await put(rt.ring, s, 3);
+      await rt.ring.leave([s]);
+      for (let i = 0; i < 40 && (await rt.ring.writersIn(s)) > 0; i++) await sleep(25);
+    }
+    await flush(deps, new Date(startOf((s + 3) as SliceId, 600) + 1000));
+    const record = (await rt.store.recentSlices(20)).find((r) => (r.slice_start as Date).getTime() === startOf(s, 600))!;
+    assert.equal(record.status, resumes ? 'incomplete' : 'flushed', String(record.note));
+    if (resumes) {
+      assert.match(String(record.note), /left afterwards/);
+      assert.equal(record.published_at, null, 'its SliceFlushed goes out again, with the new status');
+    }
+  });
+}
+
+// ── S4: a sum that memcached wrapped must be held (or found) even if the writer dies before holding it ──
+
+/** One fold: `user`, action 1, one event of value `value` (up to 2^64 − 1: the fold holds a sum, not an event). */
+function sumFold(slice: SliceId, user: number, value: bigint): Deltas {
+  const d = new Deltas();
+  // Events carry values up to 2^53 − 1: a large sum is many of them.
+  const max = 2n ** 53n - 1n;
+  const events: { userId: string; actionId: number; value: number; at: number }[] = [];
+  for (let left = value; left > 0n; left -= left > max ? max : left) events.push({ userId: String(user), actionId: 1, value: Number(left > max ? max : left), at: startOf(slice, 600) + 1000 });
+  d.addAll(events, slice, 600);
+  return d;
+}
+
+for (const [how, before, wrapping] of [
+  ['one huge amount (marked before it is sent)', [2n ** 63n], 2n ** 63n + 7n],
+  ['amounts below 2^62 each (marked by the writer that saw the sum pass 2^62)', [2n ** 62n - 1n, 2n ** 62n - 1n, 2n ** 62n - 1n, 2n ** 62n - 1n], 2n ** 62n - 1n],
+] as const) {
+  test(`S4 (confirmed): a writer that dies between memcached wrapping a sum and holding it: the flush still holds it and reports it; ${how}`, async () => {
+    const rt = testRuntime();
+    closers.push(() => rt.close());
+    await rt.store.migrate();
+    const s = futureSlice(600);
+    for (const v of before) await rt.ring.apply(sumFold(s, 5, v));
+    // The fold that wraps the sum; its hold (a `set` to 2^64 − 1) never comes: the writer dies first.
+    const dying = new Ring({ servers: rt.config.memcachedServers, keyPrefix: rt.config.keyPrefix, sliceSeconds: 600, ringSlices: 6 });
+    closers.push(() => dying.close());
+    const conn = dying.connections[0]!;
+    const exec = conn.exec.bind(conn);
+    conn.exec = async (ops) => {
+      if (ops.some((o) => o.kind === 'set' && o.key.includes(':v:'))) throw new Error('killed before holding the sum');
+      return exec(ops);
+    };
+    await assert.rejects(dying.apply(sumFold(s, 5, wrapping)), /killed before holding/);
+    // Later writes build on the wrapped value.
+    await rt.ring.apply(sumFold(s, 5, 3n));
+    const result = await flush(rt.flushDeps, new Date(startOf((s + 2) as SliceId, 600) + 1000));
+    const report = result.slices.find((x) => x.slice === s)!;
+    const rows = await readCounts(rt);
+    const [, sum] = rows.get(`${startOf(s, 600)}:5:1`)!;
+    assert.equal(sum, '18446744073709551615', 'held at 2^64 − 1, not the small wrapped value');
+    assert.equal(report.status, 'saturated', JSON.stringify(report));
+    assert.match(report.note, /1 found wrapped by memcached/);
+  });
+}
+
+test('a job carried to the next fold has its claim read there: two jobs a committed fold holds, the second carried, are both skipped', async (t) => {
+  const g = await gearmand(t);
+  await g.start();
+  const server = { host: '127.0.0.1', port: g.port };
+  const rt = testRuntime({ OFFLOG_GEARMAN_SERVERS: `127.0.0.1:${g.port}`, OFFLOG_MAX_FOLD_EVENTS: '1000', OFFLOG_MAX_BATCH_EVENTS: '1000' });
   closers.push(() => rt.close());
-  await rt.store.migrate();
-  const s = futureSlice(600);
-  // A writer announced on the slice, stored part of its fold, and is paused (a GC pause, a slow memcached).
-  assert.equal(await rt.ring.enter([s]), null);
-  await put(rt.ring, s, 5);
-  const result = await flush({ ...rt.flushDeps, sealWaitMs: 300 }, new Date(startOf((s + 2) as SliceId, 600) + 1000));
-  const report = result.slices.find((x) => x.slice === s)!;
-  // It resumes: what it writes now is after the flush's read.
-  await put(rt.ring, s, 3);
-  await rt.ring.leave([s]);
-  assert.equal(report.status, 'incomplete', `a writer was inside when the slice was read: ${JSON.stringify(report)}`);
-  assert.match(report.note, /1 writer\(s\) still inside/);
+  const job = (user: number): string => JSON.stringify({ v: 1, e: Array.from({ length: 600 }, () => [user, 1, 0, Date.now()]) });
+  // Both already stored by a fold that committed (another worker's, or this one's before a crash).
+  const claims = new Claims(rt.ring);
+  const before = claims.newFold();
+  await claims.claim(['applied-a', 'applied-b'], before);
+  assert.equal(await claims.commit(before, new Map()), true);
+  const conn = await GearmanConnection.connect(server);
+  try {
+    await conn.submitBackground(FN_BATCH, job(1), 'applied-a', 'low');
+    await conn.submitBackground(FN_BATCH, job(2), 'applied-b', 'low');
+  } finally {
+    conn.close();
+  }
+  const folds: number[] = [];
+  const apply = rt.ring.apply.bind(rt.ring);
+  rt.ring.apply = (d) => (folds.push(d.events), apply(d));
+  const worker = rt.worker({}, { gearmanServers: [server] });
+  await worker.run({ idle: true });
+  assert.equal(worker.stats.duplicatesSkipped, 2, 'both were applied before');
+  assert.deepEqual(folds, [], 'nothing stored again');
 });

@@ -128,12 +128,16 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
     }
 
     const restartedAt = await memcachedRestart(ring, store, log);
+    const readWithWriters = await writersLeftSince(ring, store, oldest, sliceSeconds, log);
     for (let s = next; s <= newest; s = (s + 1) as SliceId) {
       const restarted = restartedAt !== null && restartedAfter(restartedAt, sliceStartMs(s, sliceSeconds));
       // Writers see the slice as taken from here on; those already inside finish first.
       const inside = await ring.seal(s, deps.sealWaitMs ?? SEAL_WAIT_MS);
-      if (inside > 0) log.warn({ slice: iso(s, sliceSeconds), writers: inside }, 'writers still inside the slice after the wait (a worker paused, or died mid-store?); reading it anyway, and reporting it incomplete');
       const unfinished = await unfinishedFolds(claims, s);
+      if (inside > 0) {
+        log.warn({ slice: iso(s, sliceSeconds), writers: inside, abortedFolds: unfinished.folds }, 'writers still inside the slice after the wait (a worker paused, or died mid-store?); reading it anyway: if one leaves later without an aborted fold to store again, the next flush marks the slice incomplete');
+        readWithWriters.set(s, { inside, covered: unfinished.folds });
+      }
       const written = await store.writeSlice(new Date(sliceStartMs(s, sliceSeconds)), async (write) => {
         const reader = await ring.openSlice(s, store.rowsPerStatement);
         await copyRows(reader, write);
@@ -147,6 +151,7 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
       result.pairsMissing += r.pairsMissing;
       if (r.status !== 'flushed') log.error(r, `slice ${r.sliceStart} is ${r.status}: ${r.note}`);
     }
+    await store.setState(WRITERS_STATE, JSON.stringify(Object.fromEntries(readWithWriters)));
     await rememberBootTimes(ring, store);
     return true;
   });
@@ -214,13 +219,6 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   }
   const incomplete: string[] = [];
   if (restarted) incomplete.push(`memcached restarted at ${new Date(restartedAt! * 1000).toISOString()}, after this slice began: earlier counts are gone`);
-  // A writer inside holds an open fold listed here, which this flush aborted: alive, it stores that fold
-  // again elsewhere (it cannot commit); dead, its jobs are redelivered and taken over. Either way nothing is
-  // lost, only maybe counted twice (below). A writer inside with no such fold may still add what no row holds.
-  const uncovered = Math.max(0, writersInside - unfinished.folds);
-  if (uncovered > 0) {
-    incomplete.push(`${uncovered} writer(s) still inside the slice when it was read (a worker paused, or one that died mid-store), with no aborted fold to account for them: what they wrote after the read is not in these rows`);
-  }
   if (t.missingPairs > 0) incomplete.push(`${t.missingPairs} pair(s) listed but their counters are gone (evicted or restarted)`);
   if (t.missingChunks > 0) incomplete.push(`${t.missingChunks} register chunk(s) gone: their pairs cannot be found`);
   if (t.valueSumsMade !== null && BigInt(t.valueSumsFound) < t.valueSumsMade) {
@@ -233,13 +231,17 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   if (t.events !== null && t.counted < t.events) incomplete.push(`rows hold ${t.counted} events but workers counted ${t.events}`);
   if (incomplete.length > 0 && status === 'flushed') status = 'incomplete';
   notes.push(...incomplete);
+  if (writersInside > 0) {
+    notes.push(`${writersInside} writer(s) still inside the slice when it was read (a worker that died mid-store, or one paused: if it leaves, the next flush marks the slice incomplete)`);
+  }
   if (unfinished.folds > 0) {
     if (status === 'flushed') status = 'maybe-duplicated';
-    notes.push(`${unfinished.folds} fold(s) may have written here without committing (a worker died or stalled mid-store; aborted): up to ${unfinished.bound} event(s) may be counted twice`);
+    notes.push(`${unfinished.folds} fold(s) may have written here without committing (a worker died or stalled mid-store; aborted, their jobs are stored again): up to ${unfinished.bound} event(s) may be counted twice`);
   }
   if (t.saturated > 0) {
     if (status === 'flushed') status = 'saturated';
-    notes.push(`${t.saturated} value sum(s) reached 2^64-1 (BIGINT UNSIGNED's maximum) and are held at ${U64_MAX_TEXT}: the true sums may be larger`);
+    const found = t.wrapsHeld > 0 ? ` (${t.wrapsHeld} found wrapped by memcached, their writer gone before holding them)` : '';
+    notes.push(`${t.saturated} value sum(s) reached 2^64-1 (BIGINT UNSIGNED's maximum) and are held at ${U64_MAX_TEXT}${found}: the true sums may be larger`);
   }
   return { status, note: notes.join('; ') };
 }
@@ -279,6 +281,42 @@ async function memcachedRestart(ring: Ring, store: Store, log: Logger): Promise<
   if (found) await store.setState(RESTART_STATE, String(restartedAt));
   return restartedAt;
 }
+
+/**
+ * Slices read with writers still inside (slice → how many, and how many of
+ * them the flush found an aborted fold for), kept from one flush to the next.
+ * A writer that died mid-store never leaves (its count stays until the key
+ * expires): its partial fold is in the slice, and its jobs are redelivered
+ * and taken over. A live writer paused past the wait leaves once it has
+ * stored the rest of its fold, after the read: if the flush aborted that
+ * fold, the writer stores it again elsewhere (Worker.store) and nothing is
+ * missing; if not, those counts are in no row. So a slice whose count of
+ * writers has dropped by more than its aborted folds since its read is
+ * marked incomplete; one that leaves the ring first is forgotten.
+ */
+async function writersLeftSince(ring: Ring, store: Store, oldest: SliceId, sliceSeconds: number, log: Logger): Promise<Map<SliceId, WritersRead>> {
+  const pending = new Map<SliceId, WritersRead>();
+  const text = await store.getState(WRITERS_STATE);
+  for (const [key, read] of Object.entries(text === null ? {} : (JSON.parse(text) as Record<string, WritersRead | number>))) {
+    const slice = Number(key) as SliceId;
+    if (slice < oldest) continue;
+    const { inside, covered } = typeof read === 'number' ? { inside: read, covered: 0 } : read;
+    const left = inside - (await ring.writersIn(slice));
+    if (left <= covered) {
+      pending.set(slice, { inside, covered });
+      continue;
+    }
+    const note = `${left - covered} writer(s) still inside when the slice was read left afterwards (a live worker paused past the flush's wait): what they stored after the read is not in these rows`;
+    log.error({ slice: iso(slice, sliceSeconds), writers: left - covered }, note);
+    await store.reportSlice(new Date(sliceStartMs(slice, sliceSeconds)), note);
+  }
+  return pending;
+}
+
+/** Writers inside a slice when it was read, and how many of them had a fold the flush aborted. */
+interface WritersRead { inside: number; covered: number }
+
+const WRITERS_STATE = 'slices_read_with_writers_inside';
 
 /** Where the newest memcached restart seen is kept (see memcachedRestart). */
 const RESTART_STATE = 'memcached_restarted_at';

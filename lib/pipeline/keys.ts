@@ -10,6 +10,7 @@
  *   {p}{slice}:vn                  value-sum counters created (a reader finding fewer knows some were evicted)
  *   {p}{slice}:nv                  events counted by writers that keep `vn` (equal to `n`: `vn` is complete)
  *   {p}{slice}:w                   writers inside the slice right now (see Ring.enter / Ring.seal)
+ *   {p}{slice}:hi                  pairs whose value sum reached 2^62, 10 bytes each as the register (see Ring.markHigh)
  *   {p}{slice}:folds               the slice's fold list: "{F}:{events} " appended by each fold before it writes there
  *   {p}j:{unique}                  a job's claim: "{F} {lease}", made with `add` (see claims.ts; "1" is an older version's mark)
  *   {p}f:{F}                       fold F's decision record, made once with `add`: "c {slice}:{events},…" or "a"
@@ -46,6 +47,11 @@ export class RingKeys {
 
   registerChunk(slice: SliceId, n: number): string {
     return `${this.prefix}${slice}:r:${n}`;
+  }
+
+  /** The slice's pairs whose value sum reached 2^62: one found below it was wrapped and never held. */
+  highSums(slice: SliceId): string {
+    return `${this.prefix}${slice}:hi`;
   }
 
   count(slice: SliceId, userId: UserId, actionId: ActionId): string {

@@ -28,7 +28,7 @@ import type { Deltas } from '../domain/aggregate.ts';
 import { PairFlags } from '../domain/pairtable.ts';
 import type { SliceId } from '../domain/slice.ts';
 import { U64_MAX_TEXT } from '../domain/u64.ts';
-import { Arith, MemcacheConnection, type MemcacheOp, type MemcacheReply } from '../wire/memcache.ts';
+import { Arith, HIGH, MemcacheConnection, type MemcacheOp, type MemcacheReply } from '../wire/memcache.ts';
 import { REGISTER_ENTRY_BYTES, RingKeys, shardOfPair, shardOfSlice } from './keys.ts';
 import { Placement } from './placement.ts';
 import { counterText, SliceReader } from './slice-reader.ts';
@@ -62,6 +62,8 @@ const CHUNK_PAIRS = 50_000;
 const WRITE_LANES = 2;
 const SPLIT_MIN = 8192;
 const MAX_RACE_RETRIES = 5;
+/** A value sum at or past this may wrap on a later increment: its pair is marked first (see markHigh). */
+const HIGH_SUM = 2n ** 62n;
 
 export class Ring {
   readonly keys: RingKeys;
@@ -77,6 +79,8 @@ export class Ring {
   /** Slices whose `vn` this Ring has made sure exists before adding a value sum there (see apply). */
   private readonly sumsAnnounced = new Set<SliceId>();
   private readonly knownOptions: { maxPairs?: number; hashBits?: number };
+  /** Per slice, the pairs (hi:lo:action) this Ring has marked as holding a high sum (see markHigh). */
+  private readonly highMarked = new Map<SliceId, Set<string>>();
 
   constructor(options: RingOptions) {
     this.keys = new RingKeys(options.keyPrefix);
@@ -148,6 +152,9 @@ export class Ring {
     const writes = this.conns.map(() => counters.list());
     const fresh: number[] = [];
     const withSums = new Set<SliceId>();
+    // Pairs whose value sum may wrap now (a huge amount), or later (the sum is past 2^62): see markHigh.
+    const risky: number[] = [];
+    const high: number[] = [];
     let table: PairFlags | null = null;
     let tableSlice = Number.NaN;
     for (let i = 0; i < pairs.length; i++) {
@@ -163,6 +170,8 @@ export class Ring {
       if (d.value !== 0) {
         list.push(2 * i + 1, d.value, (known & PairFlags.SUM) !== 0 ? Arith.INCR : Arith.UPSERT_READ);
         withSums.add(d.slice);
+        // An amount this large can wrap the sum at once: the pair is marked before it is sent.
+        if (typeof d.value === 'bigint' && d.value >= HIGH_SUM) risky.push(i);
       }
     }
     // Value sums this apply created, per slice: counted on the slice (`vn`) with the totals, so that a
@@ -177,7 +186,10 @@ export class Ring {
       for (let k = 0; k < l.length; k++) {
         const tag = l.tags[k]!;
         if (f[k] === 0) missing.push(tag, l.amounts[k]!, (tag & 1) === 0 ? Arith.UPSERT : Arith.UPSERT_READ);
-        else if (f[k] === 2) wraps[server]!.push(tag, 0);
+        else if (f[k] === 2) {
+          wraps[server]!.push(tag, 0);
+          if (tag >= 0 && (tag & 1) === 1) high.push(tag >> 1);
+        } else if (f[k] === HIGH && tag >= 0 && (tag & 1) === 1) high.push(tag >> 1);
         else if (f[k] === 3 && tag >= 0 && (tag & 1) === 1) {
           const slice = pairs[tag >> 1]!.slice;
           made.set(slice, (made.get(slice) ?? 0) + 1);
@@ -186,7 +198,7 @@ export class Ring {
       return missing;
     });
     // A pair is listed before any counter of it can exist, and a slice's `vn` made before any value sum of it.
-    await Promise.all([fresh.length > 0 ? this.register(deltas, fresh) : null, this.announceSums(withSums)]);
+    await Promise.all([fresh.length > 0 ? this.register(deltas, fresh) : null, this.announceSums(withSums), this.markHigh(deltas, risky)]);
     const missing = settle(writes, await this.arith(writes, notNumbers));
     // 2. Wrong guesses: counters thought to exist and not found (evicted, or a shared hash in
     // PairFlags). A pair whose count is missing is listed again, then what was missing is upserted.
@@ -199,7 +211,7 @@ export class Ring {
     }
     // 3. Counters memcached wrapped: their true totals are past 2^64 − 1, so they are held there (the flush reports them).
     const held = wraps.map((w) => Array.from({ length: w.length }, (_, i): MemcacheOp => ({ kind: 'set', key: w.at(i)!, value: U64_MAX_TEXT, ttl: this.ttl })));
-    await Promise.all(held.map((ops, server) => this.exec(server, ops)));
+    await Promise.all([...held.map((ops, server) => this.exec(server, ops)), this.markHigh(deltas, high)]);
     // 4. The slice totals (tags −1, −2, …), once every pair's counters are in (see above).
     const sums = this.conns.map(() => counters.list());
     const total = (slice: SliceId, name: 'n' | 'nv' | 'late' | 'vn', n: number): void => {
@@ -245,6 +257,50 @@ export class Ring {
     for (const slice of announced) this.sumsAnnounced.add(slice);
   }
 
+  /**
+   * Lists pairs (indexes into deltas.pairs) in their slices' high-sum lists
+   * (`{slice}:hi`), once per Ring. A sum memcached wraps is set back to
+   * 2^64 − 1 by its writer, but a writer that dies between the two leaves a
+   * small value that later increments build on. A wrap needs the sum past
+   * 3 × 2^62 before an increment below 2^62, or an increment of 2^62 or more:
+   * the first is marked by the writer that saw the sum past 2^62 (after its
+   * increment), the second before it is sent. A reader that finds a listed
+   * pair's sum below 2^62 knows it wrapped. Left unmarked only if the writers
+   * of two increments of the same pair both die between increment and mark.
+   */
+  private async markHigh(deltas: Deltas, which: readonly number[]): Promise<void> {
+    const bySlice = new Map<SliceId, { entries: Buffer[]; ids: string[] }>();
+    for (const i of which) {
+      const d = deltas.pairs[i]!;
+      const id = `${deltas.hi(i)}:${deltas.lo(i)}:${d.actionId}`;
+      let marked = this.highMarked.get(d.slice);
+      if (!marked) this.highMarked.set(d.slice, (marked = new Set()));
+      if (marked.has(id)) continue;
+      let list = bySlice.get(d.slice);
+      if (!list) bySlice.set(d.slice, (list = { entries: [], ids: [] }));
+      if (list.ids.includes(id)) continue;
+      const e = Buffer.allocUnsafe(REGISTER_ENTRY_BYTES);
+      e.writeUInt32BE(deltas.hi(i), 0);
+      e.writeUInt32BE(deltas.lo(i), 4);
+      e.writeUInt16BE(d.actionId, 8);
+      list.entries.push(e);
+      list.ids.push(id);
+    }
+    await Promise.all([...bySlice].map(async ([slice, { entries, ids }]) => {
+      const key = this.keys.highSums(slice);
+      const home = this.placement.writer(shardOfSlice(slice));
+      const value = Buffer.concat(entries);
+      for (let attempt = 0; ; attempt++) {
+        const [added] = await this.exec(home, [{ kind: 'add', key, value, ttl: this.ttl }]);
+        if (added === true) break;
+        const [appended] = await this.exec(home, [{ kind: 'append', key, value }]);
+        if (appended === true) break;
+        if (attempt === MAX_RACE_RETRIES) throw new Error(`memcached: could not write ${key} after ${MAX_RACE_RETRIES} attempts`);
+      }
+      for (const id of ids) this.highMarked.get(slice)!.add(id);
+    }));
+  }
+
   /** What this Ring knows exists in `slice` (made on first use). */
   private knownIn(slice: SliceId): PairFlags {
     let t = this.known.get(slice);
@@ -262,6 +318,7 @@ export class Ring {
     for (const d of deltas.pairs) if (d.slice > newest) newest = d.slice;
     for (const s of this.known.keys()) if (s < newest - 1) this.known.delete(s);
     for (const s of this.sumsAnnounced) if (s < newest - 1) this.sumsAnnounced.delete(s);
+    for (const s of this.highMarked.keys()) if (s < newest - 1) this.highMarked.delete(s);
   }
 
   /**
@@ -358,19 +415,24 @@ export class Ring {
     if (current === null || slice > current) {
       await Promise.all(this.placement.servers.map((_, s) => this.exec(s, [{ kind: 'set', key, value: String(slice), ttl: 0 }])));
     }
-    const homes = this.placement.readers(shardOfSlice(slice));
-    const w = this.keys.sliceCounter(slice, 'w');
     const deadline = Date.now() + waitMs;
     for (let delay = 5; ; delay = Math.min(200, delay * 2)) {
-      let inside = 0;
-      for (const h of homes) {
-        const [v] = await this.exec(h, [{ kind: 'get', key: w }]);
-        const text = v instanceof Buffer ? counterText(v) : null;
-        inside += text === null ? 0 : Number(text);
-      }
+      const inside = await this.writersIn(slice);
       if (inside === 0 || Date.now() >= deadline) return inside;
       await new Promise((r) => setTimeout(r, delay));
     }
+  }
+
+  /** The writers announced on `slice` now (its `w`, over every server that may hold it). */
+  async writersIn(slice: SliceId): Promise<number> {
+    const w = this.keys.sliceCounter(slice, 'w');
+    let inside = 0;
+    for (const h of this.placement.readers(shardOfSlice(slice))) {
+      const [v] = await this.exec(h, [{ kind: 'get', key: w }]);
+      const text = v instanceof Buffer ? counterText(v) : null;
+      inside += text === null ? 0 : Number(text);
+    }
+    return inside;
   }
 
   /** Opens a finished slice for reading in batches of at most `batchPairs` pairs (see SliceReader). */
@@ -454,7 +516,7 @@ export class Ring {
         if (l.length === 0) return new Uint8Array(0);
         this.ops += l.length;
         // Keys built here from the checked prefix and numbers: memcache need not check them again.
-        const valid = { keysValid: true, notNumbers };
+        const valid = { keysValid: true, notNumbers, flagHigh: true };
         if (l.length < SPLIT_MIN) return this.conns[server]!.arithMany(l, l.amounts, l.modes, this.ttl, valid);
         const lanes = [this.conns[server]!, ...this.lanes[server]!];
         const per = Math.ceil(l.length / lanes.length);

@@ -54,6 +54,8 @@ export interface SliceTotals extends SliceHead {
   missingChunks: number;
   /** Value-sum counters found, of registered pairs (compared with `valueSumsMade`: fewer means some were evicted). */
   valueSumsFound: number;
+  /** Value sums found wrapped (a writer died before holding them) and held at 2^64 − 1 here; counted in `saturated` too. */
+  wrapsHeld: number;
   /** Pairs listed more than once (two workers raced to create them); read once. */
   duplicates: number;
   /** Items that are not what OffLog writes, skipped; `corruptNote` names the first. */
@@ -89,6 +91,10 @@ export class SliceReader {
   private duplicates = 0;
   private corrupt = 0;
   private corruptNote = '';
+  /** Pairs (user:action) whose value sum reached 2^62 (see Ring.markHigh): one read below it was wrapped and never held. */
+  private readonly highSums = new Set<string>();
+  /** Of those, sums found wrapped, and held at 2^64 − 1 here. */
+  private wrapsHeld = 0;
   /** Register walk: which head server, the next chunk number there (from 1). */
   private home = 0;
   private nextChunk = 1;
@@ -106,9 +112,10 @@ export class SliceReader {
   static async open(slice: SliceId, batchPairs: number, deps: ReaderDeps): Promise<SliceReader> {
     const homes = deps.placement.readers(shardOfSlice(slice));
     const names: SliceCounter[] = ['rn', 'n', 'nv', 'late', 'vn'];
+    const highKey = deps.keys.highSums(slice);
     const found = await Promise.all(homes.map((h) => {
-      deps.countOps(names.length);
-      return deps.conns[h]!.getMulti(names.map((n) => deps.keys.sliceCounter(slice, n)));
+      deps.countOps(names.length + 1);
+      return deps.conns[h]!.getMulti([...names.map((n) => deps.keys.sliceCounter(slice, n)), highKey]);
     }));
     const head: SliceHead = { slice, chunks: [], events: null, late: 0n, valueSumsMade: null, eventsCountingSums: null };
     const partial = { corrupt: 0, note: '' };
@@ -137,6 +144,13 @@ export class SliceReader {
     const reader = new SliceReader(head, homes, batchPairs, deps);
     reader.corrupt = partial.corrupt;
     reader.corruptNote = partial.note;
+    for (const values of found) {
+      const list = values.get(highKey);
+      for (let o = 0; list !== undefined && o + REGISTER_ENTRY_BYTES <= list.length; o += REGISTER_ENTRY_BYTES) {
+        const user = (BigInt(list.readUInt32BE(o)) << 32n) | BigInt(list.readUInt32BE(o + 4));
+        reader.highSums.add(`${user}:${list.readUInt16BE(o + 8)}`);
+      }
+    }
     return reader;
   }
 
@@ -176,6 +190,7 @@ export class SliceReader {
       missingPairs: this.missingPairs,
       missingChunks: this.missingChunks,
       valueSumsFound: this.valueSumsFound,
+      wrapsHeld: this.wrapsHeld,
       duplicates: this.duplicates,
       corrupt: this.corrupt,
       corruptNote: this.corruptNote,
@@ -311,6 +326,11 @@ export class SliceReader {
         if (!bad) this.missingPairs++;
         continue;
       }
+      if (this.highSums.size > 0 && sum !== U64_MAX_TEXT && sum.length <= 19 && BigInt(sum) < HIGH_SUM && this.highSums.has(`${users[i]}:${actions[i]}`)) {
+        // Past 2^62 once, below it now: memcached wrapped it and its writer died before holding it.
+        sum = U64_MAX_TEXT;
+        this.wrapsHeld++;
+      }
       rows.users.push(users[i]!);
       rows.actions.push(actions[i]!);
       rows.counts.push(count);
@@ -325,6 +345,7 @@ export class SliceReader {
 }
 
 const SERVER_0 = [0];
+const HIGH_SUM = 2n ** 62n;
 
 function addU64Text(a: string, b: string): string {
   const s = BigInt(a) + BigInt(b);

@@ -285,6 +285,19 @@ export class Store {
     return rows.map((r) => ({ id: Number(r.id), receivedAt: r.received_at, fn: r.function_name, unique: r.job_unique, error: r.error, payload: r.payload }));
   }
 
+  /**
+   * Marks a slice already written incomplete (unless it is worse already),
+   * adding `note`, and queues its SliceFlushed again (the bus replays are
+   * harmless: rollups recompute).
+   */
+  async reportSlice(sliceStart: Date, note: string): Promise<void> {
+    await this.query(
+      `UPDATE \`${this.tables.slices}\` SET status = IF(status IN ('flushed', 'saturated'), 'incomplete', status),
+         note = LEFT(CONCAT(note, IF(note = '', '', '; '), ?), 1024), published_at = NULL WHERE slice_start = ?`,
+      [note, sliceStart],
+    );
+  }
+
   async recentSlices(limit: number): Promise<RowDataPacket[]> {
     const [rows] = await this.query<RowDataPacket[]>(`SELECT * FROM \`${this.tables.slices}\` ORDER BY slice_start DESC LIMIT ?`, [limit]);
     return rows;

@@ -269,7 +269,12 @@ export class Worker {
     if (claimed.unresolved.length > 0) {
       throw new WorkerStoppedError(`stopped while waiting for another worker's fold to decide; ${jobs.length} job(s) left with gearmand`);
     }
-    if (claimed.duplicates.length > 0) fold = this.foldAll(jobs, receivedAt, new Set(claimed.duplicates));
+    if (claimed.duplicates.length > 0) {
+      // Over the same jobs only: one carried before would now fit, but it was not claimed.
+      const carried = fold.carried;
+      fold = this.foldAll(fold.jobs, receivedAt, new Set(claimed.duplicates));
+      fold.carried.push(...carried);
+    }
     fold.id = claimed.fold;
     this.stats.duplicatesSkipped += fold.skipped;
     this.carried = fold.carried;

@@ -88,6 +88,14 @@ export const Arith = {
  */
 export const NOT_A_NUMBER = 4;
 
+/**
+ * With `flagHigh`, an `incr`'s or reading upsert's flag when the counter was
+ * incremented (not created, not wrapped) and is now at least 2^62: a sum that close to 2^64 may
+ * wrap on a later increment, which the Ring must be able to find even if its
+ * writer dies before holding it (see Ring.markHigh).
+ */
+export const HIGH = 5;
+
 interface Pending {
   /** Replies expected. */
   readonly count: number;
@@ -109,6 +117,8 @@ interface Pending {
   incrsLeft?: number;
   /** arithMany: counters refused as not numbers are counted here. */
   readonly notNumbers?: { count: number };
+  /** arithMany: flag values at or past 2^62 (HIGH). */
+  readonly flagHigh?: boolean;
   /** Replies in so far. */
   done: number;
   /** getMulti collects here; exec's single-key get replies in `replies`. */
@@ -122,7 +132,7 @@ interface Pending {
 }
 
 /** The parts of a request `send` needs; the rest of a Pending is its state. */
-type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found' | 'amounts' | 'modes' | 'cursor' | 'aligned' | 'incrsLeft' | 'notNumbers'>;
+type Request = Pick<Pending, 'count' | 'expects' | 'what' | 'flags' | 'flagsAt' | 'found' | 'amounts' | 'modes' | 'cursor' | 'aligned' | 'incrsLeft' | 'notNumbers' | 'flagHigh'>;
 
 /** getCounters' state: the keys asked for, in order, the values found so far, and the next key a reply may be for. */
 interface Aligned {
@@ -247,7 +257,7 @@ export class MemcacheConnection {
    * and decimal numbers). A key with a space or a line break would
    * desynchronise the stream, so anything else must leave it false.
    */
-  async arithMany(keys: KeyList, amounts: readonly (number | bigint)[], modes: ArrayLike<number>, ttl: number, options: { keysValid?: boolean; notNumbers?: { count: number } } = {}): Promise<Uint8Array> {
+  async arithMany(keys: KeyList, amounts: readonly (number | bigint)[], modes: ArrayLike<number>, ttl: number, options: { keysValid?: boolean; notNumbers?: { count: number }; flagHigh?: boolean } = {}): Promise<Uint8Array> {
     if (keys.length !== amounts.length || keys.length !== modes.length) {
       throw new MemcacheError(`arithMany: ${keys.length} keys, ${amounts.length} amounts and ${modes.length} modes`);
     }
@@ -280,7 +290,7 @@ export class MemcacheConnection {
       }
       text += 'mn\r\n';
       const what = (): string => `incr/ma ${keys.at(from)} and ${to - from - 1} more`;
-      const piece = { count: 1, expects: 'meta', what, flags, flagsAt: from, found: null, amounts, modes, cursor: from, incrsLeft: incrs, notNumbers: options.notNumbers } as const;
+      const piece = { count: 1, expects: 'meta', what, flags, flagsAt: from, found: null, amounts, modes, cursor: from, incrsLeft: incrs, notNumbers: options.notNumbers, flagHigh: options.flagHigh } as const;
       requests.push(this.send([text], piece, options.keysValid === true ? 'latin1' : 'utf8'));
     }
     await Promise.all(requests);
@@ -551,7 +561,7 @@ export class MemcacheConnection {
           if (k === flags.length) throw new Error(`an incr reply "${buf.toString('latin1', pos, Math.min(eol, pos + 40))}" with no incr left`);
           p.cursor = k + 1;
           p.incrsLeft!--;
-          if (isDigit(first)) flags[k] = wrapped(buf, pos, eol, p.amounts![k]!) ? 2 : 1;
+          if (isDigit(first)) flags[k] = wrapped(buf, pos, eol, p.amounts![k]!) ? 2 : p.flagHigh === true && high(buf, pos, eol) ? HIGH : 1;
           else if (is(buf, pos, eol, NOT_FOUND)) flags[k] = 0;
           else if (startsWith(buf, pos, eol, NOT_NUMERIC)) {
             flags[k] = NOT_A_NUMBER;
@@ -581,7 +591,7 @@ export class MemcacheConnection {
           const k = p.flagsAt + i;
           const amount = p.amounts![k]!;
           // Sums are never 0, so a value equal to the amount was made by this command (see Arith).
-          flags[k] = wrapped(buf, start, end, amount) ? 2 : sameValue(buf, start, end, amount) ? 3 : 1;
+          flags[k] = wrapped(buf, start, end, amount) ? 2 : sameValue(buf, start, end, amount) ? 3 : p.flagHigh === true && high(buf, start, end) ? HIGH : 1;
           pos = end + 2;
           continue;
         }
@@ -705,6 +715,16 @@ function wrapped(buf: Buffer, pos: number, eol: number, amount: number | bigint)
   return BigInt(buf.toString('latin1', pos, end)) < BigInt(amount);
 }
 
+/** Whether the decimal buf[pos, eol) (trailing spaces allowed) is at least 2^62. */
+function high(buf: Buffer, pos: number, eol: number): boolean {
+  let end = eol;
+  while (end > pos && buf[end - 1] === 0x20) end--;
+  const digits = end - pos;
+  if (digits !== TWO_TO_62.length) return digits > TWO_TO_62.length;
+  return buf.toString('latin1', pos, end) >= TWO_TO_62;
+}
+
+const TWO_TO_62 = (2n ** 62n).toString();
 const VALUE = Buffer.from('VALUE ');
 const STAT = Buffer.from('STAT ');
 const NOT_FOUND = Buffer.from('NOT_FOUND');
