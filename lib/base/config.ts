@@ -45,7 +45,15 @@ export interface Config {
   hourlyRetentionDays: number;
   /** Days the daily rollups are kept; 0 = for ever. */
   dailyRetentionDays: number;
+  // ── ring mode (docs/ring-modes.md) ──
+  /** `counters` (incremented counters per pair) or `folds` (immutable blobs per fold, counted once by their commit record). */
+  ringMode: RingMode;
+  /** Test hook: SIGKILL this process at the n-th time a worker reaches `step` of a fold (folds mode); undefined in production. */
+  fault: FaultSpec | undefined;
 }
+
+export type RingMode = 'counters' | 'folds';
+export interface FaultSpec { step: string; n: number }
 
 const hostPort = (fallback: string, defaultPort: number) =>
   z.string().default(fallback).transform((value, ctx): HostPort[] => {
@@ -100,6 +108,13 @@ const schema = z.object({
   OFFLOG_EVENTBRIDGE_ENDPOINT: z.string().regex(/^https?:\/\/[^\s/]+(\/\S*)?$/, 'must be an http(s) URL, e.g. http://127.0.0.1:4010').optional(),
   OFFLOG_WATCHED_RETENTION_DAYS: int(1, 36_500, 30),
   OFFLOG_WATCHLIST_TTL_SECONDS: int(1, 3_600, 30),
+  OFFLOG_RING_MODE: z.enum(['counters', 'folds']).default('counters'),
+  // The step names are FOLD_STEPS (lib/pipeline/fold-writer.ts); repeated here so that config stays free of pipeline imports.
+  OFFLOG_FAULT: z
+    .string()
+    .regex(/^(claimed|announced|blobs|committed|acked):[1-9]\d{0,8}$/, 'must be <step>:<n>, step one of claimed, announced, blobs, committed, acked, n >= 1 (e.g. blobs:3)')
+    .transform((v): FaultSpec => ({ step: v.split(':')[0]!, n: Number(v.split(':')[1]) }))
+    .optional(),
 });
 
 /** Parses the environment; throws one ConfigError listing every bad variable. */
@@ -138,5 +153,7 @@ export function loadConfig(env: Record<string, string | undefined> = {}): Config
     retentionDays: e.OFFLOG_RETENTION_DAYS,
     hourlyRetentionDays: e.OFFLOG_HOURLY_RETENTION_DAYS,
     dailyRetentionDays: e.OFFLOG_DAILY_RETENTION_DAYS,
+    ringMode: e.OFFLOG_RING_MODE,
+    fault: e.OFFLOG_FAULT,
   };
 }

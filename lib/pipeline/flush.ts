@@ -14,7 +14,8 @@ import type { Logger } from '../base/log.ts';
 import type { CountRows } from '../domain/counts.ts';
 import { U64_MAX_TEXT } from '../domain/u64.ts';
 import type { Ring } from './ring.ts';
-import type { SliceReader, SliceTotals } from './slice-reader.ts';
+import type { SliceTotals } from './slice-reader.ts';
+import { FoldSliceReader, type FoldReaderDeps } from './fold-reader.ts';
 import { flushableRange, sliceOf, sliceStartMs, type SliceId } from '../domain/slice.ts';
 import type { SliceRecord, Store } from './store.ts';
 
@@ -24,6 +25,14 @@ export interface FlushDeps {
   sliceSeconds: number;
   ringSlices: number;
   log: Logger;
+  /** Ring mode `folds` (docs/ring-modes.md): slices are read by deciding their folds and summing the committed ones. Absent: `counters`. */
+  folds?: FoldReaderDeps;
+}
+
+/** What the flush reads a slice with: SliceReader (counters) or FoldSliceReader (folds). */
+interface RowSource {
+  next(): Promise<CountRows | null>;
+  totals(): SliceTotals;
 }
 
 export interface SliceReport {
@@ -112,7 +121,7 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
       const inside = await ring.seal(s, SEAL_WAIT_MS);
       if (inside > 0) log.warn({ slice: iso(s, sliceSeconds), writers: inside }, 'writers still inside the slice after the wait (a worker died mid-store?); reading it anyway');
       const written = await store.writeSlice(new Date(sliceStartMs(s, sliceSeconds)), async (write) => {
-        const reader = await ring.openSlice(s, store.rowsPerStatement);
+        const reader: RowSource = deps.folds ? await openFolds(deps.folds, s, store.rowsPerStatement, log, sliceSeconds) : await ring.openSlice(s, store.rowsPerStatement);
         await copyRows(reader, write);
         const totals = reader.totals();
         const { status, note } = judge(totals, restarted, restartedAt);
@@ -143,7 +152,7 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
  * writing it to the socket happen before write() returns), then the next
  * read starts: MariaDB, the slower side, never waits for the read's setup.
  */
-async function copyRows(reader: SliceReader, write: (rows: CountRows) => Promise<void>): Promise<void> {
+async function copyRows(reader: RowSource, write: (rows: CountRows) => Promise<void>): Promise<void> {
   let rows = await reader.next();
   while (rows !== null) {
     const writing = write(rows);
@@ -154,6 +163,15 @@ async function copyRows(reader: SliceReader, write: (rows: CountRows) => Promise
     await writing;
     rows = await reading;
   }
+}
+
+/** Folds mode: decides the slice's folds and sums the committed ones (fold-reader.ts), saying what it aborted. */
+async function openFolds(deps: FoldReaderDeps, s: SliceId, batch: number, log: Logger, sliceSeconds: number): Promise<RowSource> {
+  const reader = await FoldSliceReader.open(deps, s, batch);
+  const c = reader.census;
+  if (c.abortedHere > 0) log.warn({ slice: iso(s, sliceSeconds), ...c }, 'folds still open at the flush were aborted (their workers store them again, in a later slice)');
+  else log.debug({ slice: iso(s, sliceSeconds), ...c }, 'folds decided');
+  return reader;
 }
 
 /** A slice's status: the worst of what was found (corrupt, then incomplete, then saturated), with every finding in the note. */

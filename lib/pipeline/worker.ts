@@ -21,6 +21,7 @@ import { MemcacheUnavailableError } from '../wire/memcache.ts';
 import type { Ring } from './ring.ts';
 import { sliceOf, type SliceId } from '../domain/slice.ts';
 import { watchedOfColumns, watchedOfEvents, type WatchList, type WatchSnapshot } from './watch.ts';
+import type { FoldWriter } from './fold-writer.ts';
 import { WatchedSender } from './watched.ts';
 
 /** The worker was stopped (or reached its deadline) while memcached was unreachable: its jobs stay Gearman's. */
@@ -48,6 +49,10 @@ export interface WorkerDeps {
   now?: () => number;
   /** The watch lists (read in the background); without them only events sent as watched keep their raw record. */
   watchList?: WatchList;
+  /** Ring mode `folds` (docs/ring-modes.md): folds are stored by this writer, claims replace the marks. Absent: `counters`. */
+  folds?: FoldWriter;
+  /** The fault hook (OFFLOG_FAULT), told of the `acked` step; the writer is told of the others. */
+  reached?: (step: string) => void;
 }
 
 export interface WorkerOptions {
@@ -93,6 +98,8 @@ interface Fold {
   skipped: number;
   /** Raw records of watched events, by the job that carried them: queued before the fold is stored. */
   watched: { job: Job; records: WatchedRecord[] }[];
+  /** When the jobs were taken: a fold made again without some of them (folds mode) places events the same way. */
+  receivedAt: number;
 }
 
 export class Worker {
@@ -223,6 +230,8 @@ export class Worker {
     const { ring } = this.deps;
     const receivedAt = this.now();
     let fold = this.foldAll(jobs, receivedAt, this.storing);
+    // Folds mode: no marks to read; each job is claimed when its fold is stored, duplicates found there.
+    if (this.deps.folds) return fold;
     // Taken before asking memcached: a fold that finishes storing meanwhile has its marks written
     // before it leaves this set, so each of its jobs is in one or the other.
     const storing = this.storing;
@@ -237,7 +246,7 @@ export class Worker {
   /** Folds every job whose unique id is not in `skip` (nor met earlier in `jobs`) into a new Fold. */
   private foldAll(jobs: Job[], receivedAt: number, skip: ReadonlySet<string>): Fold {
     const current = sliceOf(receivedAt, this.deps.sliceSeconds);
-    const fold: Fold = { jobs, deltas: new Deltas(), applied: [], dead: [], skipped: 0, watched: [] };
+    const fold: Fold = { jobs, deltas: new Deltas(), applied: [], dead: [], skipped: 0, watched: [], receivedAt };
     const seen = new Set<string>();
     const watch = this.deps.watchList?.current() ?? null;
     for (const job of jobs) {
@@ -314,6 +323,7 @@ export class Worker {
    * fold's jobs with the reason, so nothing can stall here.
    */
   private async store(fold: Fold): Promise<void> {
+    if (this.deps.folds) return this.storeFold(fold, this.deps.folds);
     const { ring, log } = this.deps;
     const { jobs, applied } = fold;
     let { deltas, dead } = fold;
@@ -346,6 +356,42 @@ export class Worker {
     }
     for (const job of jobs) job.conn.complete(job.handle);
     this.storing = new Set();
+    this.stats.folds++;
+    this.stats.jobs += jobs.length;
+    this.stats.events += deltas.events;
+    this.stats.late += deltas.lateEvents;
+    if (deltas.lateEvents > 0) log.warn({ late: deltas.lateEvents }, 'late or future-dated events counted into the current slice');
+  }
+
+  /**
+   * Ring mode `folds`: the fold goes through FoldWriter (claims, announcement,
+   * blobs, commit: see fold-writer.ts), then every job is acknowledged. Jobs
+   * another fold committed are left out of it and acknowledged too. Outages
+   * and failures are handled as in store(): a retry after an outage is a new
+   * fold, which takes over the claims of the one cut short.
+   */
+  private async storeFold(fold: Fold, writer: FoldWriter): Promise<void> {
+    const { log } = this.deps;
+    const { jobs, applied } = fold;
+    let dead = fold.dead;
+    let deltas = fold.deltas;
+    const retrying = this.retrying(jobs.length);
+    if (fold.watched.length > 0) await this.queueWatched(fold, retrying);
+    const build = (skip: ReadonlySet<string>): Deltas => (skip.size === 0 ? fold.deltas : this.foldAll(applied, fold.receivedAt, skip).deltas);
+    try {
+      const stored = await retry(() => writer.store({ uniques: applied.map((j) => j.unique), build }), retrying);
+      deltas = stored.deltas;
+      this.stats.duplicatesSkipped += stored.duplicates.size;
+      this.stats.memcachedOps = this.deps.ring.ops;
+    } catch (err) {
+      if (err instanceof MemcacheUnavailableError) throw new WorkerStoppedError(`stopped while memcached was unreachable; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
+      log.error({ err: (err as Error).message, jobs: applied.length }, 'storing a fold failed; its jobs are dead-lettered');
+      dead = [...dead, ...applied.map((job) => ({ job, error: `store failed: ${(err as Error).message}` }))];
+      deltas = new Deltas();
+    }
+    for (const { job, error } of dead) await this.deadLetter(job, error);
+    for (const job of jobs) job.conn.complete(job.handle);
+    this.deps.reached?.('acked');
     this.stats.folds++;
     this.stats.jobs += jobs.length;
     this.stats.events += deltas.events;

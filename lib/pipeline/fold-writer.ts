@@ -1,0 +1,186 @@
+/**
+ * Ring mode `folds`, the worker's side: stores one fold so that each of its
+ * jobs counts exactly once, whatever crashes and whenever.
+ *
+ *   1. claim each job (`add j:{unique}`): a job claimed by a committed fold is a
+ *      duplicate and is left out; one held by an aborted fold, or by an open
+ *      fold whose worker's lease ran out, is taken over (see resolve);
+ *   2. announce the fold on each slice it touches (the slice's fold list);
+ *   3. re-read the flush's watermark: a slice taken meanwhile may have been
+ *      read without this fold, so the fold is aborted and done again as a new
+ *      fold, its events moved to the first open slice (counted late);
+ *   4. `set` its blobs (immutable, per slice);
+ *   5. commit: `add f:F c …` — the one point where the fold starts to count.
+ *      A flush that got there first (`add f:F a`) makes it fail: again, as a new fold.
+ *
+ * The caller acknowledges the jobs after store() resolves. A crash anywhere
+ * before 5 leaves an open or aborted fold that no flush counts; its jobs come
+ * back from gearmand and their claims are taken over. A crash after 5 leaves
+ * a committed fold whose redelivered jobs find their claims and are skipped.
+ */
+import type { Logger } from '../base/log.ts';
+import type { Deltas } from '../domain/aggregate.ts';
+import { foldBlobs, foldEvents } from '../domain/foldblob.ts';
+import { sliceOf, type SliceId } from '../domain/slice.ts';
+import type { FoldBlobs } from './fold-blobs.ts';
+
+export type FoldId = string;
+export interface ClaimHolder { fold: FoldId; lease: string; cas: bigint }
+export type FoldDecision = { state: 'committed'; totals: Map<SliceId, number> } | { state: 'aborted' } | { state: 'open' };
+
+/** What the fold protocol needs of claims.ts (its Claims class). */
+export interface FoldClaims {
+  readonly lease: string;
+  newFold(): FoldId;
+  renewLease(): Promise<void>;
+  claim(uniques: readonly string[], fold: FoldId): Promise<Map<string, ClaimHolder | null>>;
+  announce(fold: FoldId, events: Map<SliceId, number>): Promise<void>;
+  commit(fold: FoldId, totals: Map<SliceId, number>): Promise<boolean>;
+  abort(fold: FoldId): Promise<FoldDecision>;
+  decision(fold: FoldId): Promise<FoldDecision>;
+  leaseAlive(lease: string): Promise<boolean>;
+  takeOver(unique: string, holder: ClaimHolder, fold: FoldId): Promise<boolean>;
+  foldsOf(slice: SliceId): Promise<{ fold: FoldId; events: number }[]>;
+}
+
+/** The step boundaries a fault hook may stop a worker at (OFFLOG_FAULT=<step>:<n>). */
+export const FOLD_STEPS = ['claimed', 'announced', 'blobs', 'committed', 'acked'] as const;
+export type FoldStep = (typeof FOLD_STEPS)[number];
+
+export interface FoldWriterDeps {
+  claims: FoldClaims;
+  blobs: FoldBlobs;
+  /** The flush's watermark, as the ring publishes it (Ring.watermark). */
+  watermark(): Promise<SliceId | null>;
+  sliceSeconds: number;
+  now: () => number;
+  sleep: (ms: number) => Promise<void>;
+  log: Logger;
+  /** Called at each step boundary (the fault hook; the model test's crash points are finer). */
+  reached?: (step: FoldStep) => void;
+  /** How long a claim held by an open fold of a live worker is waited for before that fold is aborted. */
+  holderWaitMs?: number;
+}
+
+/** A fold's jobs as the writer sees them: their unique ids, and how to fold them leaving some out. */
+export interface FoldJobs {
+  /** Unique ids of the jobs whose events are in build()'s deltas ('' = none: such a job cannot be claimed, and counts as today). */
+  uniques: readonly string[];
+  /** The fold's deltas without the jobs in `skip` (duplicates found while claiming). */
+  build(skip: ReadonlySet<string>): Deltas;
+}
+
+export interface StoredFold {
+  deltas: Deltas;
+  /** Jobs left out: another fold committed them. */
+  duplicates: ReadonlySet<string>;
+  /** Folds tried: more than 1 when a flush took a slice or aborted the fold meanwhile. */
+  attempts: number;
+  /** The fold that committed (null when there was nothing to store). */
+  fold: FoldId | null;
+}
+
+const HOLDER_WAIT_MS = 5_000;
+/** A fold is tried again (a new fold) at most this many times in a row before the store fails. */
+const MAX_ATTEMPTS = 20;
+
+export class FoldWriter {
+  /** The highest watermark seen: never lowered (a memcached that lost it must not send events back into a flushed slice). */
+  private wm: SliceId | null = null;
+
+  constructor(private readonly deps: FoldWriterDeps) {}
+
+  async store(jobs: FoldJobs): Promise<StoredFold> {
+    const { claims, blobs, reached } = this.deps;
+    const duplicates = new Set<string>();
+    const uniques = [...new Set(jobs.uniques.filter(Boolean))];
+    let deltas = jobs.build(duplicates);
+    for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
+      if (deltas.pairs.length === 0 && deltas.late.size === 0) return { deltas, duplicates, attempts: attempt - 1, fold: null };
+      const fold = claims.newFold();
+      await claims.renewLease();
+      const found = await this.claimAll(uniques.filter((u) => !duplicates.has(u)), fold);
+      if (found.size > 0) {
+        for (const u of found) duplicates.add(u);
+        deltas = jobs.build(duplicates);
+        if (deltas.pairs.length === 0 && deltas.late.size === 0) return { deltas, duplicates, attempts: attempt, fold: null };
+      }
+      reached?.('claimed');
+      deltas = this.aboveWatermark(deltas);
+      const events = foldEvents(deltas);
+      await claims.announce(fold, events);
+      reached?.('announced');
+      // After the announcement: a flush that takes a slice from now on finds this fold in its list.
+      if (this.taken(deltas, await this.readWatermark())) {
+        await claims.abort(fold);
+        continue;
+      }
+      await blobs.write(fold, foldBlobs(deltas));
+      reached?.('blobs');
+      if (await claims.commit(fold, events)) {
+        reached?.('committed');
+        return { deltas, duplicates, attempts: attempt, fold };
+      }
+      // A flush aborted it (it took a slice, or this worker was paused past its lease): again, as a new fold.
+      this.deps.log.warn({ fold, attempt }, 'fold aborted by a flush before its commit; storing it again as a new fold');
+      await this.readWatermark();
+    }
+    throw new Error(`a fold was aborted ${MAX_ATTEMPTS} times in a row: is a flush running with a clock far ahead?`);
+  }
+
+  /**
+   * Claims every job for `fold`; returns the jobs another fold committed
+   * (duplicates). A claim held elsewhere is resolved: committed → duplicate;
+   * aborted → taken over; open → waited for while its worker's lease lives
+   * (up to holderWaitMs), else aborted and taken over.
+   */
+  private async claimAll(uniques: readonly string[], fold: FoldId): Promise<Set<string>> {
+    const { claims } = this.deps;
+    const duplicates = new Set<string>();
+    let held = await claims.claim(uniques, fold);
+    const deadline = this.deps.now() + (this.deps.holderWaitMs ?? HOLDER_WAIT_MS);
+    for (let delay = 20; ; delay = Math.min(500, delay * 2)) {
+      const again: string[] = [];
+      for (const [unique, holder] of held) {
+        if (holder === null || holder.fold === fold) continue;
+        const state = await this.settle(holder, deadline);
+        if (state === 'committed') duplicates.add(unique);
+        else if (state === 'wait' || !(await claims.takeOver(unique, holder, fold))) again.push(unique);
+      }
+      if (again.length === 0) return duplicates;
+      await this.deps.sleep(delay);
+      held = await claims.claim(again, fold);
+    }
+  }
+
+  /** What to do with a claim held by another fold: it committed, it is (now) aborted, or wait. */
+  private async settle(holder: ClaimHolder, deadline: number): Promise<'committed' | 'aborted' | 'wait'> {
+    const { claims } = this.deps;
+    let d = await claims.decision(holder.fold);
+    if (d.state === 'open') {
+      // This worker's own earlier try (cut short by an outage): nobody else will commit it, so it is aborted at once.
+      const mine = holder.lease === claims.lease;
+      if (!mine && this.deps.now() < deadline && (await claims.leaseAlive(holder.lease))) return 'wait';
+      d = await claims.abort(holder.fold);
+    }
+    return d.state === 'committed' ? 'committed' : d.state === 'aborted' ? 'aborted' : 'wait';
+  }
+
+  private async readWatermark(): Promise<SliceId | null> {
+    const wm = await this.deps.watermark();
+    if (wm !== null && (this.wm === null || wm > this.wm)) this.wm = wm;
+    return this.wm;
+  }
+
+  private taken(deltas: Deltas, wm: SliceId | null): boolean {
+    return wm !== null && deltas.slices().some((s) => s <= wm);
+  }
+
+  /** The deltas with every slice at or below the known watermark moved to the first open slice (late). */
+  private aboveWatermark(deltas: Deltas): Deltas {
+    const wm = this.wm;
+    if (!this.taken(deltas, wm)) return deltas;
+    const current = sliceOf(this.deps.now(), this.deps.sliceSeconds);
+    return deltas.movedAbove(wm!, Math.max(current, wm! + 1) as SliceId);
+  }
+}
