@@ -41,6 +41,12 @@ export interface FoldClaims {
   leaseAlive(lease: string): Promise<boolean>;
   takeOver(unique: string, holder: ClaimHolder, fold: FoldId): Promise<boolean>;
   foldsOf(slice: SliceId): Promise<{ fold: FoldId; events: number }[]>;
+  settle(held: ReadonlyMap<string, ClaimHolder | null>, fold: FoldId, options?: { waitMs?: number; stopped?: () => boolean }): Promise<{ taken: string[]; duplicates: string[]; unresolved: string[] }>;
+}
+
+/** The worker stopped while a claim was still held by another worker's open fold: the fold's jobs go back to gearmand. */
+export class FoldStoppedError extends Error {
+  override name = 'FoldStoppedError';
 }
 
 /** The step boundaries a fault hook may stop a worker at (OFFLOG_FAULT=<step>:<n>). */
@@ -60,6 +66,8 @@ export interface FoldWriterDeps {
   reached?: (step: FoldStep) => void;
   /** How long a claim held by an open fold of a live worker is waited for before that fold is aborted. */
   holderWaitMs?: number;
+  /** True once the worker is stopping: waiting for a claim's holder ends. */
+  stopped?: () => boolean;
 }
 
 /** A fold's jobs as the writer sees them: their unique ids, and how to fold them leaving some out. */
@@ -80,7 +88,8 @@ export interface StoredFold {
   fold: FoldId | null;
 }
 
-const HOLDER_WAIT_MS = 5_000;
+/** Shorter than Claims' default (twice the lease): a fold that long unfinished is more likely dead than slow, and a live one only stores again. */
+const HOLDER_WAIT_MS = 10_000;
 /** A fold is tried again (a new fold) at most this many times in a row before the store fails. */
 const MAX_ATTEMPTS = 20;
 
@@ -129,41 +138,18 @@ export class FoldWriter {
   }
 
   /**
-   * Claims every job for `fold`; returns the jobs another fold committed
-   * (duplicates). A claim held elsewhere is resolved: committed → duplicate;
-   * aborted → taken over; open → waited for while its worker's lease lives
-   * (up to holderWaitMs), else aborted and taken over.
+   * Claims every job for `fold` and settles the claims found held (Claims.settle:
+   * committed elsewhere → duplicate; aborted, or open with its worker's lease
+   * gone → taken over; open with a live lease → waited for, then aborted).
+   * Returns the duplicates.
    */
   private async claimAll(uniques: readonly string[], fold: FoldId): Promise<Set<string>> {
     const { claims } = this.deps;
-    const duplicates = new Set<string>();
-    let held = await claims.claim(uniques, fold);
-    const deadline = this.deps.now() + (this.deps.holderWaitMs ?? HOLDER_WAIT_MS);
-    for (let delay = 20; ; delay = Math.min(500, delay * 2)) {
-      const again: string[] = [];
-      for (const [unique, holder] of held) {
-        if (holder === null || holder.fold === fold) continue;
-        const state = await this.settle(holder, deadline);
-        if (state === 'committed') duplicates.add(unique);
-        else if (state === 'wait' || !(await claims.takeOver(unique, holder, fold))) again.push(unique);
-      }
-      if (again.length === 0) return duplicates;
-      await this.deps.sleep(delay);
-      held = await claims.claim(again, fold);
-    }
-  }
-
-  /** What to do with a claim held by another fold: it committed, it is (now) aborted, or wait. */
-  private async settle(holder: ClaimHolder, deadline: number): Promise<'committed' | 'aborted' | 'wait'> {
-    const { claims } = this.deps;
-    let d = await claims.decision(holder.fold);
-    if (d.state === 'open') {
-      // This worker's own earlier try (cut short by an outage): nobody else will commit it, so it is aborted at once.
-      const mine = holder.lease === claims.lease;
-      if (!mine && this.deps.now() < deadline && (await claims.leaseAlive(holder.lease))) return 'wait';
-      d = await claims.abort(holder.fold);
-    }
-    return d.state === 'committed' ? 'committed' : d.state === 'aborted' ? 'aborted' : 'wait';
+    const held = await claims.claim(uniques, fold);
+    if ([...held.values()].every((h) => h === null)) return new Set();
+    const settled = await claims.settle(held, fold, { waitMs: this.deps.holderWaitMs ?? HOLDER_WAIT_MS, stopped: this.deps.stopped });
+    if (settled.unresolved.length > 0) throw new FoldStoppedError(`stopped while ${settled.unresolved.length} job(s) were claimed by another worker's open fold (first: ${settled.unresolved[0]})`);
+    return new Set(settled.duplicates);
   }
 
   private async readWatermark(): Promise<SliceId | null> {

@@ -21,7 +21,7 @@ import { MemcacheUnavailableError } from '../wire/memcache.ts';
 import type { Ring } from './ring.ts';
 import { sliceOf, type SliceId } from '../domain/slice.ts';
 import { watchedOfColumns, watchedOfEvents, type WatchList, type WatchSnapshot } from './watch.ts';
-import type { FoldWriter } from './fold-writer.ts';
+import { FoldStoppedError, type FoldWriter } from './fold-writer.ts';
 import { WatchedSender } from './watched.ts';
 
 /** The worker was stopped (or reached its deadline) while memcached was unreachable: its jobs stay Gearman's. */
@@ -384,7 +384,7 @@ export class Worker {
       this.stats.duplicatesSkipped += stored.duplicates.size;
       this.stats.memcachedOps = this.deps.ring.ops;
     } catch (err) {
-      if (err instanceof MemcacheUnavailableError) throw new WorkerStoppedError(`stopped while memcached was unreachable; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
+      if (err instanceof MemcacheUnavailableError || err instanceof FoldStoppedError) throw new WorkerStoppedError(`stopped while memcached was unreachable; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
       log.error({ err: (err as Error).message, jobs: applied.length }, 'storing a fold failed; its jobs are dead-lettered');
       dead = [...dead, ...applied.map((job) => ({ job, error: `store failed: ${(err as Error).message}` }))];
       deltas = new Deltas();
