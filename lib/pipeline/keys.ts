@@ -10,7 +10,10 @@
  *   {p}{slice}:vn                  value-sum counters created (a reader finding fewer knows some were evicted)
  *   {p}{slice}:nv                  events counted by writers that keep `vn` (equal to `n`: `vn` is complete)
  *   {p}{slice}:w                   writers inside the slice right now (see Ring.enter / Ring.seal)
- *   {p}j:{unique}                  "job applied" marks (idempotency)
+ *   {p}{slice}:folds               the slice's fold list: "{F}:{events} " appended by each fold before it writes there
+ *   {p}j:{unique}                  a job's claim: "{F} {lease}", made with `add` (see claims.ts; "1" is an older version's mark)
+ *   {p}f:{F}                       fold F's decision record, made once with `add`: "c {slice}:{events},…" or "a"
+ *   {p}lease:{lease}               a worker's lease, refreshed each fold with a short TTL: absent = presumed dead
  *   {p}wm                          the flush's watermark: the last slice it committed
  *   {p}{slice}:b:{fold}:{n}        ring mode `folds`: chunk n of a fold's blob for the slice (foldblob.ts) — on the fold's server
  *
@@ -58,6 +61,21 @@ export class RingKeys {
     // Unique ids come from clients: anything that is not a plain safe token is hashed.
     const safe = /^[A-Za-z0-9_.:-]{1,64}$/.test(unique);
     return `${this.prefix}j:${safe ? unique : '#' + createHash('sha256').update(unique).digest('base64url')}`;
+  }
+
+  /** The fold list of `slice` (see claims.ts), on the slice's server. */
+  foldList(slice: SliceId): string {
+    return `${this.prefix}${slice}:folds`;
+  }
+
+  /** Fold F's decision record; F is 16 lowercase hex digits (checked by Claims). */
+  decision(fold: string): string {
+    return `${this.prefix}f:${fold}`;
+  }
+
+  /** A worker's lease; the id is 16 lowercase hex digits (checked by Claims). */
+  lease(lease: string): string {
+    return `${this.prefix}lease:${lease}`;
   }
 
   watermark(): string {

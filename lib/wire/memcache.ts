@@ -31,7 +31,11 @@ export type MemcacheOp =
   | { kind: 'set'; key: string; value: Buffer | string; ttl: number }
   | { kind: 'append'; key: string; value: Buffer | string }
   | { kind: 'delete'; key: string }
-  | { kind: 'get'; key: string };
+  | { kind: 'get'; key: string }
+  /** Meta get of the value and its CAS (`mg <key> v c`): a CasValue, or null when absent. */
+  | { kind: 'mg'; key: string }
+  /** Meta set (`ms <key> <len> T<ttl>`), only over the item whose CAS is `cas` when given (`C<cas>`): stored or not. */
+  | { kind: 'ms'; key: string; value: Buffer | string; ttl: number; cas?: bigint };
 
 /** Keys for arithMany: an array, or an object that makes key i when asked (a caller with a hundred thousand counters need not hold their keys). */
 export interface KeyList {
@@ -39,10 +43,16 @@ export interface KeyList {
   at(i: number): string | undefined;
 }
 
-/** incr/decr: new value or null (NOT_FOUND); add/set/append/delete: done or not; get: value or null. */
-export type MemcacheReply = bigint | boolean | Buffer | null;
+/** An item's value with its CAS: what `mg` answers, and what `ms … C<cas>` needs to replace it only if unchanged. */
+export interface CasValue {
+  value: Buffer;
+  cas: bigint;
+}
 
-type Expect = 'incr' | 'store' | 'delete' | 'get' | 'stats' | 'ok' | 'meta';
+/** incr/decr: new value or null (NOT_FOUND); add/set/append/delete/ms: done or not; get: value or null; mg: CasValue or null. */
+export type MemcacheReply = bigint | boolean | Buffer | CasValue | null;
+
+type Expect = 'incr' | 'store' | 'delete' | 'get' | 'stats' | 'ok' | 'meta' | 'mg' | 'ms';
 
 /**
  * What arithMany does with one counter. A counter known to exist is sent a
@@ -168,6 +178,22 @@ export class MemcacheConnection {
           text += `get ${op.key}\r\n`;
           expects.push('get');
           break;
+        case 'mg':
+          text += `mg ${op.key} v c\r\n`;
+          expects.push('mg');
+          break;
+        case 'ms': {
+          const v = op.value;
+          const cas = op.cas === undefined ? '' : ` C${checkAmount(op.key, op.cas)}`;
+          text += `ms ${op.key} ${typeof v === 'string' ? Buffer.byteLength(v) : v.length} T${checkTtl(op.key, op.ttl)}${cas}\r\n`;
+          if (typeof v === 'string') text += `${v}\r\n`;
+          else {
+            parts.push(text, v);
+            text = '\r\n';
+          }
+          expects.push('ms');
+          break;
+        }
         default: // from untyped callers: a command sent without its expected reply would desync the stream
           throw new MemcacheError(`unknown memcached op ${JSON.stringify((op as { kind: unknown }).kind)}`);
       }
@@ -434,6 +460,26 @@ export class MemcacheConnection {
         pos = end + 2;
         continue;
       }
+      if (expect === 'mg' && first === 0x56 /* V */ && buf[pos + 1] === 0x41 /* A */ && buf[pos + 2] === 0x20) {
+        // VA <bytes> c<cas>, then the value: taken whole or not at all.
+        const lenEnd = indexOfIn(buf, 0x20, pos + 3, eol);
+        const length = readDecimal(buf, pos + 3, lenEnd);
+        const c = buf.indexOf(' c', lenEnd, 'latin1');
+        if (length < 0 || c < 0 || c >= eol) throw new Error(`bad line "${buf.toString('latin1', pos, Math.min(eol, pos + 100))}"`);
+        const start = lf + 1;
+        const end = start + length;
+        if (end + 2 > buf.length) {
+          this.needed = end + 2 - pos;
+          return pos;
+        }
+        if (buf[end] !== 13 || buf[end + 1] !== 10) throw new Error('meta value not ended by CRLF');
+        const casEnd = indexOfIn(buf, 0x20, c + 2, eol);
+        const cas = readDecimalBig(buf, c + 2, casEnd);
+        if (cas === null) throw new Error(`bad CAS in "${buf.toString('latin1', pos, Math.min(eol, pos + 100))}"`);
+        pos = end + 2;
+        this.answer(p, { value: Buffer.from(buf.subarray(start, end)), cas });
+        continue;
+      }
       if (expect === 'meta' && !is(buf, pos, eol, MN)) {
         // One line per `incr`, in order, and per upsert that says anything (a creation, a value); `mn`'s MN ends the piece.
         const flags = p.flags!;
@@ -514,6 +560,13 @@ export class MemcacheConnection {
         case 'meta':
           reply = true; // MN: the piece is done
           break;
+        case 'mg':
+          if (is(buf, pos, eol, EN)) reply = null; // a value came as a VA block, above
+          break;
+        case 'ms':
+          if (is(buf, pos, eol, HD)) reply = true;
+          else if (is(buf, pos, eol, NS) || is(buf, pos, eol, EX) || is(buf, pos, eol, NF)) reply = false;
+          break;
       }
       if (reply === undefined) {
         // An error line takes the place of exactly one reply (memcached swallows the
@@ -530,14 +583,25 @@ export class MemcacheConnection {
       this.value = null;
       // arithMany's flags were set line by line; its one reply is the MN that ends the piece.
       if (expect !== 'meta') p.replies.push(reply);
-      if (++p.done === p.count) {
-        this.pending.shift();
-        clearTimeout(p.timer);
-        if (p.failure) p.reject(p.failure);
-        else p.resolve(p);
-      }
+      this.countReply(p);
     }
     return pos;
+  }
+
+  /** A whole reply of `p` is in (one that needs no line of its own after it, as mg's VA block). */
+  private answer(p: Pending, reply: MemcacheReply): void {
+    p.replies.push(reply);
+    this.countReply(p);
+  }
+
+  /** Counts one reply of `p`; with the last one in, settles it. */
+  private countReply(p: Pending): void {
+    if (++p.done === p.count) {
+      this.pending.shift();
+      clearTimeout(p.timer);
+      if (p.failure) p.reject(p.failure);
+      else p.resolve(p);
+    }
   }
 }
 
@@ -568,6 +632,11 @@ const DELETED = Buffer.from('DELETED');
 const END = Buffer.from('END');
 const OK = Buffer.from('OK');
 const MN = Buffer.from('MN');
+const EN = Buffer.from('EN');
+const HD = Buffer.from('HD');
+const NS = Buffer.from('NS');
+const EX = Buffer.from('EX');
+const NF = Buffer.from('NF');
 
 /** The index a meta reply line buf[pos, eol) carries as `O<i>`, or -1 without one. */
 function opaqueOf(buf: Buffer, pos: number, eol: number): number {
@@ -623,6 +692,13 @@ function readDecimal(buf: Buffer, from: number, to: number): number {
     n = n * 10 + (c - 48);
   }
   return n;
+}
+
+/** The decimal number in buf[from, to) as a bigint (a CAS may exceed 2^53), or null when it is not one. */
+function readDecimalBig(buf: Buffer, from: number, to: number): bigint | null {
+  if (to <= from || to - from > 20) return null;
+  for (let i = from; i < to; i++) if (!isDigit(buf[i]!)) return null;
+  return BigInt(buf.toString('latin1', from, to));
 }
 
 function isDigit(c: number): boolean {
