@@ -110,6 +110,13 @@ export class Schedule {
   readonly crashes = new Map<number, string>();
   private readonly rand: (() => number) | null;
 
+  /**
+   * Boundaries at which a worker process (name starting with `w`) pauses, as
+   * SIGSTOP would, until `paused` (set by the model) lets it go.
+   */
+  pauseAt: ReadonlySet<number> = new Set();
+  paused: (proc: FakeProcess) => Promise<void> = async () => undefined;
+
   constructor(readonly crashAt: ReadonlySet<number> = new Set(), seed: number | null = null) {
     this.rand = seed === null ? null : prng(seed);
   }
@@ -120,6 +127,7 @@ export class Schedule {
     else await Promise.resolve();
     if (proc.dead) throw new Crash(`${proc.name} is dead`);
     const n = this.step++;
+    if (this.pauseAt.has(n) && proc.name.startsWith('w')) await this.paused(proc);
     if (this.crashAt.has(n)) {
       proc.dead = true;
       this.crashes.set(n, proc.name);

@@ -72,6 +72,21 @@ describe('fold protocol model (in-memory memcached)', () => {
     assert.equal(crashed, boundaries, 'every boundary of the clean run killed a process');
   });
 
+  test('a worker paused (SIGSTOP) at every single boundary until a flush is over: its open fold is aborted, it stores again', async () => {
+    const clean = options(jobs, new Set(), null, { flushAfterAcks: null });
+    await runModel(clean);
+    const boundaries = clean.schedule.step;
+    let pausedOpen = 0;
+    for (let k = 0; k < boundaries; k++) {
+      const o = options(jobs, new Set(), null, { flushAfterAcks: 1000 });
+      o.schedule.pauseAt = new Set([k]);
+      const r = await runModel(o);
+      check(r, jobs, `pause at boundary ${k}`);
+      pausedOpen += r.abortedByFlush;
+    }
+    assert.ok(pausedOpen > 0, 'some pause left a fold open for the flush to abort');
+  });
+
   test('a crash at every pair of boundaries (the second during the recovery from the first)', async () => {
     const small = modelJobs(3, START, prng(5));
     const clean = options(small, new Set(), null, { jobsPerFold: 1 });

@@ -54,6 +54,8 @@ export interface ModelResult {
   server: FakeMemcached;
   restarts: number;
   acked: number;
+  /** Folds the flushes found open and aborted. */
+  abortedByFlush: number;
 }
 
 class Clock {
@@ -86,7 +88,14 @@ export async function runModel(o: ModelOptions): Promise<ModelResult> {
   // Gearman: jobs waiting, and held by a worker until acknowledged (or handed back when it dies).
   const pending: ModelJob[] = [...o.jobs, ...o.jobs.filter((j) => o.copies.includes(j.unique))];
   let held = 0;
+  const waiting: (() => void)[] = [];
+  const wake = (): void => {
+    for (const w of waiting.splice(0)) w();
+  };
   let acked = 0;
+  // The mid-run flush waits on this (a promise, so it starts between two operations, not after the workers are done).
+  let flushGo: () => void = () => undefined;
+  const flushReady = new Promise<void>((r) => (flushGo = r));
   let restarts = 0;
   // What each fold was built from: filled when a fold is announced (before it can commit).
   const built = new Map<FoldId, Set<string>>();
@@ -117,7 +126,8 @@ export async function runModel(o: ModelOptions): Promise<ModelResult> {
           if (mine.length === 0) {
             if (held === 0) return;
             idle++;
-            await sleep(1);
+            // Until another worker acknowledges its jobs or dies and hands them back.
+            await new Promise<void>((r) => waiting.push(r));
             continue;
           }
           held += mine.length;
@@ -138,7 +148,9 @@ export async function runModel(o: ModelOptions): Promise<ModelResult> {
           // Acknowledged: Gearman forgets them.
           held -= jobs.length;
           mine = [];
+          wake();
           acked++;
+          if (acked >= (o.flushAfterAcks ?? Infinity)) flushGo();
         }
         throw new Error(`${name}: waited too long for held jobs`);
       } catch (err) {
@@ -147,12 +159,14 @@ export async function runModel(o: ModelOptions): Promise<ModelResult> {
         held -= mine.length;
         pending.unshift(...mine);
         restarts++;
+        wake();
       }
     }
   };
 
   const db = new Map<SliceId, Map<string, [number, bigint]>>();
   const sliceTotals: ModelResult['sliceTotals'] = new Map();
+  let abortedByFlush = 0;
   /** Seals and reads `slice` until a run of the flush gets through (a killed flush is started again; its transaction never committed). */
   const flushSlice = async (slice: SliceId): Promise<void> => {
     for (let generation = 0; ; generation++) {
@@ -168,6 +182,7 @@ export async function runModel(o: ModelOptions): Promise<ModelResult> {
         }
         db.set(slice, rows);
         const t = reader.totals();
+        abortedByFlush += reader.census.abortedHere;
         sliceTotals.set(slice, { events: t.events, counted: t.counted, missingChunks: t.missingChunks, corrupt: t.corrupt, late: t.late });
         return;
       } catch (err) {
@@ -177,13 +192,26 @@ export async function runModel(o: ModelOptions): Promise<ModelResult> {
     }
   };
 
+  // A paused worker (SIGSTOP) stays stopped until the mid-run flush is over, which it starts at once: the flush
+  // then meets the worker's fold open, and the worker wakes past its lease.
+  let flushDone: () => void = () => undefined;
+  const flushOver = new Promise<void>((r) => (flushDone = r));
+  o.schedule.paused = async (proc) => {
+    flushGo();
+    if (process.env.MODEL_TRACE) console.log(`${proc.name} paused at step ${o.schedule.step}`);
+    await flushOver;
+    clock.advance(60_000);
+  };
   const midFlush = async (): Promise<void> => {
-    if (o.flushAfterAcks === null) return;
-    while (acked < o.flushAfterAcks && (pending.length > 0 || held > 0)) await new Promise((r) => setImmediate(r));
+    if (o.flushAfterAcks === null) return flushDone();
+    if (o.flushAfterAcks > 0) await flushReady;
+    if (process.env.MODEL_TRACE) console.log("mid flush at step", o.schedule.step, "acked", acked);
     await flushSlice(first);
+    flushDone();
   };
 
-  await Promise.all([...Array.from({ length: o.workers }, (_, i) => worker(`w${i + 1}`)), midFlush()]);
+  const workers = Promise.all(Array.from({ length: o.workers }, (_, i) => worker(`w${i + 1}`))).finally(() => (flushGo(), flushDone()));
+  await Promise.all([workers, midFlush()]);
   // Every job acknowledged: the final flush takes every slice written (moved events go up to the clock's slice).
   const last = sliceOf(clock.ms, SLICE_SECONDS);
   for (let s = first; s <= last; s = (s + 1) as SliceId) if (!db.has(s)) await flushSlice(s);
@@ -195,7 +223,7 @@ export async function runModel(o: ModelOptions): Promise<ModelResult> {
       committedUniques.set(fold, built.get(fold) ?? new Set(['?unknown']));
     }
   }
-  return { db, sliceTotals, committedUniques, server, restarts, acked };
+  return { db, sliceTotals, committedUniques, server, restarts, acked, abortedByFlush };
 }
 
 /** The jobs of a model run: `n` jobs of a few events each over a handful of pairs, in the run's slice and the one before. */

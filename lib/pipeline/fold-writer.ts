@@ -23,25 +23,24 @@ import type { Deltas } from '../domain/aggregate.ts';
 import { foldBlobs, foldEvents } from '../domain/foldblob.ts';
 import { sliceOf, type SliceId } from '../domain/slice.ts';
 import type { FoldBlobs } from './fold-blobs.ts';
+import type { ClaimHolder, FoldDecision, FoldId, Settled, SettleOptions } from './claims.ts';
 
-export type FoldId = string;
-export interface ClaimHolder { fold: FoldId; lease: string; cas: bigint }
-export type FoldDecision = { state: 'committed'; totals: Map<SliceId, number> } | { state: 'aborted' } | { state: 'open' };
+export type { FoldId } from './claims.ts';
 
-/** What the fold protocol needs of claims.ts (its Claims class). */
+/** What the fold protocol needs of claims.ts (its Claims class; the model test runs the same class on a fake memcached). */
 export interface FoldClaims {
   readonly lease: string;
   newFold(): FoldId;
   renewLease(): Promise<void>;
   claim(uniques: readonly string[], fold: FoldId): Promise<Map<string, ClaimHolder | null>>;
-  announce(fold: FoldId, events: Map<SliceId, number>): Promise<void>;
-  commit(fold: FoldId, totals: Map<SliceId, number>): Promise<boolean>;
+  announce(fold: FoldId, events: ReadonlyMap<SliceId, number>): Promise<void>;
+  commit(fold: FoldId, totals: ReadonlyMap<SliceId, number>): Promise<boolean>;
   abort(fold: FoldId): Promise<FoldDecision>;
   decision(fold: FoldId): Promise<FoldDecision>;
   leaseAlive(lease: string): Promise<boolean>;
   takeOver(unique: string, holder: ClaimHolder, fold: FoldId): Promise<boolean>;
   foldsOf(slice: SliceId): Promise<{ fold: FoldId; events: number }[]>;
-  settle(held: ReadonlyMap<string, ClaimHolder | null>, fold: FoldId, options?: { waitMs?: number; stopped?: () => boolean }): Promise<{ taken: string[]; duplicates: string[]; unresolved: string[] }>;
+  settle(held: ReadonlyMap<string, ClaimHolder | null>, fold: FoldId, options?: SettleOptions): Promise<Settled>;
 }
 
 /** The worker stopped while a claim was still held by another worker's open fold: the fold's jobs go back to gearmand. */
