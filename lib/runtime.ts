@@ -17,6 +17,23 @@ import { WatchList } from './pipeline/watch.ts';
 import { WatchedDrain } from './pipeline/watched.ts';
 import { prune, type PruneResult } from './pipeline/prune.ts';
 import type { ReportDeps } from './report/api.ts';
+import { sleep } from './base/backoff.ts';
+import { faultHook } from './base/fault.ts';
+import { Claims } from './pipeline/claims.ts';
+import { FoldBlobs } from './pipeline/fold-blobs.ts';
+import type { FoldReaderDeps } from './pipeline/fold-reader.ts';
+import { FoldWriter, type FoldWriterDeps } from './pipeline/fold-writer.ts';
+
+/**
+ * Jobs per fold in ring mode `folds`. Counters mode keeps folds at 16 jobs
+ * because a fold is what a crash can count twice; folds mode counts none
+ * twice, and each fold leaves one blob per slice in the ring, so larger folds
+ * are what bound ring memory on a dense workload (few pairs, many events):
+ * blobs repeat the same pairs once per fold (docs/ring-modes.md).
+ */
+export const FOLDS_MODE_JOBS_PER_FOLD = 64;
+/** How long the flush gives a fold still open on a slice to commit before it aborts it (folds mode). */
+const FOLD_DECIDE_WAIT_MS = 10_000;
 
 export class Runtime {
   readonly log: Logger;
@@ -55,10 +72,44 @@ export class Runtime {
     return (this.watchList_ ??= WatchList.fromStore(this.store, this.config.watchListTtlSeconds, this.log));
   }
 
-  /** A worker on this runtime's ring and Gearman servers; `deps` overrides (a test's clock, say). */
+  /**
+   * A worker on this runtime's ring and Gearman servers; `deps` overrides (a
+   * test's clock, say). In ring mode `folds` it stores through a FoldWriter
+   * with a lease of its own (docs/ring-modes.md).
+   */
   worker(options: WorkerOptions = {}, deps: Partial<WorkerDeps> = {}): Worker {
     const c = this.config;
-    return new Worker({ gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring: this.ring, log: this.log, watchList: this.watchList, ...deps }, options);
+    const base: WorkerDeps = { gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring: this.ring, log: this.log, watchList: this.watchList, ...deps };
+    if (c.jobsPerFold !== undefined) options = { maxJobsPerFold: c.jobsPerFold, ...options };
+    if (c.ringMode !== 'folds') return new Worker(base, options);
+    const reached = faultHook(c.fault);
+    const folds = deps.folds ?? this.foldWriter(base.ring, base.now ?? Date.now, reached ? { reached } : {});
+    return new Worker({ ...base, folds, ...(reached ? { reached } : {}) }, { maxJobsPerFold: FOLDS_MODE_JOBS_PER_FOLD, ...options });
+  }
+
+  /** A fold-mode writer on `ring` with a lease of its own; `overrides` for tests (a shorter wait for a claim's holder, say). */
+  foldWriter(ring: Ring = this.ring, now: () => number = Date.now, overrides: Partial<FoldWriterDeps> = {}): FoldWriter {
+    return new FoldWriter({
+      claims: new Claims(ring),
+      blobs: this.foldBlobsOn(ring),
+      watermark: () => ring.watermark(),
+      sliceSeconds: this.config.sliceSeconds,
+      now,
+      sleep,
+      log: this.log,
+      ...overrides,
+    });
+  }
+
+  /** Blob storage of ring mode `folds` on `ring` (this runtime's unless a test gives another). */
+  foldBlobsOn(ring: Ring = this.ring): FoldBlobs {
+    return new FoldBlobs({ keys: ring.keys, placement: ring.placement, conns: ring.connections, ttl: ring.ttl, countOps: (n) => (ring.ops += n) });
+  }
+
+  /** What the flush reads slices with in ring mode `folds`; undefined in `counters`. */
+  get foldReaderDeps(): FoldReaderDeps | undefined {
+    if (this.config.ringMode !== 'folds') return undefined;
+    return { claims: new Claims(this.ring), blobs: this.foldBlobsOn(), now: Date.now, sleep, decideWaitMs: FOLD_DECIDE_WAIT_MS };
   }
 
   /** The drain of watched raw records: MySQL, then the bus. */
@@ -69,7 +120,8 @@ export class Runtime {
 
   get flushDeps(): FlushDeps {
     const c = this.config;
-    return { ring: this.ring, store: this.store, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices, log: this.log };
+    const folds = this.foldReaderDeps;
+    return { ring: this.ring, store: this.store, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices, log: this.log, ...(folds ? { folds } : {}) };
   }
 
   /**

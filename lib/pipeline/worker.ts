@@ -231,7 +231,10 @@ export class Worker {
     const receivedAt = this.now();
     let fold = this.foldAll(jobs, receivedAt, this.storing);
     // Folds mode: no marks to read; each job is claimed when its fold is stored, duplicates found there.
-    if (this.deps.folds) return fold;
+    if (this.deps.folds) {
+      this.stats.duplicatesSkipped += fold.skipped;
+      return fold;
+    }
     // Taken before asking memcached: a fold that finishes storing meanwhile has its marks written
     // before it leaves this set, so each of its jobs is in one or the other.
     const storing = this.storing;
