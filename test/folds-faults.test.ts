@@ -130,8 +130,10 @@ test('folds: the same jobs sent to two gearmand servers are counted once', async
   await Promise.all(servers.map((d) => d.start()));
   const hosts = servers.map((d): HostPort => ({ host: '127.0.0.1', port: d.port }));
   const { uniques, bodies, expected } = makeJobs(rt, 20, 30);
-  await submit(hosts, uniques, bodies);
-  const stats = await worker(rt, hosts).run({ idle: true });
+  // The second server gets them in reverse order, and a fold takes one job from each: the copies land in different folds.
+  await submit([hosts[0]!], uniques, bodies);
+  await submit([hosts[1]!], [...uniques].reverse(), [...bodies].reverse());
+  const stats = await rt.worker({ maxJobsPerFold: 2 }, { gearmanServers: hosts, folds: rt.foldWriter(rt.ring, Date.now, { holderWaitMs: 200 }) }).run({ idle: true });
   assert.equal(stats.jobs, 40, 'both copies of every job were taken');
   assert.equal(stats.duplicatesSkipped, 20, 'one copy of each job was skipped');
   await flush(flushDeps(rt), new Date(Date.now() + 3 * SLICE * 1000));
