@@ -116,7 +116,7 @@ async function runOne(stack: Record<string, string>, spec: WorkloadSpec, mode: M
     flushMs,
     endToEndPerSecond: Math.round(n / ((clientMs + workerMs + flushMs) / 1000)),
     workerPerSecond: Math.round(n / (workerMs / 1000)),
-    opsPerEvent: Math.round(((Number(worker.ops) + Number(flushed.ops)) / n) * 1000) / 1000,
+    opsPerEvent: Number(((Number(worker.ops) + Number(flushed.ops)) / n).toPrecision(3)),
     workerOps: Number(worker.ops),
     flushOps: Number(flushed.ops),
     ringBytesPerSlice: Math.round((bytes1 - bytes0) / 2),
