@@ -9,6 +9,7 @@ import { createLogger, type Logger } from './base/log.ts';
 import { OffLogClient } from './pipeline/client.ts';
 import { flush, type FlushDeps, type FlushResult } from './pipeline/flush.ts';
 import { Ring } from './pipeline/ring.ts';
+import { Claims } from './pipeline/claims.ts';
 import { Store } from './pipeline/store.ts';
 import { Worker, type WorkerDeps, type WorkerOptions } from './pipeline/worker.ts';
 import { createBus, type Bus } from './pipeline/bus.ts';
@@ -19,7 +20,6 @@ import { prune, type PruneResult } from './pipeline/prune.ts';
 import type { ReportDeps } from './report/api.ts';
 import { sleep } from './base/backoff.ts';
 import { faultHook } from './base/fault.ts';
-import { Claims } from './pipeline/claims.ts';
 import { FoldBlobs } from './pipeline/fold-blobs.ts';
 import type { FoldReaderDeps } from './pipeline/fold-reader.ts';
 import { FoldWriter, type FoldWriterDeps } from './pipeline/fold-writer.ts';
@@ -79,18 +79,22 @@ export class Runtime {
    */
   worker(options: WorkerOptions = {}, deps: Partial<WorkerDeps> = {}): Worker {
     const c = this.config;
-    const base: WorkerDeps = { gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring: this.ring, log: this.log, watchList: this.watchList, ...deps };
+    const ring = deps.ring ?? this.ring;
+    // Each worker its own lease: two workers of one process are two workers to the fold protocol.
+    const claims = deps.claims ?? new Claims(ring, { leaseSeconds: c.leaseSeconds });
+    const base: WorkerDeps = { gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring, log: this.log, watchList: this.watchList, ...deps, claims };
     if (c.jobsPerFold !== undefined) options = { maxJobsPerFold: c.jobsPerFold, ...options };
     if (c.ringMode !== 'folds') return new Worker(base, options);
     const reached = faultHook(c.fault);
-    const folds = deps.folds ?? this.foldWriter(base.ring, base.now ?? Date.now, reached ? { reached } : {});
+    // The writer shares the worker's Claims: the same lease, so its claims and the worker's prepare()'s are one worker's.
+    const folds = deps.folds ?? this.foldWriter(ring, base.now ?? Date.now, { claims, ...(reached ? { reached } : {}) });
     return new Worker({ ...base, folds, ...(reached ? { reached } : {}) }, { maxJobsPerFold: FOLDS_MODE_JOBS_PER_FOLD, ...options });
   }
 
-  /** A fold-mode writer on `ring` with a lease of its own; `overrides` for tests (a shorter wait for a claim's holder, say). */
+  /** A fold-mode writer on `ring` (with a lease of its own unless `overrides` gives the worker's Claims); `overrides` for tests too. */
   foldWriter(ring: Ring = this.ring, now: () => number = Date.now, overrides: Partial<FoldWriterDeps> = {}): FoldWriter {
     return new FoldWriter({
-      claims: new Claims(ring),
+      claims: new Claims(ring, { leaseSeconds: this.config.leaseSeconds }),
       blobs: this.foldBlobsOn(ring),
       watermark: () => ring.watermark(),
       sliceSeconds: this.config.sliceSeconds,
@@ -109,7 +113,7 @@ export class Runtime {
   /** What the flush reads slices with in ring mode `folds`; undefined in `counters`. */
   get foldReaderDeps(): FoldReaderDeps | undefined {
     if (this.config.ringMode !== 'folds') return undefined;
-    return { claims: new Claims(this.ring), blobs: this.foldBlobsOn(), now: Date.now, sleep, decideWaitMs: FOLD_DECIDE_WAIT_MS };
+    return { claims: new Claims(this.ring, { leaseSeconds: this.config.leaseSeconds }), blobs: this.foldBlobsOn(), now: Date.now, sleep, decideWaitMs: FOLD_DECIDE_WAIT_MS };
   }
 
   /** The drain of watched raw records: MySQL, then the bus. */

@@ -139,14 +139,19 @@ export async function waitForPort(port: number, what: string, timeoutMs = 20_000
   }
 }
 
-/** A TCP proxy on a free port in front of a real server: `cut()` drops every connection and refuses new ones until `heal()`. */
+/**
+ * A TCP proxy on a free port in front of a real server: `cut()` drops every
+ * connection and refuses new ones until `heal()`. With `latencyMs`, every
+ * piece of data either way is held that long first (in order): a slow
+ * server, or a slow network, that still answers everything.
+ */
 export class Proxy {
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
-  private constructor(readonly port: number, private readonly target: number) {}
+  private constructor(readonly port: number, private readonly target: number, private readonly latencyMs: number) {}
 
-  static async start(t: Scope, target: number): Promise<Proxy> {
-    const p = new Proxy(await freePort(), target);
+  static async start(t: Scope, target: number, options: { latencyMs?: number } = {}): Promise<Proxy> {
+    const p = new Proxy(await freePort(), target, options.latencyMs ?? 0);
     await p.start();
     t.after(() => p.cut());
     return p;
@@ -160,7 +165,12 @@ export class Proxy {
         s.on('close', () => this.sockets.delete(s));
         s.on('error', () => undefined);
       }
-      client.pipe(upstream).pipe(client);
+      if (this.latencyMs > 0) {
+        // Timers of one delay fire in the order they were set: the stream stays in order.
+        const delayed = (from: net.Socket, to: net.Socket) => from.on('data', (chunk) => setTimeout(() => to.writable && to.write(chunk), this.latencyMs));
+        delayed(client, upstream);
+        delayed(upstream, client);
+      } else client.pipe(upstream).pipe(client);
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());
     });

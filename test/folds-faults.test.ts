@@ -16,6 +16,8 @@ import { FOLD_STEPS } from '../lib/pipeline/fold-writer.ts';
 import { flush } from '../lib/pipeline/flush.ts';
 import { GearmanConnection } from '../lib/wire/gearman.ts';
 import type { Runtime } from '../lib/runtime.ts';
+import { Claims } from '../lib/pipeline/claims.ts';
+import type { Worker, WorkerOptions } from '../lib/pipeline/worker.ts';
 import { gearmand } from './daemons.ts';
 import { drainQueues, Expected, readCounts, testRuntime } from './support.ts';
 
@@ -28,8 +30,11 @@ function fresh(overrides: Record<string, string> = {}): Runtime {
 }
 /** The flush of `rt`, giving open folds `decideWaitMs` to commit. */
 const flushDeps = (rt: Runtime, decideWaitMs = 500) => ({ ...rt.flushDeps, folds: { ...rt.flushDeps.folds!, decideWaitMs } });
-/** An in-process worker of `rt` that waits at most 200 ms for another worker's open fold before aborting it. */
-const worker = (rt: Runtime, servers: HostPort[] = rt.config.gearmanServers) => rt.worker({}, { gearmanServers: servers, folds: rt.foldWriter(rt.ring, Date.now, { holderWaitMs: 200 }) });
+/** An in-process worker of `rt` (1-s lease, as the spawned ones) that waits at most 200 ms for another worker's open fold before aborting it when it stores a fold again. */
+function worker(rt: Runtime, servers: HostPort[] = rt.config.gearmanServers, options: WorkerOptions = {}): Worker {
+  const claims = new Claims(rt.ring, { leaseSeconds: 1 });
+  return rt.worker(options, { gearmanServers: servers, claims, folds: rt.foldWriter(rt.ring, Date.now, { claims, holderWaitMs: 200 }) });
+}
 
 before(async () => {
   await drainQueues(fresh().config);
@@ -96,7 +101,7 @@ async function assertExact(rt: Runtime, expected: Expected): Promise<void> {
 
 function spawnWorker(rt: Runtime, env: Record<string, string>, args: string[] = []): ChildProcess {
   return spawn('node', ['bin/offlog.js', 'worker', ...args], {
-    env: { ...process.env, OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_TABLE_PREFIX: rt.config.tablePrefix, OFFLOG_RING_MODE: 'folds', OFFLOG_SLICE_SECONDS: String(SLICE), OFFLOG_LOG_LEVEL: 'error', ...env },
+    env: { ...process.env, OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_TABLE_PREFIX: rt.config.tablePrefix, OFFLOG_RING_MODE: 'folds', OFFLOG_SLICE_SECONDS: String(SLICE), OFFLOG_LEASE_SECONDS: '1', OFFLOG_LOG_LEVEL: 'error', ...env },
     stdio: 'ignore',
   });
 }
@@ -133,7 +138,7 @@ test('folds: the same jobs sent to two gearmand servers are counted once', async
   // The second server gets them in reverse order, and a fold takes one job from each: the copies land in different folds.
   await submit([hosts[0]!], uniques, bodies);
   await submit([hosts[1]!], [...uniques].reverse(), [...bodies].reverse());
-  const stats = await rt.worker({ maxJobsPerFold: 2 }, { gearmanServers: hosts, folds: rt.foldWriter(rt.ring, Date.now, { holderWaitMs: 200 }) }).run({ idle: true });
+  const stats = await worker(rt, hosts, { maxJobsPerFold: 2 }).run({ idle: true });
   assert.equal(stats.jobs, 40, 'both copies of every job were taken');
   assert.equal(stats.duplicatesSkipped, 20, 'one copy of each job was skipped');
   await flush(flushDeps(rt), new Date(Date.now() + 3 * SLICE * 1000));

@@ -13,7 +13,7 @@ import type { ActionId, LogEvent, UserId } from '../lib/domain/contract.ts';
 import { sliceOf, type SliceId } from '../lib/domain/slice.ts';
 import { FoldBlobs } from '../lib/pipeline/fold-blobs.ts';
 import { FoldSliceReader } from '../lib/pipeline/fold-reader.ts';
-import { FoldWriter, type FoldClaims, type FoldId } from '../lib/pipeline/fold-writer.ts';
+import { FoldWriter, type FoldId, type FoldProtocol } from '../lib/pipeline/fold-writer.ts';
 import { RingKeys } from '../lib/pipeline/keys.ts';
 import { Crash, FakeConn, FakeMemcached, FakeProcess, Schedule } from './fake-memcached.ts';
 import { createLogger } from '../lib/base/log.ts';
@@ -26,7 +26,7 @@ const PREFIX = 'm:';
 export interface ModelJob { unique: string; events: { user: number; action: number; value: number; at: number }[] }
 
 /** Makes the Claims of one process (a worker or a flush) on its connection. */
-export type ClaimsFactory = (conn: FakeConn, keys: RingKeys, ttl: number, now: () => number) => FoldClaims;
+export type ClaimsFactory = (conn: FakeConn, keys: RingKeys, ttl: number, now: () => number) => FoldProtocol;
 
 export interface ModelOptions {
   jobs: ModelJob[];
@@ -40,7 +40,10 @@ export interface ModelOptions {
   claims: ClaimsFactory;
   /** When the run starts (epoch ms); the jobs' events are in its slice and the one before. */
   startMs: number;
-  /** How long a worker waits for a live holder's open fold (real time: Claims.settle sleeps for real); 0 aborts it at once. */
+  /**
+   * How long a worker waits for a live holder's open fold (real time: Claims.settle sleeps for real) before
+   * aborting it. 0 aborts it at once, which lets two live workers abort each other's folds for ever.
+   */
   holderWaitMs?: number;
 }
 
@@ -118,8 +121,9 @@ export async function runModel(o: ModelOptions): Promise<ModelResult> {
         built.set(fold, lastBuilt);
         return announce(fold, events);
       };
-      const writer = new FoldWriter({ claims, blobs: blobsOf(conn), watermark: watermarkOf(conn), sliceSeconds: SLICE_SECONDS, now, sleep, log: silent, holderWaitMs: o.holderWaitMs ?? 0 });
+      const writer = new FoldWriter({ claims, blobs: blobsOf(conn), watermark: watermarkOf(conn), sliceSeconds: SLICE_SECONDS, now, sleep, log: silent, holderWaitMs: o.holderWaitMs ?? 2_000 });
       let mine: ModelJob[] = [];
+      const inFlight = new Set<FoldId>();
       try {
         for (let idle = 0; idle < 10_000; ) {
           mine = pending.splice(0, o.jobsPerFold);
@@ -144,7 +148,25 @@ export async function runModel(o: ModelOptions): Promise<ModelResult> {
             lastBuilt = seen;
             return d;
           };
-          await writer.store({ uniques: jobs.map((j) => j.unique), build });
+          // As Worker does: the jobs are claimed when the fold is prepared, then the writer stores that fold
+          // (and, if it is aborted, new ones), each of them in flight meanwhile.
+          const pre = await claims.claimFold(jobs.map((j) => j.unique), { inFlight, waitMs: o.holderWaitMs ?? 2_000 });
+          const preDuplicates = new Set(pre.duplicates);
+          inFlight.add(pre.fold);
+          const tried = [pre.fold];
+          const track = (fold: FoldId, previous: FoldId | null): void => {
+            if (previous !== null) inFlight.delete(previous);
+            inFlight.add(fold);
+            tried.push(fold);
+          };
+          try {
+            await writer.store(
+              { uniques: jobs.filter((j) => !preDuplicates.has(j.unique)).map((j) => j.unique), build: (skip) => build(new Set([...skip, ...preDuplicates])) },
+              { claimed: pre.fold, inFlight, track },
+            );
+          } finally {
+            for (const f of tried) inFlight.delete(f);
+          }
           // Acknowledged: Gearman forgets them.
           held -= jobs.length;
           mine = [];
@@ -155,7 +177,9 @@ export async function runModel(o: ModelOptions): Promise<ModelResult> {
         throw new Error(`${name}: waited too long for held jobs`);
       } catch (err) {
         if (!(err instanceof Crash)) throw err;
-        // Killed: gearmand hands its jobs out again; the process restarts with a new lease.
+        // Killed: gearmand hands its jobs out again; the process restarts with a new lease. The dead
+        // one's lease runs out (as if the others had waited its TTL out: their wait is in real time).
+        server.apply({ kind: 'delete', key: keys.lease(claims.lease) });
         held -= mine.length;
         pending.unshift(...mine);
         restarts++;

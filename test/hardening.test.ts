@@ -76,7 +76,7 @@ async function post(rt: Runtime, events: object[]): Promise<void> {
 }
 
 /** The ring with some methods replaced: the faults a real memcached cannot be made to produce on cue. */
-function ringWith(ring: Ring, replaced: Partial<Pick<Ring, 'apply' | 'markApplied' | 'enter'>>): Ring {
+function ringWith(ring: Ring, replaced: Partial<Pick<Ring, 'apply' | 'enter'>>): Ring {
   return new Proxy(ring, {
     get(target, name) {
       if (name in replaced) return replaced[name as keyof typeof replaced];
@@ -211,16 +211,17 @@ test('memcached unreachable: retries stop at the deadline and on stop(), jobs st
   assert.deepEqual(await readCounts(rt), expected.asStrings());
 });
 
-test('memcached lost after the counts are stored, before their marks: the jobs are acknowledged anyway, nothing counted twice', async (t) => {
+test('memcached lost after the counts are stored, before their commit: the jobs are acknowledged anyway, nothing counted twice', async (t) => {
   const { rt, server } = await ownGearman(t);
   const proxy = await TcpProxy.start(t, rt.config.memcachedServers[0]!.port);
   const direct = new Ring({ servers: [local(proxy.port)], keyPrefix: rt.config.keyPrefix, sliceSeconds: SLICE, ringSlices: 6, opTimeoutMs: 500 });
   t.after(() => direct.close());
-  // A real outage that begins just as the fold's counts are in: its marks cannot be written.
+  // A real outage that begins just as the fold's counts are in: its commit cannot be written.
   const ring = ringWith(direct, {
-    markApplied: async (uniques) => {
+    apply: async (deltas) => {
+      const applied = await direct.apply(deltas);
       await proxy.cut();
-      return direct.markApplied(uniques);
+      return applied;
     },
   });
   const base = futureSlice(SLICE);
@@ -230,7 +231,7 @@ test('memcached lost after the counts are stored, before their marks: the jobs a
 
   const w = rt.worker({}, { ring, now: () => at(base) });
   const stats = await within(w.run({ deadlineMs: Date.now() + 1500 }), 10_000, 'a worker past its deadline');
-  assert.ok(stats.storeRetries > 0, 'it tried to write the marks');
+  assert.ok(stats.storeRetries > 0, 'it tried to write the commit');
   assert.equal(stats.jobs, 1, 'the stored job was acknowledged');
   assert.equal(await queued(server), 0, 'so gearmand will not hand it out again');
 

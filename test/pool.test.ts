@@ -16,6 +16,7 @@ import { FN_BATCH } from '../lib/domain/contract.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
 import { OffLogClient } from '../lib/pipeline/client.ts';
 import { judge } from '../lib/pipeline/flush.ts';
+import { Claims } from '../lib/pipeline/claims.ts';
 import { shardOfSlice } from '../lib/pipeline/keys.ts';
 import { Placement } from '../lib/pipeline/placement.ts';
 import type { SliceTotals } from '../lib/pipeline/slice-reader.ts';
@@ -102,16 +103,22 @@ async function readSlice(rt: Runtime, slice: SliceId): Promise<SliceTotals> {
 }
 
 /**
- * Job marks written by a worker of the new pool are found by one not yet
- * restarted (which reads the old pool only), and the other way round: a job
- * redelivered or re-sent to either during the roll is skipped, not counted again.
+ * Job claims made by a worker of the new pool are found by one not yet
+ * restarted (which knows the old pool only), and the other way round: both
+ * put them where the old pool does (Placement.agreed), so a job redelivered
+ * or re-sent to either during the roll is claimed once, never folded twice.
  */
-async function marksSeenAcrossPools(next: Runtime, old: Runtime): Promise<void> {
+async function claimsSeenAcrossPools(next: Runtime, old: Runtime): Promise<void> {
   const ids = (tag: string) => Array.from({ length: 60 }, (_, i) => `pool-${tag}-${i}`);
-  await next.ring.markApplied(ids('new'));
-  await old.ring.markApplied(ids('old'));
-  assert.deepEqual([...(await old.ring.appliedJobs(ids('new')))].sort(), ids('new').sort(), "marks of the new pool's workers, read by an old one");
-  assert.deepEqual([...(await next.ring.appliedJobs(ids('old')))].sort(), ids('old').sort(), "marks of the old pool's workers, read by a new one");
+  const [fromNext, fromOld] = [new Claims(next.ring), new Claims(old.ring)];
+  const [foldNext, foldOld] = [fromNext.newFold(), fromOld.newFold()];
+  assert.ok([...(await fromNext.claim(ids('new'), foldNext)).values()].every((h) => h === null));
+  assert.ok([...(await fromOld.claim(ids('old'), foldOld)).values()].every((h) => h === null));
+  assert.deepEqual([...(await fromOld.claim(ids('new'), fromOld.newFold())).values()].map((h) => h?.fold), ids('new').map(() => foldNext), "claims of the new pool's workers, found by an old one");
+  assert.deepEqual([...(await fromNext.claim(ids('old'), fromNext.newFold())).values()].map((h) => h?.fold), ids('old').map(() => foldOld), "claims of the old pool's workers, found by a new one");
+  // And a decision one side writes is the one the other side reads.
+  await fromOld.commit(foldOld, new Map());
+  assert.equal((await fromNext.decision(foldOld)).state, 'committed');
 }
 
 /** Waits until no OffLog batch job is queued or running on any of these gearmands. */
@@ -271,7 +278,7 @@ test('the pool grows from one memcached to three mid-slice while three worker pr
   // Without the design: a reader that knows only the new pool, or only the old one, comes up short.
   const onlyNew = await readSlice(fresh({ OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_MEMCACHED_SERVERS: newPool }), slice);
   const onlyOld = await readSlice(fresh({ OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_MEMCACHED_SERVERS: oldPool }), slice);
-  await marksSeenAcrossPools(rt, fresh({ OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_MEMCACHED_SERVERS: oldPool }));
+  await claimsSeenAcrossPools(rt, fresh({ OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_MEMCACHED_SERVERS: oldPool }));
   for (const [name, totals] of [['the new pool only', onlyNew], ['the old pool only', onlyOld]] as const) {
     const lost = BigInt(EVENTS) + over - totals.counted;
     process.stdout.write(`# read with ${name}: ${totals.counted} events in ${totals.rows} rows, ${lost} lost; the flush would call it ${judge(totals, false, null).status}\n`);
@@ -329,7 +336,7 @@ test('the pool shrinks from three memcached to one while old and new workers wri
   const report = result.slices.find((s) => s.slice === slice);
   assert.equal(report?.status, 'flushed', report?.note);
   assert.deepEqual(await readCounts(rt), expected.asStrings(), 'every row exact');
-  await marksSeenAcrossPools(rt, old);
+  await claimsSeenAcrossPools(rt, old);
 
   const onlyNew = await readSlice(fresh({ OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_MEMCACHED_SERVERS: newPool }), slice);
   process.stdout.write(`# pool shrunk 3 → 1: ${logged} events exact; read with the new pool only: ${BigInt(logged) - onlyNew.counted} lost\n`);

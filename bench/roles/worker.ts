@@ -74,9 +74,11 @@ runRole(async () => {
   const hasBusy = timed(worker, 'prepare', 'prepareMs', true) && timed(worker, 'store', 'storeMs', true);
   timed(worker, 'take', 'takeMs');
   timed(worker, 'waitForWork', 'sleepMs');
-  timed(ring, 'appliedJobs', 'memcachedAppliedJobsMs');
+  // The fold protocol (claims.ts): the jobs' claims, the slices' fold lists, the commit.
+  timed(worker.claims, 'claim', 'memcachedClaimMs');
   timed(ring, 'apply', 'memcachedApplyMs');
-  timed(ring, 'markApplied', 'memcachedMarkAppliedMs');
+  timed(worker.claims, 'announce', 'memcachedAnnounceMs');
+  timed(worker.claims, 'commit', 'memcachedCommitMs');
   // The writer's announcement around each fold (Ring.enter / Ring.leave): what the flush protocol costs.
   timed(ring, 'enter', 'memcachedEnterMs');
   timed(ring, 'leave', 'memcachedLeaveMs');

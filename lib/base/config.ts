@@ -36,6 +36,8 @@ export interface Config {
   watchedRetentionDays: number;
   /** How old the worker's copy of the watch lists may get before it is re-read (in the background). */
   watchListTtlSeconds: number;
+  /** How long a worker's lease outlives its last fold: a claim of an undecided fold whose lease is gone is taken over (claims.ts). */
+  leaseSeconds: number;
   // ── reports and retention ──
   /** When set, every report read (API and dashboard data) requires `Authorization: Bearer <token>`. */
   reportToken: string | undefined;
@@ -122,6 +124,7 @@ const schema = z.object({
       return { step: step!, n: Number(n), signal: signal === 'SIGSTOP' ? 'SIGSTOP' : 'SIGKILL' };
     })
     .optional(),
+  OFFLOG_LEASE_SECONDS: int(1, 3_600, 30),
 });
 
 /** Parses the environment; throws one ConfigError listing every bad variable. */
@@ -156,6 +159,7 @@ export function loadConfig(env: Record<string, string | undefined> = {}): Config
     eventBridgeEndpoint: e.OFFLOG_EVENTBRIDGE_ENDPOINT,
     watchedRetentionDays: e.OFFLOG_WATCHED_RETENTION_DAYS,
     watchListTtlSeconds: e.OFFLOG_WATCHLIST_TTL_SECONDS,
+    leaseSeconds: e.OFFLOG_LEASE_SECONDS,
     reportToken: e.OFFLOG_REPORT_TOKEN,
     retentionDays: e.OFFLOG_RETENTION_DAYS,
     hourlyRetentionDays: e.OFFLOG_HOURLY_RETENTION_DAYS,

@@ -134,6 +134,13 @@ export class Deltas {
     return [...new Set(this.pairs.map((d) => d.slice))];
   }
 
+  /** Events per slice these deltas write to (what a fold announces on each: see claims.ts). */
+  eventsPerSlice(): Map<SliceId, number> {
+    const per = new Map<SliceId, number>();
+    for (const d of this.pairs) per.set(d.slice, (per.get(d.slice) ?? 0) + d.count);
+    return per;
+  }
+
   /** Events in slices at or below `slice`. */
   eventsThrough(slice: SliceId): number {
     let n = 0;

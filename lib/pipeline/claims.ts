@@ -17,8 +17,10 @@
  *   fold is aborted and the claim taken over with CAS.
  *
  * All of it lives in the ring's memcached servers with the ring's TTL, except
- * the lease (short). Keys are placed by the current pool (Placement.writer):
- * an `add` is atomic on one server only.
+ * the lease (short). Claims, decisions and leases are placed where every
+ * worker of a rolling pool change agrees (Placement.agreed): an `add` is
+ * atomic on one server only. A fold list goes with its slice's head (the
+ * current pool) and is read from every server the slice may be on.
  */
 import { randomBytes } from 'node:crypto';
 import { sleep } from '../base/backoff.ts';
@@ -67,6 +69,8 @@ export interface SettleOptions {
   inFlight?: ReadonlySet<FoldId>;
   /** How long to wait for a live holder to decide before aborting it (default: twice the lease). */
   waitMs?: number;
+  /** The same wait, as a point in time (Date.now() ms): claimFold's attempts share one. */
+  deadline?: number;
   /** Stop waiting (the worker is stopping): the job is then left unresolved, in `unresolved`. */
   stopped?: () => boolean;
 }
@@ -77,6 +81,21 @@ export interface Settled {
   /** Jobs another fold stored or is storing: skip them (acknowledge without counting). */
   duplicates: string[];
   /** Not decided before the worker stopped: hand these back to gearmand. */
+  unresolved: string[];
+  /**
+   * The fold gave way to a live fold with a smaller id (wait-die) and is
+   * aborted now: start again with a new fold (claimFold does).
+   */
+  yielded: boolean;
+}
+
+/** A fold's claims, once settled (see claimFold). */
+export interface FoldClaims {
+  /** The fold that holds the claims of every job not in `duplicates` or `unresolved`. */
+  fold: FoldId;
+  /** Jobs another fold stored or is storing: acknowledge them without counting. */
+  duplicates: string[];
+  /** The worker stopped before these were settled: hand every job of the fold back (the fold is aborted). */
   unresolved: string[];
 }
 
@@ -92,6 +111,8 @@ export class ClaimsError extends MemcacheError {
 export class Claims {
   readonly lease: string;
   readonly leaseSeconds: number;
+  /** When the last renewal that succeeded was sent (ms). */
+  private renewedAt = -Infinity;
 
   constructor(private readonly ring: ClaimsRing, options: ClaimsOptions = {}) {
     this.leaseSeconds = options.leaseSeconds ?? DEFAULT_LEASE_SECONDS;
@@ -108,7 +129,9 @@ export class Claims {
   /** Refreshes this worker's lease: it is alive for leaseSeconds more. */
   async renewLease(): Promise<void> {
     const key = this.ring.keys.lease(this.lease);
+    const sentAt = Date.now();
     await this.exec(this.home(key), [{ kind: 'set', key, value: String(process.pid), ttl: this.leaseSeconds }]);
+    this.renewedAt = Math.max(this.renewedAt, sentAt);
   }
 
   /**
@@ -117,9 +140,16 @@ export class Claims {
    * including a claim it made before, on an attempt whose reply was lost)
    * or to its holder. Only held claims cost more: a read of their holder.
    * Empty uniques cannot be claimed and are left out.
+   *
+   * Renews the lease too, since others judge a claim by it: alongside the
+   * claims (no extra round trip) while it has at least half its time left,
+   * else first, so no claim is ever seen under a lapsed lease.
    */
   async claim(uniques: readonly string[], fold: FoldId): Promise<Map<string, ClaimHolder | null>> {
     checkId('fold', fold);
+    const renewal = this.renewLease();
+    if (Date.now() - this.renewedAt > this.leaseSeconds * 500) await renewal;
+    else renewal.catch(() => undefined); // awaited below; meanwhile not unhandled
     const result = new Map<string, ClaimHolder | null>();
     let todo = [...new Set(uniques.filter((u) => u !== ''))];
     for (let round = 0; todo.length > 0; round++) {
@@ -136,6 +166,7 @@ export class Claims {
         else result.set(u, h.fold === fold ? null : h);
       });
     }
+    await renewal;
     return result;
   }
 
@@ -239,14 +270,17 @@ export class Claims {
    * - an aborted fold: the claim is taken over;
    * - an open fold whose lease is gone (a dead worker): aborted, then taken over
    *   (unless it committed just before: then a duplicate);
-   * - an open fold whose lease is alive: waited for, up to `waitMs`, then
-   *   aborted and taken over (a live holder whose fold is aborted finds its
-   *   commit refused).
+   * - an open fold whose lease is alive: if its id is larger, waited for,
+   *   up to `waitMs`, then aborted and taken over (a live holder whose fold
+   *   is aborted finds its commit refused); if smaller, this fold gives way
+   *   (aborts itself, `yielded`), so two folds that each won some of the
+   *   other's jobs never wait for each other (wait-die: waits only ever go
+   *   from a smaller id to a larger one, so they cannot form a cycle).
    * The lease is renewed while waiting.
    */
   async settle(held: ReadonlyMap<string, ClaimHolder | null>, fold: FoldId, options: SettleOptions = {}): Promise<Settled> {
-    const out: Settled = { taken: [], duplicates: [], unresolved: [] };
-    const deadline = Date.now() + (options.waitMs ?? 2 * this.leaseSeconds * 1000);
+    const out: Settled = { taken: [], duplicates: [], unresolved: [], yielded: false };
+    const deadline = options.deadline ?? Date.now() + (options.waitMs ?? 2 * this.leaseSeconds * 1000);
     for (const [unique, first] of held) {
       if (first === null) {
         out.taken.push(unique);
@@ -278,6 +312,12 @@ export class Claims {
         if (d.state === 'open') {
           const waited = Date.now() >= deadline;
           if (!waited && holder.lease !== this.lease && (await this.leaseAlive(holder.lease))) {
+            if (holder.fold < fold) {
+              const d = await this.abort(fold);
+              if (d.state !== 'aborted') throw new ClaimsError(`fold ${fold} was found ${d.state} while still claiming its jobs`);
+              out.yielded = true;
+              return out;
+            }
             if (options.stopped?.() === true) {
               out.unresolved.push(unique);
               break;
@@ -303,6 +343,28 @@ export class Claims {
       }
     }
     return out;
+  }
+
+  /**
+   * Claims `uniques` for a new fold and settles what was held (see settle),
+   * starting again with a new fold whenever one gives way. In the common
+   * case (nothing held) one round trip.
+   */
+  async claimFold(uniques: readonly string[], options: SettleOptions = {}): Promise<FoldClaims> {
+    const deadline = options.deadline ?? Date.now() + (options.waitMs ?? 2 * this.leaseSeconds * 1000);
+    for (let delay = 20; ; delay = Math.min(1000, delay * 2)) {
+      const fold = this.newFold();
+      const held = await this.claim(uniques, fold);
+      if ([...held.values()].every((h) => h === null)) return { fold, duplicates: [], unresolved: [] };
+      const s = await this.settle(held, fold, { ...options, deadline });
+      if (!s.yielded) {
+        if (s.unresolved.length > 0) await this.abort(fold);
+        return { fold, duplicates: s.duplicates, unresolved: s.unresolved };
+      }
+      if (options.stopped?.() === true) return { fold, duplicates: [], unresolved: [...held.keys()] };
+      // Jittered, so two folds giving way to each other's successors do not keep meeting.
+      await sleep(delay / 2 + Math.random() * delay);
+    }
   }
 
   // ── internals ──
@@ -350,7 +412,7 @@ export class Claims {
   }
 
   private home(key: string): number {
-    return this.ring.placement.writer(key);
+    return this.ring.placement.agreed(key);
   }
 
   private exec(server: number, ops: MemcacheOp[]): Promise<MemcacheReply[]> {

@@ -18,11 +18,11 @@ import { FoldBlobError, readFoldHeader } from '../domain/foldblob.ts';
 import { SliceSum } from '../domain/foldsum.ts';
 import type { SliceId } from '../domain/slice.ts';
 import type { FoldBlobs } from './fold-blobs.ts';
-import type { FoldClaims, FoldId } from './fold-writer.ts';
+import type { FoldId, FoldProtocol } from './fold-writer.ts';
 import type { SliceTotals } from './slice-reader.ts';
 
 export interface FoldReaderDeps {
-  claims: Pick<FoldClaims, 'foldsOf' | 'decision' | 'abort'>;
+  claims: Pick<FoldProtocol, 'foldsOf' | 'decision' | 'abort'>;
   blobs: FoldBlobs;
   now: () => number;
   sleep: (ms: number) => Promise<void>;

@@ -23,12 +23,12 @@ import type { Deltas } from '../domain/aggregate.ts';
 import { foldBlobs, foldEvents } from '../domain/foldblob.ts';
 import { sliceOf, type SliceId } from '../domain/slice.ts';
 import type { FoldBlobs } from './fold-blobs.ts';
-import type { ClaimHolder, FoldDecision, FoldId, Settled, SettleOptions } from './claims.ts';
+import type { ClaimHolder, FoldClaims, FoldDecision, FoldId, SettleOptions } from './claims.ts';
 
 export type { FoldId } from './claims.ts';
 
 /** What the fold protocol needs of claims.ts (its Claims class; the model test runs the same class on a fake memcached). */
-export interface FoldClaims {
+export interface FoldProtocol {
   readonly lease: string;
   newFold(): FoldId;
   renewLease(): Promise<void>;
@@ -40,7 +40,7 @@ export interface FoldClaims {
   leaseAlive(lease: string): Promise<boolean>;
   takeOver(unique: string, holder: ClaimHolder, fold: FoldId): Promise<boolean>;
   foldsOf(slice: SliceId): Promise<{ fold: FoldId; events: number }[]>;
-  settle(held: ReadonlyMap<string, ClaimHolder | null>, fold: FoldId, options?: SettleOptions): Promise<Settled>;
+  claimFold(uniques: readonly string[], options?: SettleOptions): Promise<FoldClaims>;
 }
 
 /** The worker stopped while a claim was still held by another worker's open fold: the fold's jobs go back to gearmand. */
@@ -53,7 +53,7 @@ export const FOLD_STEPS = ['claimed', 'announced', 'blobs', 'committed', 'acked'
 export type FoldStep = (typeof FOLD_STEPS)[number];
 
 export interface FoldWriterDeps {
-  claims: FoldClaims;
+  claims: FoldProtocol;
   blobs: FoldBlobs;
   /** The flush's watermark, as the ring publishes it (Ring.watermark). */
   watermark(): Promise<SliceId | null>;
@@ -63,10 +63,8 @@ export interface FoldWriterDeps {
   log: Logger;
   /** Called at each step boundary (the fault hook; the model test's crash points are finer). */
   reached?: (step: FoldStep) => void;
-  /** How long a claim held by an open fold of a live worker is waited for before that fold is aborted. */
+  /** How long a claim held by an open fold of a live worker is waited for before that fold is aborted (default: Claims', twice the lease). */
   holderWaitMs?: number;
-  /** True once the worker is stopping: waiting for a claim's holder ends. */
-  stopped?: () => boolean;
 }
 
 /** A fold's jobs as the writer sees them: their unique ids, and how to fold them leaving some out. */
@@ -75,6 +73,17 @@ export interface FoldJobs {
   uniques: readonly string[];
   /** The fold's deltas without the jobs in `skip` (duplicates found while claiming). */
   build(skip: ReadonlySet<string>): Deltas;
+}
+
+export interface StoreOptions {
+  /** A fold that already holds every job's claim (settled): the first try. */
+  claimed?: FoldId | null;
+  /** Told of each new fold tried, and of the one it replaces. */
+  track?: (fold: FoldId, previous: FoldId | null) => void;
+  /** The worker's folds being stored: a job one of them holds is a duplicate here. */
+  inFlight?: ReadonlySet<FoldId>;
+  /** True once the worker is stopping: waiting for a claim's holder ends. */
+  stopped?: () => boolean;
 }
 
 export interface StoredFold {
@@ -87,8 +96,6 @@ export interface StoredFold {
   fold: FoldId | null;
 }
 
-/** Shorter than Claims' default (twice the lease): a fold that long unfinished is more likely dead than slow, and a live one only stores again. */
-const HOLDER_WAIT_MS = 10_000;
 /** A fold is tried again (a new fold) at most this many times in a row before the store fails. */
 const MAX_ATTEMPTS = 20;
 
@@ -98,21 +105,42 @@ export class FoldWriter {
 
   constructor(private readonly deps: FoldWriterDeps) {}
 
-  async store(jobs: FoldJobs): Promise<StoredFold> {
+  /**
+   * Stores the fold. `claimed`: a fold whose claims on every job were made
+   * and settled already (the worker's prepare), tried first. `track` is told
+   * of each new fold tried (and the one it replaces), `inFlight` are the
+   * worker's folds being stored (their claims are not taken over).
+   */
+  async store(jobs: FoldJobs, options: StoreOptions = {}): Promise<StoredFold> {
     const { claims, blobs, reached } = this.deps;
     const duplicates = new Set<string>();
     const uniques = [...new Set(jobs.uniques.filter(Boolean))];
     let deltas = jobs.build(duplicates);
+    let previous: FoldId | null = options.claimed ?? null;
+    const tried = new Set<FoldId>(previous === null ? [] : [previous]);
     for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
-      if (deltas.pairs.length === 0 && deltas.late.size === 0) return { deltas, duplicates, attempts: attempt - 1, fold: null };
-      const fold = claims.newFold();
-      await claims.renewLease();
-      const found = await this.claimAll(uniques.filter((u) => !duplicates.has(u)), fold);
-      if (found.size > 0) {
-        for (const u of found) duplicates.add(u);
-        deltas = jobs.build(duplicates);
-        if (deltas.pairs.length === 0 && deltas.late.size === 0) return { deltas, duplicates, attempts: attempt, fold: null };
+      let fold: FoldId;
+      if (attempt === 1 && options.claimed) fold = options.claimed;
+      else {
+        // Claimed afresh: the claims the last fold holds (aborted now) are taken over, and jobs committed meanwhile found.
+        // This store's own earlier folds are aborted now, not in flight: their claims are taken over, never taken for duplicates.
+        const inFlight = new Set([...(options.inFlight ?? [])].filter((f) => !tried.has(f)));
+        const c = await claims.claimFold(uniques.filter((u) => !duplicates.has(u)), { inFlight, ...(this.deps.holderWaitMs === undefined ? {} : { waitMs: this.deps.holderWaitMs }), ...(options.stopped ? { stopped: options.stopped } : {}) });
+        options.track?.(c.fold, previous);
+        previous = fold = c.fold;
+        tried.add(fold);
+        if (c.unresolved.length > 0) throw new FoldStoppedError(`stopped while ${c.unresolved.length} job(s) were claimed by another worker's open fold (first: ${c.unresolved[0]})`);
+        if (c.duplicates.length > 0) {
+          for (const u of c.duplicates) duplicates.add(u);
+          deltas = jobs.build(duplicates);
+        }
       }
+      if (deltas.pairs.length === 0 && deltas.late.size === 0) {
+        // Nothing left to count (every job a duplicate, or none had events): the fold commits empty, so its claims stand.
+        if (await claims.commit(fold, new Map())) return { deltas, duplicates, attempts: attempt, fold };
+        continue;
+      }
+      await claims.renewLease();
       reached?.('claimed');
       deltas = this.aboveWatermark(deltas);
       const events = foldEvents(deltas);
@@ -134,21 +162,6 @@ export class FoldWriter {
       await this.readWatermark();
     }
     throw new Error(`a fold was aborted ${MAX_ATTEMPTS} times in a row: is a flush running with a clock far ahead?`);
-  }
-
-  /**
-   * Claims every job for `fold` and settles the claims found held (Claims.settle:
-   * committed elsewhere → duplicate; aborted, or open with its worker's lease
-   * gone → taken over; open with a live lease → waited for, then aborted).
-   * Returns the duplicates.
-   */
-  private async claimAll(uniques: readonly string[], fold: FoldId): Promise<Set<string>> {
-    const { claims } = this.deps;
-    const held = await claims.claim(uniques, fold);
-    if ([...held.values()].every((h) => h === null)) return new Set();
-    const settled = await claims.settle(held, fold, { waitMs: this.deps.holderWaitMs ?? HOLDER_WAIT_MS, stopped: this.deps.stopped });
-    if (settled.unresolved.length > 0) throw new FoldStoppedError(`stopped while ${settled.unresolved.length} job(s) were claimed by another worker's open fold (first: ${settled.unresolved[0]})`);
-    return new Set(settled.duplicates);
   }
 
   private async readWatermark(): Promise<SliceId | null> {

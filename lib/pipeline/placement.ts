@@ -7,11 +7,14 @@
  * on another after it would be split, and a flush reading one place would
  * lose half. So the pool change has two sides:
  *
- * - writers (workers) write counts to the *current* pool only (a job's
- *   applied mark, a plain `set`, goes to both places: see Ring.markApplied);
- * - readers (the flush, and the worker's applied-job marks) read every place
- *   a key may be under the current *and* the previous pool, and add up what
- *   they find on distinct servers.
+ * - writers (workers) write counts to the *current* pool only;
+ * - readers (the flush) read every place a key may be under the current
+ *   *and* the previous pool, and add up what they find on distinct servers;
+ * - the fold protocol's single-key records (job claims, decisions, leases:
+ *   claims.ts) must be on one server that every worker agrees on, since an
+ *   `add` is atomic on one server only: the previous pool's place while one
+ *   is configured (a worker not yet restarted has that pool as its current),
+ *   else the current's (see `agreed`).
  *
  * A key placed on the same server by both pools is one key and is read once.
  * The operator's steps are in the README ("Changing the memcached pool").
@@ -57,6 +60,17 @@ export class Placement {
     if (this.previous.length === 0) return [w];
     const p = this.previous[fnv1a(shardKey) % this.previous.length]!;
     return p === w ? [w] : [w, p];
+  }
+
+  /**
+   * The server for a key every worker must find in the same place during a
+   * rolling pool change: the previous pool's while one is configured (a
+   * worker not yet restarted still has that pool as its current), else the
+   * current's.
+   */
+  agreed(shardKey: string): number {
+    if (this.previous.length === 0) return this.writer(shardKey);
+    return this.previous[fnv1a(shardKey) % this.previous.length]!;
   }
 
   /** Every server of the current pool (for what each must hold, like the watermark). */

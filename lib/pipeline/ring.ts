@@ -352,45 +352,6 @@ export class Ring {
     }
   }
 
-  /** Which of these jobs (by unique id) were already applied, under either pool. */
-  async appliedJobs(uniques: readonly string[]): Promise<Set<string>> {
-    const done = new Set<string>();
-    const byServer = this.conns.map(() => [] as string[]);
-    for (const u of uniques) {
-      if (!u) continue;
-      const key = this.keys.job(u);
-      for (const s of this.placement.readers(key)) byServer[s]!.push(key);
-    }
-    const found = new Set<string>();
-    await Promise.all(byServer.map(async (keys, s) => {
-      if (keys.length === 0) return;
-      this.ops += keys.length;
-      for (const k of (await this.conns[s]!.getMulti(keys)).keys()) found.add(k);
-    }));
-    for (const u of uniques) if (u && found.has(this.keys.job(u))) done.add(u);
-    return done;
-  }
-
-  /**
-   * Marks jobs applied, so a redelivered copy (worker crash before its ack,
-   * client re-send) is skipped. While the pool changes, a mark goes where
-   * either pool places it: a worker not yet restarted reads only the old
-   * pool's place, and a copy it is handed must find the mark there too.
-   */
-  async markApplied(uniques: readonly string[]): Promise<void> {
-    const byServer = new Map<number, MemcacheOp[]>();
-    for (const u of uniques) {
-      if (!u) continue;
-      const key = this.keys.job(u);
-      for (const s of this.placement.readers(key)) {
-        let ops = byServer.get(s);
-        if (!ops) byServer.set(s, (ops = []));
-        ops.push({ kind: 'set', key, value: '1', ttl: this.ttl });
-      }
-    }
-    await Promise.all([...byServer].map(([s, ops]) => this.exec(s, ops)));
-  }
-
   /** Opens a finished slice for reading in batches of at most `batchPairs` pairs (see SliceReader). */
   openSlice(slice: SliceId, batchPairs: number): Promise<SliceReader> {
     return SliceReader.open(slice, batchPairs, { keys: this.keys, placement: this.placement, conns: this.conns, countOps: (n) => (this.ops += n) });

@@ -4,11 +4,16 @@
  * each job. While memcached is unreachable it holds what it has, takes nothing
  * new and retries; the jobs stay Gearman's until they are acknowledged.
  *
+ * Each fold F claims its jobs (claims.ts) before storing anything, so a
+ * second copy of a job (a client's re-send to another gearmand, a
+ * redelivery) is never folded by two workers at once; announces F on every
+ * slice it writes into; stores its counts; commits F; then acknowledges.
+ *
  * Two folds overlap: while one is being stored (memcached's time, mostly),
- * the next is taken from gearmand, decoded and folded (this process's time).
- * Stores still happen one after the other, each fold's jobs are acknowledged
- * only after its own counts and marks are in memcached, and at most two folds
- * are held at once.
+ * the next is taken from gearmand, decoded, folded and claimed (this
+ * process's time). Stores still happen one after the other, each fold's jobs
+ * are acknowledged only after its own counts and commit are in memcached,
+ * and at most two folds are held at once.
  */
 import { Deltas } from '../domain/aggregate.ts';
 import { retry, sleep } from '../base/backoff.ts';
@@ -19,10 +24,11 @@ import { GearmanConnection, type Job } from '../wire/gearman.ts';
 import type { Logger } from '../base/log.ts';
 import { MemcacheUnavailableError } from '../wire/memcache.ts';
 import type { Ring } from './ring.ts';
+import { Claims, type FoldId } from './claims.ts';
 import { sliceOf, type SliceId } from '../domain/slice.ts';
 import { watchedOfColumns, watchedOfEvents, type WatchList, type WatchSnapshot } from './watch.ts';
-import { FoldStoppedError, type FoldWriter } from './fold-writer.ts';
 import { WatchedSender } from './watched.ts';
+import { FoldStoppedError, type FoldWriter } from './fold-writer.ts';
 
 /** The worker was stopped (or reached its deadline) while memcached was unreachable: its jobs stay Gearman's. */
 export class WorkerStoppedError extends Error {
@@ -37,6 +43,8 @@ export class WorkerStoppedError extends Error {
  */
 export const DEFAULT_MAX_JOBS_PER_FOLD = 16;
 
+const NONE: ReadonlySet<string> = new Set();
+
 /** How long a starting worker waits for its first reading of the watch lists. */
 const WATCH_LIST_WAIT_MS = 2000;
 
@@ -49,7 +57,9 @@ export interface WorkerDeps {
   now?: () => number;
   /** The watch lists (read in the background); without them only events sent as watched keep their raw record. */
   watchList?: WatchList;
-  /** Ring mode `folds` (docs/ring-modes.md): folds are stored by this writer, claims replace the marks. Absent: `counters`. */
+  /** The fold protocol on `ring` (its lease time from config); made with the defaults when absent. */
+  claims?: Claims;
+  /** Ring mode `folds` (docs/ring-modes.md): folds are stored by this writer (on the same Claims). Absent: `counters`. */
   folds?: FoldWriter;
   /** The fault hook (OFFLOG_FAULT), told of the `acked` step; the writer is told of the others. */
   reached?: (step: string) => void;
@@ -67,8 +77,10 @@ export interface WorkerStats {
   events: number;
   late: number;
   deadLetters: number;
-  /** Redelivered jobs recognised as already applied and skipped. */
+  /** Copies of jobs another fold stored or is storing (redeliveries, re-sends), found by their claims and skipped. */
   duplicatesSkipped: number;
+  /** Folds found aborted at their commit (by the flush, or by a worker that took their claims over): their slices are reported maybe-duplicated. */
+  foldsAborted: number;
   folds: number;
   memcachedOps: number;
   storeRetries: number;
@@ -88,13 +100,15 @@ export interface RunUntil {
 
 /** A fold between being prepared (decoded, folded) and stored. */
 interface Fold {
+  /** The fold's id: its claims, its entries in the slices' fold lists, its decision record. */
+  id: FoldId;
   /** Every job taken: all are acknowledged once the fold is stored. */
   jobs: Job[];
   deltas: Deltas;
-  /** Jobs whose events are in `deltas`: marked applied once stored. */
+  /** Jobs whose events are in `deltas`: claimed by the fold. */
   applied: Job[];
   dead: { job: Job; error: string }[];
-  /** Jobs left out as already applied (or copies of another job of the fold). */
+  /** Jobs left out as claimed by another fold (or copies of another job of the fold). */
   skipped: number;
   /** Raw records of watched events, by the job that carried them: queued before the fold is stored. */
   watched: { job: Job; records: WatchedRecord[] }[];
@@ -103,7 +117,7 @@ interface Fold {
 }
 
 export class Worker {
-  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, folds: 0, memcachedOps: 0, storeRetries: 0, movedPastWatermark: 0, wrapped: 0, watched: 0 };
+  readonly stats: WorkerStats = { jobs: 0, events: 0, late: 0, deadLetters: 0, duplicatesSkipped: 0, foldsAborted: 0, folds: 0, memcachedOps: 0, storeRetries: 0, movedPastWatermark: 0, wrapped: 0, watched: 0 };
   private conns: GearmanConnection[] = [];
   private stopping = false;
   /** The run's deadline (a Lambda's remaining time): retries stop there too. */
@@ -113,8 +127,9 @@ export class Worker {
   private readonly now: () => number;
   private readonly maxJobs: number;
   private readonly perServer: number;
-  /** Unique ids of the fold being stored: a copy of one of them in the next fold waits for it, then is skipped. */
-  private storing = new Set<string>();
+  readonly claims: Claims;
+  /** The folds being stored: a copy, in the next fold, of one of their jobs is skipped (they finish it or hand it back). */
+  private readonly inFlight = new Set<FoldId>();
   /** Reused by every batch job: decoding allocates nothing per event. */
   private readonly columns = newEventColumns();
   private readonly watchedSender: WatchedSender;
@@ -124,6 +139,7 @@ export class Worker {
     this.maxJobs = options.maxJobsPerFold ?? DEFAULT_MAX_JOBS_PER_FOLD;
     this.perServer = options.connectionsPerServer ?? 1;
     this.watchedSender = new WatchedSender(deps.gearmanServers);
+    this.claims = deps.claims ?? new Claims(deps.ring);
   }
 
   /** Processes jobs until stopped, idle (when asked) or past the deadline. */
@@ -217,31 +233,28 @@ export class Worker {
   }
 
   /**
-   * Decodes and folds the jobs not applied before (their marks say so; a
-   * copy of a job of the fold being stored counts as applied, since it will
-   * be before this fold is stored). Bad jobs are set aside as dead letters.
+   * Decodes and folds the jobs, then claims them for a new fold (one round
+   * trip: Claims.claimFold). Bad jobs are set aside as dead letters.
    *
-   * The marks are read after folding: that read waits behind the fold being
+   * The claims are made after folding: the adds wait behind the fold being
    * stored on the same memcached connection, and folding meanwhile is the
-   * point of the overlap. A job found applied (rare: after a crash or a
-   * client's re-send) means folding again without it.
+   * point of the overlap. A job claimed by another fold (rare: a redelivery
+   * after a crash, a client's re-send) is settled as claims.ts says: a
+   * duplicate is left out (folding again without it), a dead or aborted
+   * holder's claim is taken over.
    */
   private async prepare(jobs: Job[]): Promise<Fold> {
-    const { ring } = this.deps;
+    const { claims } = this;
     const receivedAt = this.now();
-    let fold = this.foldAll(jobs, receivedAt, this.storing);
-    // Folds mode: no marks to read; each job is claimed when its fold is stored, duplicates found there.
-    if (this.deps.folds) {
-      this.stats.duplicatesSkipped += fold.skipped;
-      return fold;
+    let fold = this.foldAll(jobs, receivedAt, NONE);
+    const uniques = fold.applied.map((j) => j.unique);
+    // A retry after an outage starts a new fold; the claims an earlier attempt made are this worker's, and taken over.
+    const claimed = await retry(() => claims.claimFold(uniques, { inFlight: this.inFlight, stopped: () => this.stopped() }), this.retrying(jobs.length));
+    if (claimed.unresolved.length > 0) {
+      throw new WorkerStoppedError(`stopped while waiting for another worker's fold to decide; ${jobs.length} job(s) left with gearmand`);
     }
-    // Taken before asking memcached: a fold that finishes storing meanwhile has its marks written
-    // before it leaves this set, so each of its jobs is in one or the other.
-    const storing = this.storing;
-    const already = await retry(() => ring.appliedJobs(fold.applied.map((j) => j.unique)), this.retrying(jobs.length));
-    if (fold.applied.some((j) => j.unique && (already.has(j.unique) || storing.has(j.unique)))) {
-      fold = this.foldAll(jobs, receivedAt, new Set([...already, ...storing]));
-    }
+    if (claimed.duplicates.length > 0) fold = this.foldAll(jobs, receivedAt, new Set(claimed.duplicates));
+    fold.id = claimed.fold;
     this.stats.duplicatesSkipped += fold.skipped;
     return fold;
   }
@@ -249,7 +262,7 @@ export class Worker {
   /** Folds every job whose unique id is not in `skip` (nor met earlier in `jobs`) into a new Fold. */
   private foldAll(jobs: Job[], receivedAt: number, skip: ReadonlySet<string>): Fold {
     const current = sliceOf(receivedAt, this.deps.sliceSeconds);
-    const fold: Fold = { jobs, deltas: new Deltas(), applied: [], dead: [], skipped: 0, watched: [], receivedAt };
+    const fold: Fold = { id: '', jobs, deltas: new Deltas(), applied: [], dead: [], skipped: 0, watched: [], receivedAt };
     const seen = new Set<string>();
     const watch = this.deps.watchList?.current() ?? null;
     for (const job of jobs) {
@@ -297,10 +310,10 @@ export class Worker {
 
   /**
    * Queues the fold's watched records on `offlog.watched` (persistent, like
-   * every queue) before its counts are stored: once its jobs are marked
-   * applied a redelivery is skipped, so the records must be safe first. A
-   * crash after this and before the marks sends them again, under the same
-   * ids, which the drain stores once. While no gearmand takes them the fold
+   * every queue) before its counts are stored: once the fold commits a
+   * redelivery is skipped, so the records must be safe first. A crash after
+   * this and before the commit sends them again, under the same ids, which
+   * the drain stores once. While no gearmand takes them the fold
    * is held, as when memcached is away.
    */
   private async queueWatched(fold: Fold, retrying: Parameters<typeof retry>[1]): Promise<void> {
@@ -310,7 +323,6 @@ export class Worker {
         retryable: (err) => err instanceof GearmanUnavailableError,
         onError: (err, attempt, delayMs) => this.deps.log.warn({ err: err.message, attempt, delayMs }, 'no gearmand took the watched records; holding the fold and retrying'),
       }).catch((err: Error) => {
-        this.storing = new Set();
         throw new WorkerStoppedError(`stopped while no gearmand took the watched records; ${fold.jobs.length} job(s) left with gearmand (${err.message})`);
       });
       this.stats.watched += records.length;
@@ -318,47 +330,48 @@ export class Worker {
   }
 
   /**
-   * Stores a fold's counts, dead-letters its bad jobs, marks its jobs applied,
-   * then acknowledges every one. memcached being unreachable is retried (the
-   * jobs stay held) until it answers or the worker stops: stopped before the
-   * counts are in, the jobs go back to gearmand; after, they are acknowledged
-   * even without their marks. Any other failure to store dead-letters the
-   * fold's jobs with the reason, so nothing can stall here.
+   * Stores a fold's counts (see applyOutsideFlushed: announced, stored,
+   * committed), dead-letters its bad jobs, then acknowledges every one.
+   * memcached being unreachable is retried (the jobs stay held) until it
+   * answers or the worker stops: stopped before the counts are in, the jobs
+   * go back to gearmand; after, they are acknowledged even without the
+   * commit (the flush then aborts the fold and reports its slices). Any
+   * other failure to store dead-letters the fold's jobs with the reason and
+   * aborts the fold, so nothing can stall here.
    */
   private async store(fold: Fold): Promise<void> {
     if (this.deps.folds) return this.storeFold(fold, this.deps.folds);
-    const { ring, log } = this.deps;
-    const { jobs, applied } = fold;
+    const { log } = this.deps;
+    const { id, jobs, applied } = fold;
     let { deltas, dead } = fold;
-    this.storing = new Set(applied.map((j) => j.unique).filter(Boolean));
-    const retrying = this.retrying(jobs.length);
-    if (fold.watched.length > 0) await this.queueWatched(fold, retrying);
-    if (deltas.pairs.length > 0) {
-      try {
-        deltas = await retry(() => this.applyOutsideFlushed(deltas), retrying);
-      } catch (err) {
-        // An outage is retried until the worker stops (see retrying), so this one ended with a stop.
-        if (err instanceof MemcacheUnavailableError) {
-          this.storing = new Set();
-          throw new WorkerStoppedError(`stopped while memcached was unreachable; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
-        }
-        // Not a memcached outage: retrying would fail the same way forever. Park the jobs, with the reason.
-        log.error({ err: (err as Error).message, jobs: applied.length }, 'storing a fold failed; its jobs are dead-lettered');
-        dead = [...dead, ...applied.map((job) => ({ job, error: `store failed: ${(err as Error).message}` }))];
-        deltas = new Deltas();
-      }
-    }
-    for (const { job, error } of dead) await this.deadLetter(job, error);
-    const stored = applied.filter((j) => !dead.some((d) => d.job === j));
+    this.inFlight.add(id);
     try {
-      await retry(() => ring.markApplied(stored.map((j) => j.unique)), retrying);
-    } catch (err) {
-      // The counts are in: a job handed back now would be counted again, so it is acknowledged
-      // anyway. Without its mark, only a client's re-send of that same job could count twice.
-      log.warn({ err: (err as Error).message, jobs: stored.length }, 'could not mark the stored jobs applied; acknowledging them anyway');
+      const retrying = this.retrying(jobs.length);
+      if (fold.watched.length > 0) await this.queueWatched(fold, retrying);
+      if (deltas.pairs.length > 0) {
+        try {
+          deltas = await retry(() => this.applyOutsideFlushed(deltas, id), retrying);
+        } catch (err) {
+          // An outage is retried until the worker stops (see retrying), so this one ended with a stop.
+          if (err instanceof MemcacheUnavailableError) {
+            throw new WorkerStoppedError(`stopped while memcached was unreachable; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
+          }
+          // Not a memcached outage: retrying would fail the same way forever. Park the jobs, with the reason.
+          log.error({ err: (err as Error).message, jobs: applied.length }, 'storing a fold failed; its jobs are dead-lettered');
+          dead = [...dead, ...applied.map((job) => ({ job, error: `store failed: ${(err as Error).message}` }))];
+          deltas = new Deltas();
+          // Its claims are released, and a slice it may have half written is reported (see flush).
+          await this.claims.abort(id).catch((e: Error) => log.warn({ err: e.message, fold: id }, 'could not abort the failed fold; its claims lapse with the lease'));
+        }
+      } else if (applied.length > 0) {
+        // Jobs with no events still hold claims: committed, their copies are skipped.
+        await this.commit(id, new Map());
+      }
+      for (const { job, error } of dead) await this.deadLetter(job, error);
+      for (const job of jobs) job.conn.complete(job.handle);
+    } finally {
+      this.inFlight.delete(id);
     }
-    for (const job of jobs) job.conn.complete(job.handle);
-    this.storing = new Set();
     this.stats.folds++;
     this.stats.jobs += jobs.length;
     this.stats.events += deltas.events;
@@ -367,47 +380,87 @@ export class Worker {
   }
 
   /**
-   * Ring mode `folds`: the fold goes through FoldWriter (claims, announcement,
-   * blobs, commit: see fold-writer.ts), then every job is acknowledged. Jobs
-   * another fold committed are left out of it and acknowledged too. Outages
-   * and failures are handled as in store(): a retry after an outage is a new
-   * fold, which takes over the claims of the one cut short.
+   * Ring mode `folds`: the fold, its jobs already claimed by prepare(), goes
+   * through FoldWriter (announcement, watermark, blobs, commit: see
+   * fold-writer.ts), then every job is acknowledged. A fold aborted on the
+   * way (a flush took its slice, or it was paused past its lease) is stored
+   * again as a new fold, which takes the claims over; jobs another fold
+   * committed meanwhile are left out. Outages and failures as in store().
    */
   private async storeFold(fold: Fold, writer: FoldWriter): Promise<void> {
     const { log } = this.deps;
-    const { jobs, applied } = fold;
+    const { id, jobs, applied } = fold;
     let dead = fold.dead;
     let deltas = fold.deltas;
-    const retrying = this.retrying(jobs.length);
-    if (fold.watched.length > 0) await this.queueWatched(fold, retrying);
-    const build = (skip: ReadonlySet<string>): Deltas => (skip.size === 0 ? fold.deltas : this.foldAll(applied, fold.receivedAt, skip).deltas);
+    // Every fold the writer tries is this worker's own while it runs: a copy of one of its jobs in the next fold is a duplicate.
+    this.inFlight.add(id);
+    const tried = new Set<string>([id]);
+    const track = (fold: string | null, previous: string | null): void => {
+      if (previous !== null) this.inFlight.delete(previous);
+      if (fold !== null) tried.add(fold), this.inFlight.add(fold);
+    };
     try {
-      const stored = await retry(() => writer.store({ uniques: applied.map((j) => j.unique), build }), retrying);
-      deltas = stored.deltas;
-      this.stats.duplicatesSkipped += stored.duplicates.size;
-      this.stats.memcachedOps = this.deps.ring.ops;
-    } catch (err) {
-      if (err instanceof MemcacheUnavailableError || err instanceof FoldStoppedError) throw new WorkerStoppedError(`stopped while memcached was unreachable; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
-      log.error({ err: (err as Error).message, jobs: applied.length }, 'storing a fold failed; its jobs are dead-lettered');
-      dead = [...dead, ...applied.map((job) => ({ job, error: `store failed: ${(err as Error).message}` }))];
-      deltas = new Deltas();
+      const retrying = this.retrying(jobs.length);
+      if (fold.watched.length > 0) await this.queueWatched(fold, retrying);
+      const build = (skip: ReadonlySet<string>): Deltas => (skip.size === 0 ? fold.deltas : this.foldAll(applied, fold.receivedAt, skip).deltas);
+      let first: string | null = id;
+      try {
+        const stored = await retry(() => {
+          // A retry after an outage is a new fold (which takes over this one's claims).
+          const claimed = first;
+          first = null;
+          return writer.store({ uniques: applied.map((j) => j.unique), build }, { claimed, track, inFlight: this.inFlight, stopped: () => this.stopped() });
+        }, retrying);
+        deltas = stored.deltas;
+        this.stats.duplicatesSkipped += stored.duplicates.size;
+        if (stored.attempts > 1) this.stats.foldsAborted += stored.attempts - 1;
+        this.stats.memcachedOps = this.deps.ring.ops;
+      } catch (err) {
+        if (err instanceof MemcacheUnavailableError || err instanceof FoldStoppedError) throw new WorkerStoppedError(`stopped while memcached was unreachable or a claim undecided; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
+        log.error({ err: (err as Error).message, jobs: applied.length }, 'storing a fold failed; its jobs are dead-lettered');
+        dead = [...dead, ...applied.map((job) => ({ job, error: `store failed: ${(err as Error).message}` }))];
+        deltas = new Deltas();
+      }
+      for (const { job, error } of dead) await this.deadLetter(job, error);
+      for (const job of jobs) job.conn.complete(job.handle);
+      this.deps.reached?.('acked');
+    } finally {
+      for (const f of tried) this.inFlight.delete(f);
     }
-    for (const { job, error } of dead) await this.deadLetter(job, error);
-    for (const job of jobs) job.conn.complete(job.handle);
-    this.deps.reached?.('acked');
     this.stats.folds++;
     this.stats.jobs += jobs.length;
     this.stats.events += deltas.events;
     this.stats.late += deltas.lateEvents;
     if (deltas.lateEvents > 0) log.warn({ late: deltas.lateEvents }, 'late or future-dated events counted into the current slice');
+  }
+
+  /**
+   * Commits fold `id` (retried through an outage; its counts are in, so a
+   * stop only leaves it undecided, for the flush to abort and report). A
+   * fold found aborted (the flush took its slice, or a worker took its
+   * claims over, while it was away) is acknowledged all the same: its
+   * counts are in, and its slices are reported maybe-duplicated.
+   */
+  private async commit(id: FoldId, totals: ReadonlyMap<SliceId, number>): Promise<void> {
+    const { log } = this.deps;
+    try {
+      if (await retry(() => this.claims.commit(id, totals), this.retrying(totals.size))) return;
+      this.stats.foldsAborted++;
+      log.warn({ fold: id }, 'the fold was aborted while it was being stored (its lease lapsed, or the flush took its slice): its slices are reported maybe-duplicated');
+    } catch (err) {
+      log.warn({ err: (err as Error).message, fold: id }, 'could not commit the stored fold; acknowledging its jobs anyway (the flush will abort it and report its slices maybe-duplicated)');
+    }
   }
 
   /**
    * Applies `deltas`, announced on their slices (see Ring.enter): any slice
    * the flush has already taken is moved, with its events counted as late,
-   * to the first slice it has not. Returns the deltas as applied.
+   * to the first slice it has not. Once inside, the fold is added to each
+   * slice's fold list before anything is written there, and committed
+   * before the slices are left, so a flush never finds a live, finished fold
+   * undecided. Returns the deltas as applied.
    */
-  private async applyOutsideFlushed(folded: Deltas): Promise<Deltas> {
+  private async applyOutsideFlushed(folded: Deltas, id: FoldId): Promise<Deltas> {
     const { ring, log, sliceSeconds } = this.deps;
     const entered: SliceId[] = [];
     let deltas = folded;
@@ -425,7 +478,9 @@ export class Worker {
         // Every slice is above `taken` now; if that is still the watermark, none is taken.
         if (this.watermark === taken) break;
       }
+      const events = deltas.eventsPerSlice();
       const before = ring.ops;
+      await this.claims.announce(id, events);
       const result = await ring.apply(deltas);
       this.stats.memcachedOps += ring.ops - before;
       this.stats.wrapped += result.wrapped;
@@ -435,6 +490,8 @@ export class Worker {
         this.stats.movedPastWatermark += moved;
         log.warn({ watermark: this.watermark, events: moved }, 'events for slices the flush already took went to the next open slice (counted as late)');
       }
+      // Retried on its own: an outage here must not apply the counts again.
+      await this.commit(id, events);
       return deltas;
     } finally {
       await ring.leave(entered).catch(() => undefined);
