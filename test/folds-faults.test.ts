@@ -18,7 +18,8 @@ import { GearmanConnection } from '../lib/wire/gearman.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import { Claims } from '../lib/pipeline/claims.ts';
 import type { Worker, WorkerOptions } from '../lib/pipeline/worker.ts';
-import { gearmand } from './daemons.ts';
+import { gearmand, Proxy } from './daemons.ts';
+import type { MemcacheOp } from '../lib/wire/memcache.ts';
 import { drainQueues, Expected, readCounts, testRuntime } from './support.ts';
 
 const SLICE = 600;
@@ -169,3 +170,36 @@ test('folds: a worker SIGSTOPped past its lease after writing its blobs: the flu
   assert.ok([...rows.keys()].every((k) => Number(k.split(':')[0]) > sliceStartMs((current + 1) as SliceId, SLICE)), 'every event went above the flushed slices');
   await assertExact(rt, expected);
 });
+
+for (const [what, cutAfter] of [
+  ['the first blob', (op: MemcacheOp) => op.kind === 'set' && op.key.includes(':b:')],
+  ['the commit record', (op: MemcacheOp) => op.kind === 'add' && op.key.includes(':f:') && String(op.value).startsWith('c ')],
+] as const) {
+  test(`folds: memcached's connection cut just after ${what} was sent (its reply lost): the worker retries, every row exact`, async (t) => {
+    const plain = fresh();
+    const proxy = await Proxy.start(t, plain.config.memcachedServers[0]!.port);
+    const rt = fresh({ OFFLOG_MEMCACHED_SERVERS: `127.0.0.1:${proxy.port}`, OFFLOG_KEY_PREFIX: plain.config.keyPrefix, OFFLOG_TABLE_PREFIX: plain.config.tablePrefix });
+    await rt.store.migrate();
+    const { uniques, bodies, expected } = makeJobs(rt, 8, 40);
+    await submit(rt.config.gearmanServers, uniques, bodies);
+    // The op goes out; once memcached has had it, every connection through the proxy is dropped (the reply with it), for 300 ms.
+    const conn = rt.ring.connections[0]!;
+    const exec = conn.exec.bind(conn);
+    let cuts = 0;
+    conn.exec = async (ops) => {
+      if (cuts > 0 || !ops.some(cutAfter)) return exec(ops);
+      cuts++;
+      const sent = exec(ops);
+      sent.catch(() => undefined);
+      await sleep(30);
+      await proxy.cut();
+      setTimeout(() => void proxy.heal(), 300);
+      return sent;
+    };
+    const stats = await worker(rt, rt.config.gearmanServers, { maxJobsPerFold: 4 }).run({ idle: true });
+    assert.equal(cuts, 1);
+    assert.ok(stats.storeRetries >= 1, 'the worker retried through the cut');
+    await flush(flushDeps(plain), new Date(Date.now() + 3 * SLICE * 1000));
+    await assertExact(plain, expected);
+  });
+}

@@ -82,6 +82,11 @@ export interface StoreOptions {
   track?: (fold: FoldId, previous: FoldId | null) => void;
   /** The worker's folds being stored: a job one of them holds is a duplicate here. */
   inFlight?: ReadonlySet<FoldId>;
+  /**
+   * Folds this same fold was stored as before (a try cut short by an outage): never in flight, whatever
+   * `inFlight` says. Their claims are settled like any other's: committed (the reply was lost) → duplicate; open → taken over.
+   */
+  own?: ReadonlySet<FoldId>;
   /** True once the worker is stopping: waiting for a claim's holder ends. */
   stopped?: () => boolean;
 }
@@ -117,7 +122,7 @@ export class FoldWriter {
     const uniques = [...new Set(jobs.uniques.filter(Boolean))];
     let deltas = jobs.build(duplicates);
     let previous: FoldId | null = options.claimed ?? null;
-    const tried = new Set<FoldId>(previous === null ? [] : [previous]);
+    const tried = new Set<FoldId>([...(options.own ?? []), ...(previous === null ? [] : [previous])]);
     for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
       let fold: FoldId;
       if (attempt === 1 && options.claimed) fold = options.claimed;

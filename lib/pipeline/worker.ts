@@ -409,7 +409,7 @@ export class Worker {
           // A retry after an outage is a new fold (which takes over this one's claims).
           const claimed = first;
           first = null;
-          return writer.store({ uniques: applied.map((j) => j.unique), build }, { claimed, track, inFlight: this.inFlight, stopped: () => this.stopped() });
+          return writer.store({ uniques: applied.map((j) => j.unique), build }, { claimed, track, inFlight: this.inFlight, own: tried, stopped: () => this.stopped() });
         }, retrying);
         deltas = stored.deltas;
         this.stats.duplicatesSkipped += stored.duplicates.size;
