@@ -15,6 +15,7 @@ import type { HostPort } from '../lib/base/config.ts';
 import { flush } from '../lib/pipeline/flush.ts';
 import { adminStatus } from '../lib/wire/gearman.ts';
 import { Arith } from '../lib/wire/memcache.ts';
+import { Claims } from '../lib/pipeline/claims.ts';
 import { ingest } from '../lib/pipeline/ingest.ts';
 import { Ring } from '../lib/pipeline/ring.ts';
 import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
@@ -44,10 +45,11 @@ after(async () => {
   await Promise.all(runtimes.map((rt) => rt.close()));
 });
 
-test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounded by the jobs it held', async (t) => {
+test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounded by the jobs it held, and every slice with one reported maybe-duplicated', async (t) => {
   const rt = fresh();
   await rt.store.migrate();
-  const env = { ...process.env, OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_TABLE_PREFIX: rt.config.tablePrefix, OFFLOG_LOG_LEVEL: 'error' };
+  // A short lease: the restarted worker takes the dead one's claims over after 2 s, not 30.
+  const env = { ...process.env, OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_TABLE_PREFIX: rt.config.tablePrefix, OFFLOG_LOG_LEVEL: 'error', OFFLOG_LEASE_SECONDS: '2' };
   // 500-event jobs: 400 of them, so the worker can be killed mid-stream, and the bound below is in jobs of 500.
   const client = new OffLogClient({ servers: rt.config.gearmanServers, batchSize: 500 });
   const expected = new Expected();
@@ -76,16 +78,27 @@ test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounde
   assert.equal(await new Promise((r) => second.once('exit', r)), 0);
 
   const now = new Date(Date.now() + 3 * SLICE * 1000);
-  await flush(flushDeps(rt), now);
+  const result = await flush(flushDeps(rt), now);
   const rows = await readCounts(rt);
   let total = 0n;
   let over = 0n;
+  const overBySlice = new Map<number, bigint>();
   for (const [key, [count]] of expected.asStrings()) {
     const got = BigInt(rows.get(key)?.[0] ?? '0');
     assert.ok(got >= BigInt(count), `lost events for ${key}: ${got} < ${count}`);
     total += got;
     over += got - BigInt(count);
+    const start = Number(key.split(':')[0]);
+    overBySlice.set(start, (overBySlice.get(start) ?? 0n) + got - BigInt(count));
   }
+  // Never silently flushed with extra counts: a slice with any is maybe-duplicated, within its bound.
+  for (const s of result.slices) {
+    const extra = overBySlice.get(startOf(s.slice, SLICE)) ?? 0n;
+    if (extra > 0n) assert.equal(s.status, 'maybe-duplicated', `${extra} events counted twice in a slice reported ${s.status}: ${s.note}`);
+    if (s.status === 'maybe-duplicated') assert.ok(extra <= BigInt(s.duplicateBound), `${extra} counted twice, bound ${s.duplicateBound}`);
+    else assert.equal(s.status, 'flushed', s.note);
+  }
+  process.stdout.write(`# slices: ${result.slices.map((s) => `${s.status} (bound ${s.duplicateBound}, over ${overBySlice.get(startOf(s.slice, SLICE)) ?? 0n})`).join(', ')}\n`);
   // The bound: one fold in flight — at most DEFAULT_MAX_JOBS_PER_FOLD jobs × 500 events applied but not yet marked.
   const bound = BigInt(DEFAULT_MAX_JOBS_PER_FOLD) * 500n;
   process.stdout.write(`# events counted twice after SIGKILL: ${over} of ${events} (bound ${bound})\n`);
@@ -93,7 +106,79 @@ test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounde
   assert.equal(total, BigInt(events) + over);
 });
 
-test('a worker killed halfway through storing a fold: applied again, it is a bounded duplicate, and the slice is not called incomplete', async () => {
+test('worker SIGKILLed after storing a fold, before its commit (over a slow memcached): counted twice, and the slice says so: maybe-duplicated within its bound, never flushed', async (t) => {
+  const rt = fresh();
+  await rt.store.migrate();
+  // The first worker talks to memcached through a 60 ms proxy, so each store spans several hundred ms to catch it in.
+  const slow = await Proxy.start(t, rt.config.memcachedServers[0]!.port, { latencyMs: 60 });
+  const base = { ...process.env, OFFLOG_KEY_PREFIX: rt.config.keyPrefix, OFFLOG_TABLE_PREFIX: rt.config.tablePrefix, OFFLOG_LOG_LEVEL: 'error', OFFLOG_LEASE_SECONDS: '2' };
+  const client = new OffLogClient({ servers: rt.config.gearmanServers, batchSize: 500 });
+  const expected = new Expected();
+  const events = 40_000;
+  for (let i = 0; i < events; i++) {
+    const at = Date.now();
+    client.log(i % 3000, 2, { at, value: 1 });
+    expected.add(sliceStartMs(sliceOf(at, SLICE), SLICE), i % 3000, 2, 1);
+  }
+  assert.equal(await client.flush({ timeoutMs: 60_000 }), true);
+  await client.close();
+
+  const first = spawn('node', ['bin/offlog.js', 'worker'], { env: { ...base, OFFLOG_MEMCACHED_SERVERS: `127.0.0.1:${slow.port}` }, stdio: 'ignore' });
+  t.after(() => void first.kill('SIGKILL'));
+  // Watch the slices' fold lists: a fold listed with no decision yet is between its intent and its commit. Once the
+  // slice's event total grows (written last, after every counter of the fold), the commit is one round trip away: kill.
+  const claims = new Claims(rt.ring);
+  const total = async (slice: SliceId): Promise<number> => Number((await rt.ring.connections[0]!.exec([{ kind: 'get', key: rt.ring.keys.sliceCounter(slice, 'n') }]))[0]?.toString().trim() ?? 0);
+  const current = sliceOf(Date.now(), SLICE);
+  let killed: string | null = null;
+  for (let i = 0; i < 500 && killed === null; i++) {
+    for (const slice of [current - 1, current, current + 1] as SliceId[]) {
+      for (const { fold } of await claims.foldsOf(slice)) {
+        if (killed !== null || (await claims.decision(fold)).state !== 'open') continue;
+        const before = await total(slice);
+        while ((await claims.decision(fold)).state === 'open') {
+          if ((await total(slice)) > before) {
+            first.kill('SIGKILL');
+            killed = fold;
+            break;
+          }
+        }
+      }
+    }
+    if (killed === null) await sleep(5);
+  }
+  assert.ok(killed !== null, 'caught a fold with its counts written and its commit not');
+  first.kill('SIGKILL');
+  await new Promise((r) => first.once('exit', r));
+  const second = spawn('node', ['bin/offlog.js', 'worker', '--until-idle'], { env: base, stdio: 'ignore' });
+  t.after(() => void second.kill('SIGKILL'));
+  assert.equal(await new Promise((r) => second.once('exit', r)), 0);
+
+  const result = await flush(flushDeps(rt), new Date(Date.now() + 3 * SLICE * 1000));
+  assert.deepEqual(await claims.decision(killed), { state: 'aborted' }, 'the killed fold can never commit');
+  let over = 0n;
+  const rows = await readCounts(rt);
+  const overBySlice = new Map<number, bigint>();
+  for (const [key, [count]] of expected.asStrings()) {
+    const got = BigInt(rows.get(key)?.[0] ?? '0');
+    assert.ok(got >= BigInt(count), `lost events for ${key}: ${got} < ${count}`);
+    const start = Number(key.split(':')[0]);
+    overBySlice.set(start, (overBySlice.get(start) ?? 0n) + got - BigInt(count));
+    over += got - BigInt(count);
+  }
+  assert.ok(over > 0n, 'the killed fold was stored, then stored again by its successor');
+  const reported = result.slices.filter((s) => s.status === 'maybe-duplicated');
+  assert.ok(reported.length >= 1, `the killed fold's slice is reported: ${result.slices.map((s) => s.status).join(', ')}`);
+  for (const s of result.slices) {
+    const extra = overBySlice.get(startOf(s.slice, SLICE)) ?? 0n;
+    if (s.status === 'maybe-duplicated') assert.ok(extra <= BigInt(s.duplicateBound), `${extra} counted twice, bound ${s.duplicateBound}`);
+    else assert.equal(extra, 0n, `${extra} events counted twice in a slice reported ${s.status}`);
+  }
+  process.stdout.write(`# killed mid-store: ${result.slices.map((s) => `${s.status} (bound ${s.duplicateBound}, over ${overBySlice.get(startOf(s.slice, SLICE)) ?? 0n})`).join(', ')}\n`);
+  await slow.cut();
+});
+
+test('a worker killed halfway through storing a fold: applied again, it is a bounded duplicate, and the slice is reported maybe-duplicated with the bound, not incomplete, never flushed', async () => {
   const rt = fresh();
   await rt.store.migrate();
   const base = futureSlice(SLICE);
@@ -103,10 +188,17 @@ test('a worker killed halfway through storing a fold: applied again, it is a bou
     for (const u of users) d.add({ userId: String(u), actionId: 1, value: 2, at }, base, SLICE);
     return d;
   };
-  // The dying worker folded pairs 1 and 2 before, so it knows their counters exist (PairFlags) and
+  // The dying worker folded pairs 1 and 2 before (a committed fold), so it knows their counters exist (PairFlags) and
   // increments them; those increments land, and it dies before creating pair 3 (its upsert) and the slice totals.
   const dying = new Ring({ servers: rt.config.memcachedServers, keyPrefix: rt.config.keyPrefix, sliceSeconds: SLICE, ringSlices: 6 });
+  const dyingClaims = new Claims(dying, { leaseSeconds: 1 });
+  const earlier = await dyingClaims.claimFold(['kill-0']);
+  await dyingClaims.announce(earlier.fold, new Map([[base, 2]]));
   await dying.apply(fold([1, 2]));
+  assert.equal(await dyingClaims.commit(earlier.fold, new Map([[base, 2]])), true);
+  // The fold it dies in: claimed, announced (the intent), then cut short mid-store.
+  const killed = await dyingClaims.claimFold(['kill-1']);
+  await dyingClaims.announce(killed.fold, new Map([[base, 3]]));
   const conn = dying.connections[0]!;
   const real = conn.arithMany.bind(conn);
   conn.arithMany = async (keys, amounts, modes, ttl, options) => {
@@ -116,12 +208,23 @@ test('a worker killed halfway through storing a fold: applied again, it is a bou
   };
   await assert.rejects(dying.apply(fold([1, 2, 3])), /SIGKILL/);
   await dying.close();
-  // Its jobs were never acknowledged: another worker folds them again.
+  // Its job was never acknowledged: another worker, once the dead one's lease has run out, takes its claim over and folds it again.
+  await sleep(2100);
+  const next = new Claims(rt.ring);
+  const again = await next.claimFold(['kill-1']);
+  assert.deepEqual(again.duplicates, [], 'the dead fold is aborted and its claim taken over');
+  assert.deepEqual(await next.decision(killed.fold), { state: 'aborted' });
+  await next.announce(again.fold, new Map([[base, 3]]));
   await rt.ring.apply(fold([1, 2, 3]));
+  assert.equal(await next.commit(again.fold, new Map([[base, 3]])), true);
 
   const result = await flush(flushDeps(rt), new Date(startOf((base + 2) as SliceId, SLICE)));
   const slice = result.slices.find((s) => s.slice === base)!;
-  assert.equal(slice.status, 'flushed', slice.note);
+  assert.equal(slice.status, 'maybe-duplicated', slice.note);
+  assert.equal(slice.duplicateBound, '3', 'the bound: the aborted fold\'s events in the slice');
+  assert.match(slice.note, /1 fold\(s\) may have written here without committing .*up to 3 event\(s\) may be counted twice/);
+  const [row] = (await rt.store.pool.query<RowDataPacket[]>(`SELECT status, duplicate_bound FROM \`${rt.config.tablePrefix}slices\` WHERE slice_start = FROM_UNIXTIME(?)`, [startOf(base, SLICE) / 1000]))[0];
+  assert.deepEqual([row!.status, String(row!.duplicate_bound)], ['maybe-duplicated', '3'], 'recorded for `offlog status`');
   const expected = new Expected();
   for (const u of [1, 1, 1, 2, 2, 2, 3]) expected.add(startOf(base, SLICE), u, 1, 2);
   assert.deepEqual(await readCounts(rt), expected.asStrings(), 'pairs 1 and 2 counted twice by the fold: the one-fold duplicate');

@@ -89,11 +89,11 @@ test('migrate() upgrades a database at the old schema, holding data: every row s
   assert.ok((before.dead[0]!.payload as Buffer).equals(payload));
   const slices = await snapshot('slices', 'slice_start');
   assert.deepEqual(
-    slices.map(({ sums_saturated: _s, corrupt_items: _c, published_at: _p, ...rest }) => rest),
+    slices.map(({ sums_saturated: _s, corrupt_items: _c, published_at: _p, duplicate_bound: _d, ...rest }) => rest),
     before.slices.map((r) => ({ ...r })),
     'every slice row, `rows` now under row_count',
   );
-  assert.deepEqual(slices.map((r) => [r.sums_saturated, r.corrupt_items]), slices.map(() => [0, 0]));
+  assert.deepEqual(slices.map((r) => [r.sums_saturated, r.corrupt_items, String(r.duplicate_bound)]), slices.map(() => [0, 0, '0']));
   // Migration 4 (the bus's outbox) takes slices flushed before it as published: history is not replayed.
   assert.deepEqual(slices.map((r) => r.published_at), slices.map((r) => r.flushed_at));
   assert.deepEqual(
@@ -105,6 +105,9 @@ test('migrate() upgrades a database at the old schema, holding data: every row s
   // Statuses added by migration 2 are accepted; the watermark reads as before.
   await q(`INSERT INTO \`${p}slices\` (slice_start, status, row_count, pairs_missing, chunks_missing, events, late, note, flushed_at) VALUES ('2026-01-01 00:40:00', 'corrupt', 1, 0, 0, 1, 0, 'x', NOW(3))`);
   assert.equal((await rt.store.watermark())?.toISOString(), '2026-01-01T00:40:00.000Z');
+  // And migration 7's, with its bound.
+  await q(`INSERT INTO \`${p}slices\` (slice_start, status, row_count, pairs_missing, chunks_missing, events, late, duplicate_bound, note, flushed_at) VALUES ('2026-01-01 00:50:00', 'maybe-duplicated', 1, 0, 0, 1, 0, 8000, 'x', NOW(3))`);
+  assert.equal((await rt.store.watermark())?.toISOString(), '2026-01-01T00:50:00.000Z');
   // Migration 3's tables exist and are empty.
   const rollups = await q(`SELECT COUNT(*) AS n FROM \`${p}counts_hourly\` UNION ALL SELECT COUNT(*) FROM \`${p}counts_daily\``);
   assert.deepEqual(rollups.map((r) => Number(r.n)), [0, 0]);

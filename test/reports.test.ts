@@ -215,7 +215,7 @@ test('health: slice problems, lag and servers, each named', async () => {
   assert.ok(!('error' in h.slices));
   if (!('error' in h.slices)) {
     assert.deepEqual(h.slices.recent.map((s) => s.status), ['flushed', 'incomplete', 'lost']);
-    assert.deepEqual(h.slices.totals, { late: '5', pairsMissing: 2, lost: 1, incomplete: 1, corrupt: 0, saturated: 0 });
+    assert.deepEqual(h.slices.totals, { late: '5', pairsMissing: 2, lost: 1, incomplete: 1, corrupt: 0, saturated: 0, maybeDuplicated: 0 });
   }
   assert.ok(h.reasons.some((r) => /1 recent slices lost/.test(r)));
   assert.ok(h.reasons.some((r) => /2 pairs missing/.test(r)));

@@ -60,3 +60,42 @@ test('the same unique on two gearmands, two workers, a slow memcached: counted e
   assert.equal(stats[0]!.jobs + stats[1]!.jobs, 2 * jobs, 'every copy taken and acknowledged');
   assert.equal(stats[0]!.duplicatesSkipped + stats[1]!.duplicatesSkipped, jobs, 'one copy of each job skipped as a duplicate');
 });
+
+test('memcached operations outside the counters: one per job (its claim), eight per fold on one slice', async (t) => {
+  const g = await gearmand(t);
+  await g.start();
+  const rt = testRuntime({ OFFLOG_GEARMAN_SERVERS: `127.0.0.1:${g.port}` });
+  runtimes.push(rt);
+  const base = futureSlice(SLICE);
+  const at = startOf(base, SLICE) + 10;
+  const perRun: number[] = [];
+  for (const jobs of [16, 4]) {
+    const conn = await GearmanConnection.connect(local(g.port));
+    for (let j = 0; j < jobs; j++) {
+      await conn.submitBackground(FN_BATCH, encodeBatch(Array.from({ length: 100 }, (_, i) => ({ userId: String(i), actionId: 1 + j, value: 0, at }))), `ops-${randomBytes(4).toString('hex')}`);
+    }
+    conn.close();
+    const ring = new Ring({ servers: rt.config.memcachedServers, keyPrefix: rt.config.keyPrefix, sliceSeconds: SLICE, ringSlices: 6 });
+    t.after(() => ring.close());
+    // The counters' own operations (Ring.apply) are set apart: what is left is the fold protocol's and the slice guard's.
+    let applyOps = 0;
+    const apply = ring.apply.bind(ring);
+    ring.apply = async (d) => {
+      const before = ring.ops;
+      try {
+        return await apply(d);
+      } finally {
+        applyOps += ring.ops - before;
+      }
+    };
+    const stats = await rt.worker({}, { gearmanServers: [local(g.port)], ring, now: () => at }).run({ idle: true });
+    assert.deepEqual([stats.jobs, stats.folds], [jobs, 1], 'one fold of all the jobs');
+    perRun.push(ring.ops - applyOps);
+  }
+  const [sixteen, four] = perRun as [number, number];
+  const perJob = (sixteen - four) / 12;
+  const perFold = sixteen - 16 * perJob;
+  process.stdout.write(`# memcached ops outside the counters: ${perJob} per job, ${perFold} per fold (one slice)\n`);
+  // The claim's add per job; per fold: enter (add, incr, get of the watermark), leave (decr), the lease, the intent (add, append), the commit.
+  assert.deepEqual([perJob, perFold], [1, 8]);
+});

@@ -21,7 +21,7 @@ function store(countsMethod: 'auto' | 'load' | 'upsert', tablePrefix = testConfi
   return s;
 }
 
-const record = (rows: number): SliceRecord => ({ status: 'flushed', rows, pairsMissing: 0, chunksMissing: 0, events: null, late: 0n, sumsSaturated: 0, corruptItems: 0, note: '' });
+const record = (rows: number): SliceRecord => ({ status: 'flushed', rows, pairsMissing: 0, chunksMissing: 0, events: null, late: 0n, sumsSaturated: 0, corruptItems: 0, duplicateBound: 0n, note: '' });
 
 /** `n` rows in batches of 500, user ids from `from`, with totals that depend on `salt`. */
 function batches(n: number, salt: number, from = 1): CountRows[] {

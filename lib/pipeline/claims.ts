@@ -212,6 +212,31 @@ export class Claims {
     return this.decide(fold, 'a');
   }
 
+  /**
+   * The flush's side: aborts every one of `folds` still open (one `add` each,
+   * pipelined per server), then reads the decisions that stood already
+   * (one multi-get). Resolves to each fold's decision, none of them open.
+   */
+  async abortOpen(folds: readonly FoldId[]): Promise<Map<FoldId, FoldDecision>> {
+    const out = new Map<FoldId, FoldDecision>();
+    let todo = [...new Set(folds)];
+    for (const f of todo) checkId('fold', f);
+    for (let round = 0; todo.length > 0; round++) {
+      if (round === MAX_ROUNDS) throw new ClaimsError(`could not decide ${todo.length} fold(s) (first: ${todo[0]}): their records kept appearing and expiring`);
+      const added = await this.perKey(todo, (f) => ({ kind: 'add', key: this.ring.keys.decision(f), value: 'a', ttl: this.ring.ttl }));
+      const decided = todo.filter((_, i) => added[i] !== true);
+      todo.forEach((f, i) => added[i] === true && out.set(f, { state: 'aborted' }));
+      const records = await this.perKey(decided, (f) => ({ kind: 'get', key: this.ring.keys.decision(f) }));
+      todo = [];
+      decided.forEach((f, i) => {
+        const v = records[i];
+        if (v instanceof Buffer) out.set(f, parseDecision(this.ring.keys.decision(f), v.toString('latin1')));
+        else todo.push(f); // gone between the add and the get: abort again
+      });
+    }
+    return out;
+  }
+
   /** The fold's decision record: committed (with its totals), aborted, or none yet (open). */
   async decision(fold: FoldId): Promise<FoldDecision> {
     checkId('fold', fold);

@@ -8,11 +8,18 @@
  * from memcached into the slice's open transaction, each read overlapping the
  * previous batch's upsert, so memory stays at a couple of batches whatever
  * the slice's size.
+ *
+ * Before reading a slice, the flush decides every fold listed on it
+ * (claims.ts): a fold still open (its worker died or stalled mid-store) is
+ * aborted, so it can never commit later, and a slice with a fold that may
+ * have written counters without committing is reported `maybe-duplicated`,
+ * with the bound (those folds' events there), never silently `flushed`.
  */
 import { FlushClockError } from '../base/errors.ts';
 import type { Logger } from '../base/log.ts';
 import type { CountRows } from '../domain/counts.ts';
 import { U64_MAX_TEXT } from '../domain/u64.ts';
+import { Claims } from './claims.ts';
 import type { Ring } from './ring.ts';
 import type { SliceTotals } from './slice-reader.ts';
 import { FoldSliceReader, type FoldReaderDeps } from './fold-reader.ts';
@@ -46,7 +53,16 @@ export interface SliceReport {
   late: string;
   sumsSaturated: number;
   corruptItems: number;
+  /** At most this many of the slice's events are counted twice (see maybe-duplicated). */
+  duplicateBound: string;
   note: string;
+}
+
+/** Folds listed on a slice that ended aborted: they may have written counters their successors wrote again. */
+export interface UnfinishedFolds {
+  folds: number;
+  /** Their events in the slice: the most that can be counted twice. */
+  bound: bigint;
 }
 
 export interface FlushResult {
@@ -87,6 +103,8 @@ export function checkFlushTime(now: Date, wallClockMs: number, force: boolean): 
 
 export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSeconds?: number } = {}): Promise<FlushResult> {
   const { ring, store, sliceSeconds, ringSlices, log } = deps;
+  // The flush holds no claims: its lease is never written.
+  const claims = new Claims(ring);
   const started = performance.now();
   const statementsBefore = store.statements;
   const result: FlushResult = { ran: false, now: now.toISOString(), slices: [], rows: 0, pairsMissing: 0, lostSlices: 0, statements: 0, durationMs: 0 };
@@ -108,7 +126,7 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
       const note = `${count} slice(s) from ${iso(next, sliceSeconds)} to ${iso((oldest - 1) as SliceId, sliceSeconds)} left the ring before they were flushed`;
       log.error({ lostSlices: count }, note);
       const last = (oldest - 1) as SliceId;
-      const lost = await store.writeSlice(new Date(sliceStartMs(last, sliceSeconds)), async () => record('lost', null, note));
+      const lost = await store.writeSlice(new Date(sliceStartMs(last, sliceSeconds)), async () => record('lost', null, note, NONE_UNFINISHED));
       result.slices.push(report(last, lost, sliceSeconds));
       result.lostSlices += count;
       next = oldest;
@@ -120,12 +138,14 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
       // Writers see the slice as taken from here on; those already inside finish first.
       const inside = await ring.seal(s, SEAL_WAIT_MS);
       if (inside > 0) log.warn({ slice: iso(s, sliceSeconds), writers: inside }, 'writers still inside the slice after the wait (a worker died mid-store?); reading it anyway');
+      // Folds mode decides the slice's folds itself (giving open ones time to commit) and counts only committed ones: nothing to report.
+      const unfinished = deps.folds ? NONE_UNFINISHED : await unfinishedFolds(claims, s);
       const written = await store.writeSlice(new Date(sliceStartMs(s, sliceSeconds)), async (write) => {
         const reader: RowSource = deps.folds ? await openFolds(deps.folds, s, store.rowsPerStatement, log, sliceSeconds) : await ring.openSlice(s, store.rowsPerStatement);
         await copyRows(reader, write);
         const totals = reader.totals();
-        const { status, note } = judge(totals, restarted, restartedAt);
-        return record(status, totals, note);
+        const { status, note } = judge(totals, restarted, restartedAt, unfinished);
+        return record(status, totals, note, unfinished);
       });
       const r = report(s, written, sliceSeconds);
       result.slices.push(r);
@@ -174,8 +194,33 @@ async function openFolds(deps: FoldReaderDeps, s: SliceId, batch: number, log: L
   return reader;
 }
 
-/** A slice's status: the worst of what was found (corrupt, then incomplete, then saturated), with every finding in the note. */
-export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | null): { status: SliceRecord['status']; note: string } {
+/**
+ * Decides every fold listed on the slice, aborting those still open (their
+ * worker died or stalled mid-store: aborted, they can never commit), and
+ * returns those that ended aborted: each may have written counters that the
+ * fold which took its jobs over wrote again.
+ */
+async function unfinishedFolds(claims: Claims, slice: SliceId): Promise<UnfinishedFolds> {
+  const listed = await claims.foldsOf(slice);
+  if (listed.length === 0) return NONE_UNFINISHED;
+  const decisions = await claims.abortOpen(listed.map((f) => f.fold));
+  let folds = 0;
+  let bound = 0n;
+  for (const { fold, events } of listed) {
+    if (decisions.get(fold)?.state !== 'aborted') continue;
+    folds++;
+    bound += BigInt(events);
+  }
+  return { folds, bound };
+}
+
+const NONE_UNFINISHED: UnfinishedFolds = { folds: 0, bound: 0n };
+
+/**
+ * A slice's status: the worst of what was found (corrupt, then incomplete,
+ * then maybe-duplicated, then saturated), with every finding in the note.
+ */
+export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | null, unfinished: UnfinishedFolds = NONE_UNFINISHED): { status: SliceRecord['status']; note: string } {
   const notes: string[] = [];
   let status: SliceRecord['status'] = 'flushed';
   if (t.corrupt > 0) {
@@ -192,6 +237,10 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   if (t.events !== null && t.counted < t.events) incomplete.push(`rows hold ${t.counted} events but workers counted ${t.events}`);
   if (incomplete.length > 0 && status === 'flushed') status = 'incomplete';
   notes.push(...incomplete);
+  if (unfinished.folds > 0) {
+    if (status === 'flushed') status = 'maybe-duplicated';
+    notes.push(`${unfinished.folds} fold(s) may have written here without committing (a worker died or stalled mid-store; aborted): up to ${unfinished.bound} event(s) may be counted twice`);
+  }
   if (t.saturated > 0) {
     if (status === 'flushed') status = 'saturated';
     notes.push(`${t.saturated} value sum(s) reached 2^64-1 (BIGINT UNSIGNED's maximum) and are held at ${U64_MAX_TEXT}: the true sums may be larger`);
@@ -227,7 +276,7 @@ async function rememberBootTimes(ring: Ring, store: Store): Promise<void> {
   for (const b of await ring.bootTimes()) await store.setState(`memcached_boot:${b.server}`, `${b.pid}@${b.bootedAt}`);
 }
 
-function record(status: SliceRecord['status'], t: SliceTotals | null, note: string): SliceRecord {
+function record(status: SliceRecord['status'], t: SliceTotals | null, note: string, unfinished: UnfinishedFolds): SliceRecord {
   return {
     status,
     rows: t?.rows ?? 0,
@@ -237,6 +286,7 @@ function record(status: SliceRecord['status'], t: SliceTotals | null, note: stri
     late: t?.late ?? 0n,
     sumsSaturated: t?.saturated ?? 0,
     corruptItems: t?.corrupt ?? 0,
+    duplicateBound: unfinished.bound,
     note,
   };
 }
@@ -253,6 +303,7 @@ function report(slice: SliceId, r: SliceRecord, sliceSeconds: number): SliceRepo
     late: r.late.toString(),
     sumsSaturated: r.sumsSaturated,
     corruptItems: r.corruptItems,
+    duplicateBound: r.duplicateBound.toString(),
     note: r.note,
   };
 }

@@ -181,4 +181,14 @@ export const MIGRATIONS: readonly Migration[] = [
        ON DUPLICATE KEY UPDATE count = VALUES(count), value_sum = VALUES(value_sum)`,
     ],
   },
+  {
+    version: 7,
+    name: 'slices: maybe-duplicated, with the bound on the events counted twice',
+    statements: (t) => [
+      `ALTER TABLE \`${t.slices}\`
+        MODIFY status ENUM('flushed','incomplete','lost','corrupt','saturated','maybe-duplicated') NOT NULL,
+        ADD COLUMN IF NOT EXISTS duplicate_bound BIGINT UNSIGNED NOT NULL DEFAULT 0
+          COMMENT 'events of folds that may have written here and did not commit: at most this many counted twice' AFTER corrupt_items`,
+    ],
+  },
 ];

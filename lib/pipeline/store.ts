@@ -40,7 +40,7 @@ export interface StoreOptions {
 
 export type CountsMethod = 'load' | 'upsert';
 
-export type SliceStatus = 'flushed' | 'incomplete' | 'lost' | 'corrupt' | 'saturated';
+export type SliceStatus = 'flushed' | 'incomplete' | 'lost' | 'corrupt' | 'saturated' | 'maybe-duplicated';
 
 export interface SliceRecord {
   status: SliceStatus;
@@ -51,6 +51,8 @@ export interface SliceRecord {
   late: bigint;
   sumsSaturated: number;
   corruptItems: number;
+  /** Events of folds that may have written into the slice and never committed: at most this many are counted twice. */
+  duplicateBound: bigint;
   note: string;
 }
 
@@ -188,14 +190,14 @@ export class Store {
       if (load !== null) await (load as CountsLoad).end();
       await this.run(
         conn,
-        `INSERT INTO \`${this.tables.slices}\` (slice_start, status, row_count, pairs_missing, chunks_missing, events, late, sums_saturated, corrupt_items, note, flushed_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NOW(3))
+        `INSERT INTO \`${this.tables.slices}\` (slice_start, status, row_count, pairs_missing, chunks_missing, events, late, sums_saturated, corrupt_items, duplicate_bound, note, flushed_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NOW(3))
          ON DUPLICATE KEY UPDATE status = VALUES(status), row_count = VALUES(row_count), pairs_missing = VALUES(pairs_missing),
            chunks_missing = VALUES(chunks_missing), events = VALUES(events), late = VALUES(late), sums_saturated = VALUES(sums_saturated),
-           corrupt_items = VALUES(corrupt_items), note = VALUES(note), flushed_at = VALUES(flushed_at)`,
+           corrupt_items = VALUES(corrupt_items), duplicate_bound = VALUES(duplicate_bound), note = VALUES(note), flushed_at = VALUES(flushed_at)`,
         [
           sliceStart, record.status, record.rows, record.pairsMissing, record.chunksMissing, record.events?.toString() ?? null, record.late.toString(),
-          record.sumsSaturated, record.corruptItems, record.note.slice(0, 1024),
+          record.sumsSaturated, record.corruptItems, record.duplicateBound.toString(), record.note.slice(0, 1024),
         ],
       );
       await this.run(conn, 'COMMIT');

@@ -455,10 +455,10 @@ export class Worker {
   /**
    * Applies `deltas`, announced on their slices (see Ring.enter): any slice
    * the flush has already taken is moved, with its events counted as late,
-   * to the first slice it has not. Once inside, the fold is added to each
-   * slice's fold list before anything is written there, and committed
-   * before the slices are left, so a flush never finds a live, finished fold
-   * undecided. Returns the deltas as applied.
+   * to the first slice it has not. The fold is added to each slice's fold
+   * list (its intent) with that announcement, before anything is written
+   * there, and committed before the slices are left, so a flush never finds
+   * a live, finished fold undecided. Returns the deltas as applied.
    */
   private async applyOutsideFlushed(folded: Deltas, id: FoldId): Promise<Deltas> {
     const { ring, log, sliceSeconds } = this.deps;
@@ -472,15 +472,19 @@ export class Worker {
           deltas = deltas.movedAbove(taken, Math.max(sliceOf(this.now(), sliceSeconds), taken + 1) as SliceId);
         }
         const fresh = deltas.slices().filter((s) => !entered.includes(s));
-        const wm = await ring.enter(fresh);
+        // The intent goes out with the announcement, in the same round trip: listed on a slice the
+        // watermark then takes, the fold is only a harmless extra entry there.
+        const perSlice = deltas.eventsPerSlice();
+        const [wm] = await Promise.all([ring.enter(fresh), this.claims.announce(id, new Map(fresh.map((s) => [s, perSlice.get(s)!])))]);
         entered.push(...fresh);
         if (wm !== null && (this.watermark === null || wm > this.watermark)) this.watermark = wm;
         // Every slice is above `taken` now; if that is still the watermark, none is taken.
         if (this.watermark === taken) break;
       }
       const events = deltas.eventsPerSlice();
+      // Moved into a slice announced before the move: listed again with its final events (readers keep the largest).
+      if (deltas !== folded) await this.claims.announce(id, events);
       const before = ring.ops;
-      await this.claims.announce(id, events);
       const result = await ring.apply(deltas);
       this.stats.memcachedOps += ring.ops - before;
       this.stats.wrapped += result.wrapped;

@@ -29,6 +29,8 @@ export interface SliceHealth {
   chunksMissing: number;
   sumsSaturated: number;
   corruptItems: number;
+  /** maybe-duplicated: at most this many events counted twice. */
+  duplicateBound: string;
   note: string;
   flushedAt: string;
 }
@@ -41,7 +43,7 @@ export interface HealthReport {
   level: 'ok' | 'warn' | 'problem';
   reasons: string[];
   flush: Part<{ watermark: string | null; lagSlices: number | null; lagSeconds: number | null; lastFlushAt: string | null }>;
-  slices: Part<{ recent: SliceHealth[]; totals: { late: string; pairsMissing: number; lost: number; incomplete: number; corrupt: number; saturated: number } }>;
+  slices: Part<{ recent: SliceHealth[]; totals: { late: string; pairsMissing: number; lost: number; incomplete: number; corrupt: number; saturated: number; maybeDuplicated: number } }>;
   gearman: { server: string; queued: number; running: number; workers: number; deadLettersQueued: number; functions?: Record<string, { queued: number; running: number; workers: number }>; error?: string }[];
   deadLetters: Part<{ stored: number; latest: { id: number; receivedAt: string; fn: string; error: string }[] }>;
   memcached: Part<{ server: string; items: number; bytes: number; limitBytes: number; fill: number; evictions: number }[]>;
@@ -72,7 +74,7 @@ export async function health(deps: HealthDeps, sliceCount: number, nowMs = Date.
     }),
     part(async () => {
       const [rows] = await store.pool.query<RowDataPacket[]>(
-        `SELECT slice_start, status, row_count, events, late, pairs_missing, chunks_missing, sums_saturated, corrupt_items, note, flushed_at
+        `SELECT slice_start, status, row_count, events, late, pairs_missing, chunks_missing, sums_saturated, corrupt_items, duplicate_bound, note, flushed_at
          FROM \`${t.slices}\` ORDER BY slice_start DESC LIMIT ?`,
         [sliceCount],
       );
@@ -86,6 +88,7 @@ export async function health(deps: HealthDeps, sliceCount: number, nowMs = Date.
         chunksMissing: Number(r.chunks_missing),
         sumsSaturated: Number(r.sums_saturated),
         corruptItems: Number(r.corrupt_items),
+        duplicateBound: String(r.duplicate_bound),
         note: String(r.note),
         flushedAt: (r.flushed_at as Date).toISOString(),
       }));
@@ -99,6 +102,7 @@ export async function health(deps: HealthDeps, sliceCount: number, nowMs = Date.
           incomplete: count('incomplete'),
           corrupt: count('corrupt'),
           saturated: count('saturated'),
+          maybeDuplicated: count('maybe-duplicated'),
         },
       };
     }),
@@ -155,6 +159,10 @@ function judge(h: Omit<HealthReport, 'now' | 'level' | 'reasons'>, sliceSeconds:
     if (s.lost > 0) problems.push(`${s.lost} recent slices lost (left the ring before a flush)`);
     if (s.incomplete > 0) problems.push(`${s.incomplete} recent slices incomplete (${s.pairsMissing} pairs missing from memcached)`);
     if (s.corrupt > 0) problems.push(`${s.corrupt} recent slices with corrupt items`);
+    if (s.maybeDuplicated > 0) {
+      const bound = h.slices.recent.reduce((n, r) => n + BigInt(r.duplicateBound), 0n);
+      problems.push(`${s.maybeDuplicated} recent slices maybe duplicated (a worker died or stalled mid-store): up to ${bound} events counted twice`);
+    }
     if (s.saturated > 0) warnings.push(`${s.saturated} recent slices with value sums held at 2^64-1`);
     if (BigInt(s.late) > 0n) warnings.push(`${s.late} late events in recent slices`);
   }
