@@ -112,8 +112,8 @@ export class FoldSliceReader {
           corrupt(`fold ${c.fold} chunk ${n} of slice ${slice}: ${err.message}`);
         }
       }
-      // A missing chunk 0 hides how many there were: at least it, and the rest if its events are short.
-      found.missingChunks += Math.max(0, expected - chunks.size) + (chunks.has(0) ? 0 : 1);
+      // A missing chunk 0 hides how many there were: it counts as one (the events fall short all the same).
+      found.missingChunks += chunks.has(0) ? Math.max(0, expected - chunks.size) : 1;
       if (events > c.events) corrupt(`fold ${c.fold} holds ${events} events for slice ${slice}, its commit says ${c.events}`);
     }
     return new FoldSliceReader(sum, found, census, batchPairs);
