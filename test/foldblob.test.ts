@@ -1,4 +1,4 @@
-/** Pure logic of ring mode `folds`: the blob format and summing blobs into rows. No servers. */
+/** Pure logic of ring mode `folds`: the blob format, summing blobs into rows, its settings and fault hook. No servers. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { Deltas } from '../lib/domain/aggregate.ts';
@@ -9,6 +9,9 @@ import {
 import { SliceSum } from '../lib/domain/foldsum.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
 import { prng } from '../lib/base/prng.ts';
+import { loadConfig } from '../lib/base/config.ts';
+import { ConfigError } from '../lib/base/errors.ts';
+import { faultHook } from '../lib/base/fault.ts';
 
 const S = (n: number) => n as SliceId;
 const entry = (user: bigint, action: number, count: number, sum: number | bigint): FoldEntry => ({ hi: Number(user >> 32n), lo: Number(user & 0xffff_ffffn), action, count, sum });
@@ -137,5 +140,29 @@ describe('summing a slice from blobs', () => {
     assert.throws(() => sum.addChunk(bad), /action 0/);
     assert.equal(sum.size, 0);
     assert.equal(sum.counted, 0);
+  });
+});
+
+describe('ring mode settings', () => {
+  test('OFFLOG_RING_MODE, OFFLOG_JOBS_PER_FOLD and OFFLOG_FAULT: defaults, values, and bad input named', () => {
+    const d = loadConfig({});
+    assert.equal(d.ringMode, 'counters');
+    assert.equal(d.jobsPerFold, undefined);
+    assert.equal(d.fault, undefined);
+    const c = loadConfig({ OFFLOG_RING_MODE: 'folds', OFFLOG_JOBS_PER_FOLD: '128', OFFLOG_FAULT: 'blobs:3:SIGSTOP' });
+    assert.deepEqual([c.ringMode, c.jobsPerFold, c.fault], ['folds', 128, { step: 'blobs', n: 3, signal: 'SIGSTOP' }]);
+    assert.deepEqual(loadConfig({ OFFLOG_FAULT: 'acked:1' }).fault, { step: 'acked', n: 1, signal: 'SIGKILL' });
+    assert.throws(() => loadConfig({ OFFLOG_RING_MODE: 'fold' }), (e: Error) => e instanceof ConfigError && /OFFLOG_RING_MODE/.test(e.message) && /"fold"/.test(e.message));
+    assert.throws(() => loadConfig({ OFFLOG_JOBS_PER_FOLD: '0' }), /OFFLOG_JOBS_PER_FOLD: must be at least 1/);
+    assert.throws(() => loadConfig({ OFFLOG_FAULT: 'stored:1' }), /OFFLOG_FAULT: must be <step>:<n>/);
+    assert.throws(() => loadConfig({ OFFLOG_FAULT: 'blobs:0' }), /OFFLOG_FAULT/);
+  });
+
+  test('the fault hook signals once, at the n-th time the step is reached', () => {
+    const sent: string[] = [];
+    const hook = faultHook({ step: 'blobs', n: 2, signal: 'SIGKILL' }, (s) => sent.push(s))!;
+    for (const step of ['claimed', 'blobs', 'announced', 'blobs', 'blobs']) hook(step);
+    assert.deepEqual(sent, ['SIGKILL']);
+    assert.equal(faultHook(undefined), undefined);
   });
 });
