@@ -72,6 +72,7 @@ describe('fold protocol model (in-memory memcached)', () => {
       crashed += o.schedule.crashes.size;
     }
     assert.equal(crashed, boundaries, 'every boundary of the clean run killed a process');
+    process.stdout.write(`# model: a crash at each of ${boundaries} boundaries, every run exact\n`);
   });
 
   test('a worker paused (SIGSTOP) at every single boundary until a flush is over: its open fold is aborted, it stores again', async () => {
@@ -87,6 +88,7 @@ describe('fold protocol model (in-memory memcached)', () => {
       pausedOpen += r.abortedByFlush;
     }
     assert.ok(pausedOpen > 0, 'some pause left a fold open for the flush to abort');
+    process.stdout.write(`# model: a pause at each of ${boundaries} boundaries; ${pausedOpen} folds found open and aborted by the flush\n`);
   });
 
   test('a crash at every pair of boundaries (the second during the recovery from the first)', async () => {
@@ -103,6 +105,7 @@ describe('fold protocol model (in-memory memcached)', () => {
       }
     }
     assert.equal(runs, (n * (n - 1)));
+    process.stdout.write(`# model: ${runs} runs with two crashes (${n} boundaries), every run exact\n`);
   });
 
   test('seeded interleavings of three workers, with up to two crashes each', async () => {
