@@ -61,16 +61,21 @@ export class FoldSliceReader {
     for (let delay = 10; open.length > 0; delay = Math.min(250, delay * 2)) {
       const late = deps.now() >= deadline;
       const still: FoldId[] = [];
-      for (const fold of open) {
+      // All at once: the reads go out pipelined, one round trip for the lot rather than one per fold.
+      const decided = await Promise.all(open.map(async (fold) => {
         let d = await claims.decision(fold);
         if (d.state === 'open' && late) {
           d = await claims.abort(fold);
           if (d.state === 'aborted') census.abortedHere++;
         }
+        return d;
+      }));
+      open.forEach((fold, i) => {
+        const d = decided[i]!;
         if (d.state === 'committed') committed.push({ fold, events: d.totals.get(slice) ?? 0 });
         else if (d.state === 'aborted') census.aborted++;
         else still.push(fold);
-      }
+      });
       open = still;
       if (open.length > 0) await deps.sleep(delay);
     }
