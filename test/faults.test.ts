@@ -230,6 +230,27 @@ test('a worker killed halfway through storing a fold: applied again, it is a bou
   assert.deepEqual(await readCounts(rt), expected.asStrings(), 'pairs 1 and 2 counted twice by the fold: the one-fold duplicate');
 });
 
+test('a fold list holding what OffLog never writes: the slice is reported corrupt, its rows written, and the flush goes on', async () => {
+  const rt = fresh();
+  await rt.store.migrate();
+  const base = futureSlice(SLICE);
+  const at = startOf(base, SLICE) + 10;
+  const expected = new Expected();
+  for (const k of [0, 1]) {
+    const d = new Deltas();
+    d.add({ userId: '7', actionId: 2, value: 5, at: at + k * SLICE * 1000 }, (base + k) as SliceId, SLICE);
+    await rt.ring.apply(d);
+    expected.add(startOf((base + k) as SliceId, SLICE), 7, 2, 5);
+  }
+  await rt.ring.connections[0]!.exec([{ kind: 'set', key: rt.ring.keys.foldList(base), value: 'garbage! ', ttl: 600 }]);
+  const result = await flush(flushDeps(rt), new Date(startOf((base + 3) as SliceId, SLICE)));
+  const [bad, next] = [result.slices.find((s) => s.slice === base)!, result.slices.find((s) => s.slice === base + 1)!];
+  assert.equal(bad.status, 'corrupt');
+  assert.match(bad.note, /fold list is unreadable \(.*:folds holds "garbage!".*\): whether a fold was counted twice cannot be told/);
+  assert.equal(next.status, 'flushed', next.note);
+  assert.deepEqual(await readCounts(rt), expected.asStrings());
+});
+
 test('gearmand restarted with jobs queued: the queue survives, the client and ingest reconnect', async (t) => {
   const g = await gearmand(t);
   await g.start();

@@ -19,7 +19,7 @@ import { FlushClockError } from '../base/errors.ts';
 import type { Logger } from '../base/log.ts';
 import type { CountRows } from '../domain/counts.ts';
 import { U64_MAX_TEXT } from '../domain/u64.ts';
-import { Claims } from './claims.ts';
+import { Claims, ClaimsError } from './claims.ts';
 import type { Ring } from './ring.ts';
 import type { SliceTotals } from './slice-reader.ts';
 import { FoldSliceReader, type FoldReaderDeps } from './fold-reader.ts';
@@ -63,6 +63,8 @@ export interface UnfinishedFolds {
   folds: number;
   /** Their events in the slice: the most that can be counted twice. */
   bound: bigint;
+  /** Why the fold list could not be read (it holds what OffLog never writes), if so. */
+  unreadable?: string;
 }
 
 export interface FlushResult {
@@ -201,7 +203,14 @@ async function openFolds(deps: FoldReaderDeps, s: SliceId, batch: number, log: L
  * fold which took its jobs over wrote again.
  */
 async function unfinishedFolds(claims: Claims, slice: SliceId): Promise<UnfinishedFolds> {
-  const listed = await claims.foldsOf(slice);
+  let listed: Awaited<ReturnType<Claims['foldsOf']>>;
+  try {
+    listed = await claims.foldsOf(slice);
+  } catch (err) {
+    // Like any item OffLog never writes: the slice is reported, and the flush goes on.
+    if (err instanceof ClaimsError) return { folds: 0, bound: 0n, unreadable: err.message };
+    throw err;
+  }
   if (listed.length === 0) return NONE_UNFINISHED;
   const decisions = await claims.abortOpen(listed.map((f) => f.fold));
   let folds = 0;
@@ -226,6 +235,10 @@ export function judge(t: SliceTotals, restarted: boolean, restartedAt: number | 
   if (t.corrupt > 0) {
     status = 'corrupt';
     notes.push(`${t.corrupt} item(s) in memcached are not what OffLog writes and were skipped (first: ${t.corruptNote}); the other rows were written`);
+  }
+  if (unfinished.unreadable !== undefined) {
+    status = 'corrupt';
+    notes.push(`the slice's fold list is unreadable (${unfinished.unreadable}): whether a fold was counted twice cannot be told`);
   }
   const incomplete: string[] = [];
   if (restarted) incomplete.push(`memcached restarted at ${new Date(restartedAt! * 1000).toISOString()}, after this slice began: earlier counts are gone`);
