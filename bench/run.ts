@@ -46,6 +46,7 @@ import type { SteadyFlushRun } from './roles/flush-steady.ts';
 import { expectedBySlice, expectedTotals, generate, opsFloor, workloadSpecs, type Expected, type WorkloadName, type WorkloadSpec } from './workloads.ts';
 import type { TableCheck } from './stack.ts';
 import { sleep } from '../lib/base/backoff.ts';
+import { render as renderModes, ringModes } from './ring-modes.ts';
 
 // ── options ──
 
@@ -72,12 +73,14 @@ interface Options {
   ceiling: boolean;
   /** The steady-state run: a fixed offered rate over several short slices, the flush in the background. */
   steady: boolean;
+  /** Both ring modes side by side, and issue 19's decision rule (bench/ring-modes.ts). */
+  modes: boolean;
 }
 
 function parseArgs(argv: string[]): Options {
   const o: Options = {
     quick: false, runs: 0, only: null, naive: true, statsd: true, cost: true, memory: true, profile: false, keep: false, strict: false, out: join(REPO, 'bench/results.json'),
-    batchSize: null, maxJobsPerFold: null, workers: [1, 2], ceiling: true, steady: true,
+    batchSize: null, maxJobsPerFold: null, workers: [1, 2], ceiling: true, steady: true, modes: true,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -102,19 +105,21 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--workers') o.workers = value().split(',').map(Number);
     else if (a === '--no-ceiling') o.ceiling = false;
     else if (a === '--no-steady') o.steady = false;
+    else if (a === '--no-modes') o.modes = false;
     else if (a === '--steady') o.only = [...(o.only ?? []), 'steady'];
     else if (a === '-h' || a === '--help') {
-      console.log('usage: npm run bench -- [--quick] [--runs N] [--only uniform,zipf,steady,statsd,cost,memory] [--steady] [--workers 1,2] [--no-naive] [--no-ceiling] [--no-steady] [--no-statsd] [--no-cost] [--no-memory] [--profile] [--keep] [--strict] [--out FILE] [--batch-size N] [--max-jobs-per-fold N]');
+      console.log('usage: npm run bench -- [--quick] [--runs N] [--only uniform,zipf,steady,statsd,cost,memory,modes] [--steady] [--no-modes] [--workers 1,2] [--no-naive] [--no-ceiling] [--no-steady] [--no-statsd] [--no-cost] [--no-memory] [--profile] [--keep] [--strict] [--out FILE] [--batch-size N] [--max-jobs-per-fold N]');
       process.exit(0);
     } else throw new Error(`unknown option ${a} (try --help)`);
   }
   if (o.only) {
-    const parts = ['uniform', 'zipf', 'steady', 'statsd', 'cost', 'memory'];
+    const parts = ['uniform', 'zipf', 'steady', 'statsd', 'cost', 'memory', 'modes'];
     for (const part of o.only) if (!parts.includes(part)) throw new Error(`--only: unknown part ${part} (${parts.join(', ')})`);
     o.statsd &&= o.only.includes('statsd');
     o.cost &&= o.only.includes('cost');
     o.memory &&= o.only.includes('memory');
     o.steady &&= o.only.includes('steady');
+    o.modes &&= o.only.includes('modes');
   }
   if (o.workers.length === 0 || o.workers.some((w) => !Number.isInteger(w) || w < 1 || w > 8)) throw new Error('--workers: a list of whole numbers 1–8, such as 1,2');
   // Quick is CI-sized: one run. Full: medians need at least three.
@@ -862,6 +867,9 @@ async function main(): Promise<number> {
       ])),
       ...(steady?.problems ?? []).map((p) => `steady: ${p}`),
     ];
+    // Issue 19: counters and folds on the same workloads (plus dense), and whether folds should be the default.
+    const modes = opts.modes ? await ringModes({ quick: opts.quick, say: (line) => progress.note(`ring modes: ${line}`) }) : null;
+    if (modes?.results.some((r) => !r.exact)) failures.push(...modes.results.filter((r) => !r.exact).map((r) => `ring modes ${r.workload}/${r.mode}: ${r.mismatches.join('; ')}`));
     const results = {
       benchmark: 'offlog (issue 5)',
       startedAt: startedAt.toISOString(),
@@ -879,9 +887,11 @@ async function main(): Promise<number> {
       statsd: statsd && { ...statsd, summary: statsdSummary(statsd.runs) },
       clientCost: cost.length > 0 ? { summary: costSummary(cost), runs: cost } : null,
       clientMemory: memory,
+      ringModes: modes,
     };
     writeFileSync(opts.out, `${JSON.stringify(results, null, 2)}\n`);
     console.log(render(m, workloads, statsd, cost, targets, failures, steady, targets13));
+    if (modes) console.log(`\n${renderModes(modes.results, modes.decision)}`);
     console.log(`\nresults: ${opts.out}`);
     if (failures.length > 0) return 1;
     if (opts.strict && targets.some((t) => t.pass === false)) return 2;

@@ -18,6 +18,22 @@ import { WatchList } from './pipeline/watch.ts';
 import { WatchedDrain } from './pipeline/watched.ts';
 import { prune, type PruneResult } from './pipeline/prune.ts';
 import type { ReportDeps } from './report/api.ts';
+import { sleep } from './base/backoff.ts';
+import { faultHook } from './base/fault.ts';
+import { FoldBlobs } from './pipeline/fold-blobs.ts';
+import type { FoldReaderDeps } from './pipeline/fold-reader.ts';
+import { FoldWriter, type FoldWriterDeps } from './pipeline/fold-writer.ts';
+
+/**
+ * Jobs per fold in ring mode `folds`. Counters mode keeps folds at 16 jobs
+ * because a fold is what a crash can count twice; folds mode counts none
+ * twice, and each fold leaves one blob per slice in the ring, so larger folds
+ * are what bound ring memory on a dense workload (few pairs, many events):
+ * blobs repeat the same pairs once per fold (docs/ring-modes.md).
+ */
+export const FOLDS_MODE_JOBS_PER_FOLD = 64;
+/** How long the flush gives a fold still open on a slice to commit before it aborts it (folds mode). */
+const FOLD_DECIDE_WAIT_MS = 10_000;
 
 export class Runtime {
   readonly log: Logger;
@@ -56,13 +72,49 @@ export class Runtime {
     return (this.watchList_ ??= WatchList.fromStore(this.store, this.config.watchListTtlSeconds, this.log));
   }
 
-  /** A worker on this runtime's ring and Gearman servers; `deps` overrides (a test's clock, say). */
+  /**
+   * A worker on this runtime's ring and Gearman servers; `deps` overrides (a
+   * test's clock, say). In ring mode `folds` it stores through a FoldWriter
+   * with a lease of its own (docs/ring-modes.md).
+   */
   worker(options: WorkerOptions = {}, deps: Partial<WorkerDeps> = {}): Worker {
     const c = this.config;
     const ring = deps.ring ?? this.ring;
     // Each worker its own lease: two workers of one process are two workers to the fold protocol.
     const claims = deps.claims ?? new Claims(ring, { leaseSeconds: c.leaseSeconds });
-    return new Worker({ gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring, log: this.log, watchList: this.watchList, ...deps, claims }, { maxFoldEvents: c.maxFoldEvents, ...options });
+    const base: WorkerDeps = { gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring, log: this.log, watchList: this.watchList, ...deps, claims };
+    if (c.jobsPerFold !== undefined) options = { maxJobsPerFold: c.jobsPerFold, ...options };
+    options = { maxFoldEvents: c.maxFoldEvents, ...options };
+    if (c.ringMode !== 'folds') return new Worker(base, options);
+    const reached = faultHook(c.fault);
+    // The writer shares the worker's Claims: the same lease, so its claims and the worker's prepare()'s are one worker's.
+    const folds = deps.folds ?? this.foldWriter(ring, base.now ?? Date.now, { claims, ...(reached ? { reached } : {}) });
+    return new Worker({ ...base, folds, ...(reached ? { reached } : {}) }, { maxJobsPerFold: FOLDS_MODE_JOBS_PER_FOLD, maxFoldEvents: c.maxFoldEvents, ...options });
+  }
+
+  /** A fold-mode writer on `ring` (with a lease of its own unless `overrides` gives the worker's Claims); `overrides` for tests too. */
+  foldWriter(ring: Ring = this.ring, now: () => number = Date.now, overrides: Partial<FoldWriterDeps> = {}): FoldWriter {
+    return new FoldWriter({
+      claims: new Claims(ring, { leaseSeconds: this.config.leaseSeconds }),
+      blobs: this.foldBlobsOn(ring),
+      watermark: () => ring.watermark(),
+      sliceSeconds: this.config.sliceSeconds,
+      now,
+      sleep,
+      log: this.log,
+      ...overrides,
+    });
+  }
+
+  /** Blob storage of ring mode `folds` on `ring` (this runtime's unless a test gives another). */
+  foldBlobsOn(ring: Ring = this.ring): FoldBlobs {
+    return new FoldBlobs({ keys: ring.keys, placement: ring.placement, conns: ring.connections, ttl: ring.ttl, countOps: (n) => (ring.ops += n) });
+  }
+
+  /** What the flush reads slices with in ring mode `folds`; undefined in `counters`. */
+  get foldReaderDeps(): FoldReaderDeps | undefined {
+    if (this.config.ringMode !== 'folds') return undefined;
+    return { claims: new Claims(this.ring, { leaseSeconds: this.config.leaseSeconds }), blobs: this.foldBlobsOn(), now: Date.now, sleep, decideWaitMs: FOLD_DECIDE_WAIT_MS };
   }
 
   /** The drain of watched raw records: MySQL, then the bus. */
@@ -73,7 +125,8 @@ export class Runtime {
 
   get flushDeps(): FlushDeps {
     const c = this.config;
-    return { ring: this.ring, store: this.store, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices, log: this.log };
+    const folds = this.foldReaderDeps;
+    return { ring: this.ring, store: this.store, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices, log: this.log, ...(folds ? { folds } : {}) };
   }
 
   /**

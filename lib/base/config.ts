@@ -49,7 +49,18 @@ export interface Config {
   hourlyRetentionDays: number;
   /** Days the daily rollups are kept; 0 = for ever. */
   dailyRetentionDays: number;
+  // ── ring mode (docs/ring-modes.md) ──
+  /** `counters` (incremented counters per pair) or `folds` (immutable blobs per fold, counted once by their commit record). */
+  ringMode: RingMode;
+  /** Jobs a worker folds together at most; undefined: the mode's default (16 in counters, 64 in folds). */
+  jobsPerFold: number | undefined;
+  /** Test hook: SIGKILL this process at the n-th time a worker reaches `step` of a fold (folds mode); undefined in production. */
+  fault: FaultSpec | undefined;
 }
+
+export type RingMode = 'counters' | 'folds';
+/** OFFLOG_FAULT: send `signal` to this process the n-th time a worker reaches `step`. */
+export interface FaultSpec { step: string; n: number; signal: 'SIGKILL' | 'SIGSTOP' }
 
 const hostPort = (fallback: string, defaultPort: number) =>
   z.string().default(fallback).transform((value, ctx): HostPort[] => {
@@ -108,6 +119,17 @@ const schema = z.object({
   OFFLOG_EVENTBRIDGE_ENDPOINT: z.string().regex(/^https?:\/\/[^\s/]+(\/\S*)?$/, 'must be an http(s) URL, e.g. http://127.0.0.1:4010').optional(),
   OFFLOG_WATCHED_RETENTION_DAYS: int(1, 36_500, 30),
   OFFLOG_WATCHLIST_TTL_SECONDS: int(1, 3_600, 30),
+  OFFLOG_RING_MODE: z.enum(['counters', 'folds']).default('counters'),
+  OFFLOG_JOBS_PER_FOLD: z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(1, 'must be at least 1').max(4096, 'must be at most 4096')).optional(),
+  // The step names are FOLD_STEPS (lib/pipeline/fold-writer.ts); repeated here so that config stays free of pipeline imports.
+  OFFLOG_FAULT: z
+    .string()
+    .regex(/^(claimed|announced|blobs|committed|acked):[1-9]\d{0,8}(:SIGKILL|:SIGSTOP)?$/, 'must be <step>:<n>[:SIGKILL|:SIGSTOP], step one of claimed, announced, blobs, committed, acked, n >= 1 (e.g. blobs:3)')
+    .transform((v): FaultSpec => {
+      const [step, n, signal] = v.split(':');
+      return { step: step!, n: Number(n), signal: signal === 'SIGSTOP' ? 'SIGSTOP' : 'SIGKILL' };
+    })
+    .optional(),
   OFFLOG_LEASE_SECONDS: int(1, 3_600, 30),
 });
 
@@ -155,5 +177,8 @@ export function loadConfig(env: Record<string, string | undefined> = {}): Config
     retentionDays: e.OFFLOG_RETENTION_DAYS,
     hourlyRetentionDays: e.OFFLOG_HOURLY_RETENTION_DAYS,
     dailyRetentionDays: e.OFFLOG_DAILY_RETENTION_DAYS,
+    ringMode: e.OFFLOG_RING_MODE,
+    jobsPerFold: e.OFFLOG_JOBS_PER_FOLD,
+    fault: e.OFFLOG_FAULT,
   };
 }

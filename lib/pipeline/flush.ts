@@ -21,7 +21,8 @@ import type { CountRows } from '../domain/counts.ts';
 import { U64_MAX_TEXT } from '../domain/u64.ts';
 import { Claims, ClaimsError } from './claims.ts';
 import type { Ring } from './ring.ts';
-import type { SliceReader, SliceTotals } from './slice-reader.ts';
+import type { SliceTotals } from './slice-reader.ts';
+import { FoldSliceReader, type FoldReaderDeps } from './fold-reader.ts';
 import { flushableRange, sliceOf, sliceStartMs, type SliceId } from '../domain/slice.ts';
 import type { SliceRecord, Store } from './store.ts';
 
@@ -33,6 +34,14 @@ export interface FlushDeps {
   log: Logger;
   /** How long the flush waits for writers still inside a slice (default SEAL_WAIT_MS; tests shorten it). */
   sealWaitMs?: number;
+  /** Ring mode `folds` (docs/ring-modes.md): slices are read by deciding their folds and summing the committed ones. Absent: `counters`. */
+  folds?: FoldReaderDeps;
+}
+
+/** What the flush reads a slice with: SliceReader (counters) or FoldSliceReader (folds). */
+interface RowSource {
+  next(): Promise<CountRows | null>;
+  totals(): SliceTotals;
 }
 
 export interface SliceReport {
@@ -135,13 +144,14 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
       const restarted = restartedAt !== null && restartedAfter(restartedAt, sliceStartMs(s, sliceSeconds));
       // Writers see the slice as taken from here on; those already inside finish first.
       const inside = await ring.seal(s, deps.sealWaitMs ?? SEAL_WAIT_MS);
-      const unfinished = await unfinishedFolds(claims, s);
+      // Folds mode decides the slice's folds itself (giving open ones time to commit) and counts only committed ones: nothing to report.
+      const unfinished = deps.folds ? NONE_UNFINISHED : await unfinishedFolds(claims, s);
       if (inside > 0) {
         log.warn({ slice: iso(s, sliceSeconds), writers: inside, abortedFolds: unfinished.folds }, 'writers still inside the slice after the wait (a worker paused, or died mid-store?); reading it anyway: if one leaves later without an aborted fold to store again, the next flush marks the slice incomplete');
         readWithWriters.set(s, { inside, covered: unfinished.folds });
       }
       const written = await store.writeSlice(new Date(sliceStartMs(s, sliceSeconds)), async (write) => {
-        const reader = await ring.openSlice(s, store.rowsPerStatement);
+        const reader: RowSource = deps.folds ? await openFolds(deps.folds, s, store.rowsPerStatement, log, sliceSeconds) : await ring.openSlice(s, store.rowsPerStatement);
         await copyRows(reader, write);
         const totals = reader.totals();
         const { status, note } = judge(totals, restarted, restartedAt, inside, unfinished);
@@ -173,7 +183,7 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
  * writing it to the socket happen before write() returns), then the next
  * read starts: MariaDB, the slower side, never waits for the read's setup.
  */
-async function copyRows(reader: SliceReader, write: (rows: CountRows) => Promise<void>): Promise<void> {
+async function copyRows(reader: RowSource, write: (rows: CountRows) => Promise<void>): Promise<void> {
   let rows = await reader.next();
   while (rows !== null) {
     const writing = write(rows);
@@ -184,6 +194,15 @@ async function copyRows(reader: SliceReader, write: (rows: CountRows) => Promise
     await writing;
     rows = await reading;
   }
+}
+
+/** Folds mode: decides the slice's folds and sums the committed ones (fold-reader.ts), saying what it aborted. */
+async function openFolds(deps: FoldReaderDeps, s: SliceId, batch: number, log: Logger, sliceSeconds: number): Promise<RowSource> {
+  const reader = await FoldSliceReader.open(deps, s, batch);
+  const c = reader.census;
+  if (c.abortedHere > 0) log.warn({ slice: iso(s, sliceSeconds), ...c }, 'folds still open at the flush were aborted (their workers store them again, in a later slice)');
+  else log.debug({ slice: iso(s, sliceSeconds), ...c }, 'folds decided');
+  return reader;
 }
 
 /**

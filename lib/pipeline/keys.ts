@@ -16,6 +16,7 @@
  *   {p}f:{F}                       fold F's decision record, made once with `add`: "c {slice}:{events},…" or "a"
  *   {p}lease:{lease}               a worker's lease, refreshed each fold with a short TTL: absent = presumed dead
  *   {p}wm                          the flush's watermark: the last slice it committed
+ *   {p}{slice}:b:{fold}:{n}        ring mode `folds`: chunk n of a fold's blob for the slice (foldblob.ts) — on the fold's server
  *
  * Slice numbers are absolute, so keys never collide when the ring wraps.
  */
@@ -86,8 +87,15 @@ export class RingKeys {
   watermark(): string {
     return `${this.prefix}wm`;
   }
+
+  /** Ring mode `folds`: chunk `n` (from 0) of fold `fold`'s blob for `slice`. `fold` is 16 hex digits (claims.ts). */
+  foldChunk(slice: SliceId, fold: string, n: number): string {
+    return `${this.prefix}${slice}:b:${fold}:${n}`;
+  }
 }
 
 /** Shard keys: what decides a key's server. A pair's two counters share one; a slice's head and register share another. */
 export const shardOfPair = (userId: UserId | number, actionId: ActionId): string => `${userId}:${actionId}`;
 export const shardOfSlice = (slice: SliceId): string => `slice:${slice}`;
+/** A fold's blobs, every slice's, share one server: folds spread over the pool, and a flush reads each fold from one place. */
+export const shardOfFold = (fold: string): string => `fold:${fold}`;

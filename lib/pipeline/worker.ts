@@ -28,6 +28,7 @@ import { Claims, type FoldId } from './claims.ts';
 import { sliceOf, type SliceId } from '../domain/slice.ts';
 import { watchedOfColumns, watchedOfEvents, type WatchList, type WatchSnapshot } from './watch.ts';
 import { WatchedSender } from './watched.ts';
+import { FoldStoppedError, type FoldWriter } from './fold-writer.ts';
 
 /** The worker was stopped (or reached its deadline) while memcached was unreachable: its jobs stay Gearman's. */
 export class WorkerStoppedError extends Error {
@@ -70,6 +71,10 @@ export interface WorkerDeps {
   watchList?: WatchList;
   /** The fold protocol on `ring` (its lease time from config); made with the defaults when absent. */
   claims?: Claims;
+  /** Ring mode `folds` (docs/ring-modes.md): folds are stored by this writer (on the same Claims). Absent: `counters`. */
+  folds?: FoldWriter;
+  /** The fault hook (OFFLOG_FAULT), told of the `acked` step; the writer is told of the others. */
+  reached?: (step: string) => void;
 }
 
 export interface WorkerOptions {
@@ -127,6 +132,8 @@ interface Fold {
   carried: Job[];
   /** Raw records of watched events, by the job that carried them: queued before the fold is stored. */
   watched: { job: Job; records: WatchedRecord[] }[];
+  /** When the jobs were taken: a fold made again without some of them (folds mode) places events the same way. */
+  receivedAt: number;
 }
 
 export class Worker {
@@ -285,7 +292,7 @@ export class Worker {
   /** Folds every job whose unique id is not in `skip` (nor met earlier in `jobs`) into a new Fold. */
   private foldAll(jobs: Job[], receivedAt: number, skip: ReadonlySet<string>): Fold {
     const current = sliceOf(receivedAt, this.deps.sliceSeconds);
-    const fold: Fold = { id: '', jobs: [], deltas: new Deltas(), applied: [], dead: [], skipped: 0, watched: [], carried: [] };
+    const fold: Fold = { id: '', jobs: [], deltas: new Deltas(), applied: [], dead: [], skipped: 0, watched: [], carried: [], receivedAt };
     const seen = new Set<string>();
     const watch = this.deps.watchList?.current() ?? null;
     for (const job of jobs) {
@@ -383,6 +390,7 @@ export class Worker {
    * aborts the fold, so nothing can stall here.
    */
   private async store(fold: Fold): Promise<void> {
+    if (this.deps.folds) return this.storeFold(fold, this.deps.folds);
     const { log } = this.deps;
     const { jobs } = fold;
     let { id, applied, deltas, dead } = fold;
@@ -431,6 +439,61 @@ export class Worker {
     this.stats.jobs += jobs.length;
     this.stats.events += deltas.events;
     this.stats.largestFold = Math.max(this.stats.largestFold, deltas.events);
+    this.stats.late += deltas.lateEvents;
+    if (deltas.lateEvents > 0) log.warn({ late: deltas.lateEvents }, 'late or future-dated events counted into the current slice');
+  }
+
+  /**
+   * Ring mode `folds`: the fold, its jobs already claimed by prepare(), goes
+   * through FoldWriter (announcement, watermark, blobs, commit: see
+   * fold-writer.ts), then every job is acknowledged. A fold aborted on the
+   * way (a flush took its slice, or it was paused past its lease) is stored
+   * again as a new fold, which takes the claims over; jobs another fold
+   * committed meanwhile are left out. Outages and failures as in store().
+   */
+  private async storeFold(fold: Fold, writer: FoldWriter): Promise<void> {
+    const { log } = this.deps;
+    const { id, jobs, applied } = fold;
+    let dead = fold.dead;
+    let deltas = fold.deltas;
+    // Every fold the writer tries is this worker's own while it runs: a copy of one of its jobs in the next fold is a duplicate.
+    this.inFlight.add(id);
+    const tried = new Set<string>([id]);
+    const track = (fold: string | null, previous: string | null): void => {
+      if (previous !== null) this.inFlight.delete(previous);
+      if (fold !== null) tried.add(fold), this.inFlight.add(fold);
+    };
+    try {
+      const retrying = this.retrying(jobs.length);
+      if (fold.watched.length > 0) await this.queueWatched(fold, retrying);
+      const build = (skip: ReadonlySet<string>): Deltas => (skip.size === 0 ? fold.deltas : this.foldAll(applied, fold.receivedAt, skip).deltas);
+      let first: string | null = id;
+      try {
+        const stored = await retry(() => {
+          // A retry after an outage is a new fold (which takes over this one's claims).
+          const claimed = first;
+          first = null;
+          return writer.store({ uniques: applied.map((j) => j.unique), build }, { claimed, track, inFlight: this.inFlight, own: tried, stopped: () => this.stopped() });
+        }, retrying);
+        deltas = stored.deltas;
+        this.stats.duplicatesSkipped += stored.duplicates.size;
+        if (stored.attempts > 1) this.stats.foldsAborted += stored.attempts - 1;
+        this.stats.memcachedOps = this.deps.ring.ops;
+      } catch (err) {
+        if (err instanceof MemcacheUnavailableError || err instanceof FoldStoppedError) throw new WorkerStoppedError(`stopped while memcached was unreachable or a claim undecided; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
+        log.error({ err: (err as Error).message, jobs: applied.length }, 'storing a fold failed; its jobs are dead-lettered');
+        dead = [...dead, ...applied.map((job) => ({ job, error: `store failed: ${(err as Error).message}` }))];
+        deltas = new Deltas();
+      }
+      for (const { job, error } of dead) await this.deadLetter(job, error);
+      for (const job of jobs) job.conn.complete(job.handle);
+      this.deps.reached?.('acked');
+    } finally {
+      for (const f of tried) this.inFlight.delete(f);
+    }
+    this.stats.folds++;
+    this.stats.jobs += jobs.length;
+    this.stats.events += deltas.events;
     this.stats.late += deltas.lateEvents;
     if (deltas.lateEvents > 0) log.warn({ late: deltas.lateEvents }, 'late or future-dated events counted into the current slice');
   }

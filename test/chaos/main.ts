@@ -1,5 +1,5 @@
 /**
- * `npm run chaos [-- --seconds N --seed S --rate R --faults kind,kind]`: the chaos run at full
+ * `npm run chaos [-- --seconds N --seed S --rate R --faults kind,kind --mode counters|folds --workers N]`: the chaos run at full
  * length (default 180 s of load), with the servers `npm test` uses (local/test.sh
  * starts them). Exit status 0 only when every check passed; the report names
  * the seed, which replays the same faults.
@@ -9,7 +9,7 @@ import { Cleanup } from '../daemons.ts';
 import { FAULT_KINDS, MAX_SECONDS, runChaos, summary, type FaultKind } from './run.ts';
 
 const { values } = parseArgs({
-  options: { seconds: { type: 'string', default: '180' }, seed: { type: 'string' }, rate: { type: 'string', default: '3000' }, faults: { type: 'string' } },
+  options: { seconds: { type: 'string', default: '180' }, seed: { type: 'string' }, rate: { type: 'string', default: '3000' }, faults: { type: 'string' }, mode: { type: 'string', default: 'counters' }, workers: { type: 'string', default: '2' } },
   strict: true,
 });
 const whole = (name: string, text: string, min: number, max: number): number => {
@@ -23,6 +23,12 @@ const whole = (name: string, text: string, min: number, max: number): number => 
 const seconds = whole('seconds', values.seconds!, 5, MAX_SECONDS);
 const seed = whole('seed', values.seed ?? String(Math.floor(Math.random() * 2 ** 31)), 0, 2 ** 32 - 1);
 const rate = whole('rate', values.rate!, 1, 50_000);
+if (values.mode !== 'counters' && values.mode !== 'folds') {
+  process.stderr.write(`--mode: counters or folds, got ${JSON.stringify(values.mode)}\n`);
+  process.exit(64);
+}
+const mode = values.mode;
+const workers = whole('workers', values.workers!, 1, 16);
 const kinds = (values.faults?.split(',') ?? [...FAULT_KINDS]) as FaultKind[];
 if (kinds.length === 0 || kinds.some((k) => !FAULT_KINDS.includes(k))) {
   process.stderr.write(`--faults: a comma-separated list of ${FAULT_KINDS.join(', ')}, got ${JSON.stringify(values.faults)}\n`);
@@ -38,7 +44,7 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 }
 let code = 1;
 try {
-  const report = await runChaos({ seconds, seed, rate, kinds, say: (line) => process.stdout.write(`${line}\n`) }, cleanup);
+  const report = await runChaos({ seconds, seed, rate, kinds, mode, workers, say: (line) => process.stdout.write(`${line}\n`) }, cleanup);
   process.stdout.write(`\n${summary(report)}\n`);
   code = report.violations.length === 0 ? 0 : 1;
 } finally {
