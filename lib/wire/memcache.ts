@@ -90,9 +90,9 @@ export const NOT_A_NUMBER = 4;
 
 /**
  * With `flagHigh`, an `incr`'s or reading upsert's flag when the counter was
- * incremented (not created, not wrapped) and is now at least 2^62: a sum that close to 2^64 may
- * wrap on a later increment, which the Ring must be able to find even if its
- * writer dies before holding it (see Ring.markHigh).
+ * incremented (not created, not wrapped) and is now at least 2^62: a sum
+ * that close to 2^64 may wrap on a later increment, which the Ring must be
+ * able to find even if its writer dies before holding it (see Ring.markHigh).
  */
 export const HIGH = 5;
 
@@ -651,7 +651,9 @@ export class MemcacheConnection {
           if (is(buf, pos, eol, OK)) reply = true;
           break;
         case 'meta':
-          reply = true; // MN: the piece is done
+          // MN: the piece is done; every incr answers one line, so none may be left.
+          if (p.incrsLeft) throw new MemcacheProtocolError(`${this.label} ended a batch of ${p.what(0)} with ${p.incrsLeft} incr(s) unanswered`);
+          reply = true;
           break;
         case 'mg':
           if (is(buf, pos, eol, EN)) reply = null; // a value came as a VA block, above
