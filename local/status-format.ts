@@ -23,7 +23,8 @@ export function formatStatus(s: Status): string {
   else for (const m of s.memcached) servers.push(['memcached', m.server, 'up', `${group(m.items)} items, ${Math.round((100 * m.bytes) / Math.max(1, m.limitBytes))}% full, ${group(m.evictions)} evictions, up ${ago(now - m.bootedAt * 1000)}`]);
   if ('error' in s.mysql) servers.push(['MySQL', s.mysql.server, 'DOWN', s.mysql.error]);
   else {
-    const lag = s.mysql.lagSlices === null ? 'nothing flushed yet' : `lag ${s.mysql.lagSlices} slice${s.mysql.lagSlices === 1 ? '' : 's'}`;
+    const n = s.mysql.lagSlices;
+    const lag = n === null ? 'nothing flushed yet' : n < 0 ? 'flushed ahead of the clock (flush --now)' : `lag ${n} slice${n === 1 ? '' : 's'}`;
     servers.push(['MySQL', s.mysql.server, 'up', `watermark ${when(s.mysql.watermark)}, ${lag}, ${s.mysql.problems.length} problem slice(s) of the last ${s.mysql.recent}`]);
   }
   const bus = 'error' in s.bus
@@ -33,5 +34,5 @@ export function formatStatus(s: Status): string {
     ? 'ring: (not read: memcached is down)'
     : `ring (UTC)\n${table(['slice start', 'pairs', 'events', 'late', 'missing'], s.ring.map((r) => [when(r.start), group(r.pairs), group(r.events), group(r.late), group(r.pairsMissing)]), [false, true, true, true, true])}`;
   const verdict = s.healthy ? 'OK: every server is up and the flush is on time' : `NOT OK:\n${s.problems.map((p) => `  - ${p}`).join('\n')}`;
-  return [`offlog status at ${when(s.now)} UTC`, table(['server', 'address', 'state', ''], servers), '', ring, '', bus, '', verdict].join('\n');
+  return [`offlog status at ${when(s.now)} UTC`, table(['server', 'address', 'state', 'details'], servers), '', ring, '', bus, '', verdict].join('\n');
 }

@@ -93,7 +93,7 @@ const schema = z.object({
 
 /** Parses the environment; throws one ConfigError listing every bad variable. */
 export function loadConfig(env: Record<string, string | undefined> = {}): Config {
-  // Empty strings mean "unset" so that `OFFLOG_X= cmd` falls back to the default.
+  // Empty strings mean "unset" so that `OFFLOG_LOG_LEVEL= cmd` falls back to the default.
   const present = Object.fromEntries(Object.entries(env).filter(([k, v]) => k.startsWith('OFFLOG_') && v !== ''));
   const parsed = schema.safeParse(present);
   if (!parsed.success) {
