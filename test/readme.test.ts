@@ -16,7 +16,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { sleep } from '../lib/base/backoff.ts';
-import { freePort } from './daemons.ts';
+import { freePort, untilOutput } from './daemons.ts';
 import { REPO } from './osls.ts';
 
 /** The code blocks of the README's first screen, each a list of commands without their comments. */
@@ -64,7 +64,6 @@ test('every command of the README first screen works as written against the test
 
   // Block one: `npm install && npm start` runs until Ctrl-C; `npm test` is this very run.
   assert.equal(start[1], 'npm test');
-  let output = '';
   const npmStart: ChildProcess = spawn('bash', ['-c', start[0]!], { cwd: REPO, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   const stop = () => {
     if (npmStart.pid && npmStart.exitCode === null && npmStart.signalCode === null) process.kill(-npmStart.pid, 'SIGINT');
@@ -74,20 +73,8 @@ test('every command of the README first screen works as written against the test
     stop();
     if (npmStart.exitCode === null && npmStart.signalCode === null) await new Promise((r) => npmStart.once('exit', r));
   });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`npm start did not get ready in 240 s:\n${output}`)), 240_000);
-    const watch = (chunk: Buffer) => {
-      output += chunk.toString();
-      if (output.includes('Server ready')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    npmStart.stdout!.on('data', watch);
-    npmStart.stderr!.on('data', watch);
-    npmStart.once('exit', (code) => reject(new Error(`npm start exited ${code}:\n${output}`)));
-  });
-  assert.match(output, /OffLog is running\./);
+  const output = await untilOutput(npmStart, 'Server ready', 240_000, 'npm start');
+  assert.match(output(), /OffLog is running\./);
 
   // Block two, a command at a time.
   const results: Ran[] = [];
