@@ -49,9 +49,11 @@ export function makeCli(env: Record<string, string | undefined>): Cli & { close(
     },
     async runtime(): Promise<Runtime> {
       const c = await cli.config();
-      rt ??= new Runtime(c);
-      if (c.eventBridgeEndpoint !== undefined && env.OFFLOG_EVENTBRIDGE_ENDPOINT === undefined) {
-        rt.log.info({ bus: c.eventBus, endpoint: c.eventBridgeEndpoint }, 'publishing to the local bus of `npm start` (no bus configured, its port answers)');
+      if (rt === undefined) {
+        rt = new Runtime(c);
+        if (c.eventBridgeEndpoint !== undefined && env.OFFLOG_EVENTBRIDGE_ENDPOINT === undefined) {
+          rt.log.info({ bus: c.eventBus, endpoint: c.eventBridgeEndpoint }, 'publishing to the local bus of `npm start` (no bus configured, its port answers)');
+        }
       }
       return rt;
     },
