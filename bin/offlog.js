@@ -9,5 +9,13 @@ if (existsSync(source)) {
   register();
   await import(source.href);
 } else {
-  await import('../dist/local/cli.js');
+  try {
+    await import('../dist/local/cli.js');
+  } catch (err) {
+    // The server side's libraries are optional peers of the package (the client needs none of them).
+    const missing = err?.code === 'ERR_MODULE_NOT_FOUND' && /Cannot find package '([^']+)'/.exec(err.message)?.[1];
+    if (!missing) throw err;
+    process.stderr.write(`offlog: the CLI needs the server side's packages beside offlog (${missing} is missing): npm install mysql2 pino zod commander\n`);
+    process.exit(1);
+  }
 }

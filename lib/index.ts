@@ -1,5 +1,6 @@
-// The package's public surface: the client SDK and the types it speaks.
-export { OffLogClient, type OffLogClientOptions, type LogOptions, type ClientStats } from './pipeline/client.ts';
+// `offlog/server`: the client entry plus what runs the pipeline's server side, which needs the
+// optional peer dependencies mysql2, pino and zod (docs/node-sdk.md: "Install").
+export * from './client.ts';
 export { loadConfig, type Config } from './base/config.ts';
-export { InputError, ConfigError, GearmanUnavailableError } from './base/errors.ts';
-export type { LogEvent, UserId, ActionId } from './domain/contract.ts';
+export { ConfigError } from './base/errors.ts';
+export { Runtime } from './runtime.ts';

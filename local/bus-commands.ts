@@ -5,8 +5,31 @@ import { addWatch, listWatches, removeWatch, type WatchKind } from '../lib/pipel
 import { rollup } from '../lib/pipeline/rollup.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import type { RowDataPacket } from 'mysql2/promise';
+import { Argument, type Command } from 'commander';
+import type { Cli } from './cli-context.ts';
 
-interface Args { user?: string; action?: string; from?: string; to?: string; 'until-idle'?: boolean }
+export function registerBus(program: Command, cli: Cli): void {
+  program
+    .command('watch')
+    .description('the watch lists: a watched user\'s or action\'s events keep their raw record and are published as ActivityWatched')
+    .addArgument(new Argument('[verb]', 'what to do').choices(['add', 'rm', 'list']).default('list'))
+    .option('--user <id>', 'a user id (unsigned 64-bit)')
+    .option('--action <id>', 'an action id (1-65535)')
+    .action(async (verb: string, o: Args) => cli.print(await busCommand(await cli.runtime(), 'watch', [verb], o)));
+  program
+    .command('watched')
+    .description('drain offlog.watched into MySQL and onto the bus (runs until stopped)')
+    .option('--until-idle', 'stop when the queue is empty')
+    .action(async (o: Args) => cli.print(await busCommand(await cli.runtime(), 'watched', [], o)));
+  program
+    .command('rollup')
+    .description('recompute the hourly, daily and weekly rollups of every hour and day in a range')
+    .requiredOption('--from <time>', 'ISO-8601 start, with its zone')
+    .requiredOption('--to <time>', 'ISO-8601 end, with its zone')
+    .action(async (o: Args) => cli.print(await busCommand(await cli.runtime(), 'rollup', [], o)));
+}
+
+interface Args { user?: string; action?: string; from?: string; to?: string; untilIdle?: boolean }
 
 export async function busCommand(rt: Runtime, command: string, positionals: string[], args: Args): Promise<unknown> {
   switch (command) {
@@ -15,7 +38,7 @@ export async function busCommand(rt: Runtime, command: string, positionals: stri
     case 'watched': {
       const drain = rt.watchedDrain();
       for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => drain.stop());
-      return drain.run({ idle: args['until-idle'] === true });
+      return drain.run({ idle: args.untilIdle === true });
     }
     case 'rollup': {
       const from = time('--from', args.from);
@@ -47,8 +70,13 @@ async function watch(rt: Runtime, positionals: string[], args: Args): Promise<un
 }
 
 /** The same rules as an event's `at`: a date, or a date-time with its zone. */
+export type BusStatus = {
+  eventBus: string | null; unpublishedSlices: number; oldestUnpublishedSlice: string | null; unpublishedWatched: number;
+  oldestUnpublishedWatched: string | null; watchedUsers: number; watchedActions: number;
+} | { eventBus: string | null; error: string };
+
 /** For `offlog status`: the bus, what waits to be published, and the watch lists. */
-export async function busStatus(rt: Runtime): Promise<unknown> {
+export async function busStatus(rt: Runtime): Promise<BusStatus> {
   const t = rt.store.tables;
   try {
     const [[slices]] = await rt.store.pool.query<RowDataPacket[]>(`SELECT COUNT(*) AS n, MIN(slice_start) AS oldest FROM \`${t.slices}\` WHERE published_at IS NULL`);

@@ -9,8 +9,12 @@ cd "$(dirname "$0")/.."
 export OFFLOG_EVENTBRIDGE_PORT=${OFFLOG_EVENTBRIDGE_PORT:-4010}
 export OFFLOG_EVENT_BUS=${OFFLOG_EVENT_BUS:-offlog-local}
 export OFFLOG_EVENTBRIDGE_ENDPOINT=${OFFLOG_EVENTBRIDGE_ENDPOINT:-http://127.0.0.1:$OFFLOG_EVENTBRIDGE_PORT}
-bus_env="OFFLOG_EVENT_BUS=$OFFLOG_EVENT_BUS OFFLOG_EVENTBRIDGE_ENDPOINT=$OFFLOG_EVENTBRIDGE_ENDPOINT"
-bash local/services.sh up
+# OFFLOG_SERVICES=docker: the same three servers from local/docker-compose.yml instead of apt + services.sh.
+case "${OFFLOG_SERVICES:-native}" in
+  native) bash local/services.sh up ;;
+  docker) docker compose -f local/docker-compose.yml up -d --wait ;;
+  *) echo "start: OFFLOG_SERVICES must be native or docker, got \"$OFFLOG_SERVICES\"" >&2; exit 2 ;;
+esac
 node bin/offlog.js migrate
 node bin/offlog.js worker &
 worker=$!
@@ -21,10 +25,10 @@ cat >&2 <<MSG
 
 OffLog is running.
   curl -s -XPOST localhost:${OFFLOG_HTTP_PORT:-3000}/events -d '{"userId": 42, "actionId": 1}'
-  $bus_env \\
-    npx offlog flush --now "\$(date -u -d '+30 min' +%FT%TZ)" --force   # flush as if later; SliceFlushed → rollup
-  npx offlog watch add --user 42                                          # then POST again: ActivityWatched
+  npx offlog flush --now "\$(date -u -d '+30 min' +%FT%TZ)" --force   # counts now, as if 30 min later (publishes on the local bus)
   npx offlog status
+  open http://localhost:${OFFLOG_HTTP_PORT:-3000}/                     # the dashboard
+Stop: Ctrl-C here, then \`npx offlog services down\` for the servers (Docker: \`docker compose -f local/docker-compose.yml down\`).
 
 MSG
 npx osls offline start

@@ -1,20 +1,47 @@
 /**
  * `offlog status`: queue depth per function, the ring's slices and memcached's
- * figures, the watermark and lag. Its own module so that a test can run it
- * and measure its memory on a big slice.
+ * figures, the watermark and lag, and a verdict: what is down or behind. Its
+ * own module so that a test can run it and measure its memory on a big slice.
  */
 import { label } from '../lib/base/config.ts';
+import { FN_BATCH } from '../lib/domain/contract.ts';
 import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
 import type { Runtime } from '../lib/runtime.ts';
-import { busStatus } from './bus-commands.ts';
-import { adminStatus } from '../lib/wire/gearman.ts';
+import { busStatus, type BusStatus } from './bus-commands.ts';
+import { adminStatus, type FunctionStatus } from '../lib/wire/gearman.ts';
 
 const STATUS_BATCH_PAIRS = 5000;
+/** The flush runs once a slice: one slice of lag is the wait for the next run, two is a missed one. */
+const LAG_ALLOWED_SLICES = 1;
 
-export async function status(rt: Runtime) {
+export type GearmanStatus = { server: string; functions: Record<string, FunctionStatus> } | { server: string; error: string };
+export interface MemcachedFigures { server: string; pid: number; bootedAt: number; items: number; bytes: number; limitBytes: number; evictions: number }
+export interface RingSlice { slice: number; start: string; pairs: number; events: string; late: string; pairsMissing: number; sumsSaturated: number; corrupt: number }
+export type MysqlStatus =
+  | { server: string; watermark: string | null; lagSlices: number | null; problems: Record<string, unknown>[]; recent: number }
+  | { server: string; error: string };
+
+export interface Status {
+  now: string;
+  gearman: GearmanStatus[];
+  memcached: MemcachedFigures[] | { servers: string[]; error: string };
+  ring: RingSlice[];
+  mysql: MysqlStatus;
+  bus: BusStatus;
+  /** True when nothing is down or behind; `problems` says what is. */
+  healthy: boolean;
+  problems: string[];
+}
+
+const mysqlServer = (url: string): string => {
+  const u = new URL(url);
+  return `${u.hostname}:${u.port || '3306'}`;
+};
+
+export async function status(rt: Runtime): Promise<Status> {
   const c = rt.config;
   const now = Date.now();
-  const gearman = await Promise.all(
+  const gearman: GearmanStatus[] = await Promise.all(
     c.gearmanServers.map(async (s) => {
       try {
         return { server: label(s), functions: Object.fromEntries(await adminStatus(s)) };
@@ -23,8 +50,8 @@ export async function status(rt: Runtime) {
       }
     }),
   );
-  let memcached: unknown;
-  const slices: unknown[] = [];
+  let memcached: Status['memcached'];
+  const ring: RingSlice[] = [];
   try {
     memcached = await rt.ring.bootTimes();
     const current = sliceOf(now, c.sliceSeconds);
@@ -33,23 +60,39 @@ export async function status(rt: Runtime) {
       const reader = await rt.ring.openSlice(s as SliceId, STATUS_BATCH_PAIRS);
       while ((await reader.next()) !== null);
       const t = reader.totals();
-      slices.push({
+      ring.push({
         slice: s, start: new Date(sliceStartMs(s as SliceId, c.sliceSeconds)).toISOString(), pairs: t.rows, events: t.events?.toString() ?? '0',
         late: t.late.toString(), pairsMissing: t.missingPairs, sumsSaturated: t.saturated, corrupt: t.corrupt,
       });
     }
   } catch (err) {
-    memcached = { error: (err as Error).message };
+    memcached = { servers: c.memcachedServers.map(label), error: (err as Error).message };
   }
-  let mysql: unknown;
+  let mysql: MysqlStatus;
+  const server = mysqlServer(c.mysqlUrl);
   try {
     const watermark = await rt.store.watermark();
     const current = sliceOf(now, c.sliceSeconds);
     const lagSlices = watermark === null ? null : current - 2 - sliceOf(watermark.getTime(), c.sliceSeconds);
     const recent = await rt.store.recentSlices(10);
-    mysql = { watermark: watermark?.toISOString() ?? null, lagSlices, problems: recent.filter((r) => r.status !== 'flushed'), recent: recent.length };
+    mysql = { server, watermark: watermark?.toISOString() ?? null, lagSlices, problems: recent.filter((r) => r.status !== 'flushed'), recent: recent.length };
   } catch (err) {
-    mysql = { error: (err as Error).message };
+    mysql = { server, error: (err as Error).message };
   }
-  return { now: new Date(now).toISOString(), gearman, memcached, ring: slices, mysql, bus: await busStatus(rt) };
+  const partial = { now: new Date(now).toISOString(), gearman, memcached, ring, mysql, bus: await busStatus(rt) };
+  const problems = verdict(partial);
+  return { ...partial, healthy: problems.length === 0, problems };
+}
+
+/** What is down or behind, one line each; empty when all is well. */
+export function verdict(s: Omit<Status, 'healthy' | 'problems'>): string[] {
+  const out: string[] = [];
+  for (const g of s.gearman) if ('error' in g) out.push(`gearmand ${g.server} is down: ${g.error}`);
+  if ('error' in s.memcached) out.push(`memcached (${s.memcached.servers.join(', ')}) is down: ${s.memcached.error}`);
+  if ('error' in s.mysql) out.push(`MySQL ${s.mysql.server} is down: ${s.mysql.error}`);
+  else if (s.mysql.lagSlices !== null && s.mysql.lagSlices > LAG_ALLOWED_SLICES) out.push(`the flush is ${s.mysql.lagSlices} slices behind (watermark ${s.mysql.watermark}): is its schedule running? \`offlog flush\` catches up`);
+  const queued = s.gearman.reduce((n, g) => n + ('functions' in g ? (g.functions[FN_BATCH]?.queued ?? 0) : 0), 0);
+  const workers = s.gearman.reduce((n, g) => n + ('functions' in g ? (g.functions[FN_BATCH]?.workers ?? 0) : 0), 0);
+  if (queued > 0 && workers === 0) out.push(`${queued} ${FN_BATCH} jobs wait and no worker is connected: start one (\`offlog worker\`)`);
+  return out;
 }

@@ -267,19 +267,27 @@ export async function serverlessOffline(env: Record<string, string>): Promise<{ 
     if (child.pid && child.exitCode === null && child.signalCode === null) process.kill(-child.pid, 'SIGTERM');
   };
   process.once('exit', stop);
+  const output = await untilOutput(child, 'Server ready', 60_000, 'serverless-offline');
+  return { httpPort, lambdaPort, stop, output };
+}
+
+/**
+ * Waits until a child's stdout or stderr holds `marker`; rejects when it exits first or
+ * `timeoutMs` passes, with what it printed. Returns a reader of everything printed so far.
+ */
+export function untilOutput(child: ChildProcess, marker: string, timeoutMs: number, what: string): Promise<() => string> {
   let output = '';
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`serverless-offline did not start:\n${output}`)), 60_000);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what} did not get ready in ${timeoutMs / 1000} s:\n${output}`)), timeoutMs);
     const watch = (chunk: Buffer) => {
       output += chunk.toString();
-      if (output.includes('Server ready')) {
+      if (output.includes(marker)) {
         clearTimeout(timer);
-        resolve();
+        resolve(() => output);
       }
     };
     child.stdout!.on('data', watch);
     child.stderr!.on('data', watch);
-    child.once('exit', (code) => reject(new Error(`serverless-offline exited ${code}:\n${output}`)));
+    child.once('exit', (code) => reject(new Error(`${what} exited ${code}:\n${output}`)));
   });
-  return { httpPort, lambdaPort, stop, output: () => output };
 }

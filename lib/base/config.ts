@@ -5,11 +5,9 @@
 // A namespace import, so that a bundle keeps only the parts of zod used here (`import { z }` keeps all of it, locales included).
 import * as z from 'zod';
 import { ConfigError } from './errors.ts';
+import { parseServerList, type HostPort } from './servers.ts';
 
-export interface HostPort { host: string; port: number }
-
-/** `host:port`, for logs and messages. */
-export const label = (s: HostPort): string => `${s.host}:${s.port}`;
+export { label, type HostPort } from './servers.ts';
 
 export interface Config {
   gearmanServers: HostPort[];
@@ -64,18 +62,9 @@ export interface FaultSpec { step: string; n: number; signal: 'SIGKILL' | 'SIGST
 
 const hostPort = (fallback: string, defaultPort: number) =>
   z.string().default(fallback).transform((value, ctx): HostPort[] => {
-    const servers: HostPort[] = [];
-    for (const item of value.split(',').map((s) => s.trim()).filter(Boolean)) {
-      const m = /^([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\])(?::(\d{1,5}))?$/.exec(item);
-      const port = m?.[2] === undefined ? defaultPort : Number(m[2]);
-      if (!m || port < 1 || port > 65535) {
-        ctx.addIssue({ code: 'custom', message: `"${item}" is not host:port` });
-        return z.NEVER;
-      }
-      servers.push({ host: m[1]!.replace(/^\[|\]$/g, ''), port });
-    }
-    if (servers.length === 0) {
-      ctx.addIssue({ code: 'custom', message: 'needs at least one host:port' });
+    const servers = parseServerList(value, defaultPort);
+    if (typeof servers === 'string') {
+      ctx.addIssue({ code: 'custom', message: servers });
       return z.NEVER;
     }
     return servers;
@@ -135,7 +124,7 @@ const schema = z.object({
 
 /** Parses the environment; throws one ConfigError listing every bad variable. */
 export function loadConfig(env: Record<string, string | undefined> = {}): Config {
-  // Empty strings mean "unset" so that `OFFLOG_X= cmd` falls back to the default.
+  // Empty strings mean "unset" so that `OFFLOG_LOG_LEVEL= cmd` falls back to the default.
   const present = Object.fromEntries(Object.entries(env).filter(([k, v]) => k.startsWith('OFFLOG_') && v !== ''));
   const parsed = schema.safeParse(present);
   if (!parsed.success) {

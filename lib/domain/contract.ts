@@ -5,8 +5,8 @@
  * OffLogClient, ingest and the worker all use them — so the client refuses
  * exactly what the worker would, with messages that name the field.
  */
-// A namespace import lets esbuild leave out the parts of zod nothing uses (~440 KB of every bundle).
-import * as z from 'zod';
+// No zod here: the SDK's client entry (lib/client.ts) imports this module, and an app installing
+// the client gets no dependency at all (docs/node-sdk.md).
 import { InputError } from '../base/errors.ts';
 
 /** Canonical decimal form of an unsigned 64-bit user id (no sign, no leading zeros). */
@@ -46,15 +46,24 @@ export interface DeadLetterJob {
   payload: string;
 }
 
-const deadLetterJob: z.ZodType<DeadLetterJob> = z.object({
-  fn: z.string(),
-  unique: z.string(),
-  handle: z.string(),
-  error: z.string(),
-  // Years a DATETIME holds: anything else is not a time our worker wrote.
-  receivedAt: z.iso.datetime().refine((t) => t >= '1000' && t < '9999-12-32', 'must be a time in years 1000-9999'),
-  payload: z.base64(),
-});
+const DEAD_LETTER_FIELDS = ['fn', 'unique', 'handle', 'error', 'receivedAt', 'payload'] as const;
+/** As the worker writes it: UTC, `Z`, optional fraction. */
+const ISO_UTC = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?Z$/;
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** The rule a dead letter's field breaks, or undefined. */
+function deadLetterRule(field: (typeof DEAD_LETTER_FIELDS)[number], value: unknown): string | undefined {
+  if (typeof value !== 'string') return `must be a string, got ${excerpt(value)}`;
+  if (field === 'receivedAt') {
+    const m = ISO_UTC.exec(value);
+    const t = m ? new Date(value) : undefined;
+    // Years a DATETIME holds, and a real date (no 2026-02-30): anything else is not a time our worker wrote.
+    if (!m || !t || Number.isNaN(t.getTime()) || t.toISOString().slice(0, 10) !== value.slice(0, 10)) return `must be an ISO-8601 UTC time, got ${excerpt(value)}`;
+    if (m[1]! < '1000') return 'must be a time in years 1000-9999';
+  }
+  if (field === 'payload' && !BASE64.test(value)) return `must be base64, got ${excerpt(value)}`;
+  return undefined;
+}
 
 /**
  * Reads a dead letter off the `offlog.deadletter` queue. Anything not shaped
@@ -68,10 +77,14 @@ export function decodeDeadLetter(data: Buffer): DeadLetterJob {
   } catch {
     throw new InputError('dead letter', `is not JSON, got ${excerpt(data.toString('utf8'))}`);
   }
-  const parsed = deadLetterJob.safeParse(raw);
-  if (parsed.success) return parsed.data;
-  const issue = parsed.error.issues[0]!;
-  throw new InputError(issue.path.length === 0 ? 'dead letter' : `dead letter.${issue.path.join('.')}`, issue.message);
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new InputError('dead letter', `must be a JSON object, got ${excerpt(raw)}`);
+  const o = raw as Record<string, unknown>;
+  for (const field of DEAD_LETTER_FIELDS) {
+    const rule = deadLetterRule(field, o[field]);
+    if (rule !== undefined) throw new InputError(`dead letter.${field}`, rule);
+  }
+  const { fn, unique, handle, error, receivedAt, payload } = o as unknown as DeadLetterJob;
+  return { fn, unique, handle, error, receivedAt, payload };
 }
 
 export const MAX_U64 = 18_446_744_073_709_551_615n;

@@ -10,16 +10,49 @@
  * Each batch carries a unique id. gearmand merges a re-sent batch that is
  * still queued, and the worker skips one it already applied, so a batch
  * re-sent after a lost acknowledgement is counted once.
+ *
+ * Nothing is silent: a server that goes down is an 'error' event (once per
+ * outage), events given up are a 'drop' event; both are also options
+ * (`onError`, `onDrop`), like hot-shots' errorHandler. `mock: true` records
+ * events instead of sending them, for the application's own tests.
+ *
+ * This module is part of the SDK's light entry (lib/client.ts): it may import
+ * only node builtins and other modules of that entry, never a package.
  */
 import { randomBytes } from 'node:crypto';
-import { label, type HostPort } from '../base/config.ts';
+import { EventEmitter } from 'node:events';
 import { GearmanUnavailableError } from '../base/errors.ts';
+import { label, parseServer, parseServerList, type HostPort } from '../base/servers.ts';
 import { batchOf, encodeBatch, encodeTuple, FN_BATCH, parseActionId, parseAt, parsePayload, parseUserId, parseValue, type LogEvent } from '../domain/contract.ts';
 import { GearmanConnection, type Priority } from '../wire/gearman.ts';
-import type { Logger } from '../base/log.ts';
+
+/** The part of a logger the client uses (pino's Logger has it), so that the client's types need no logging library. */
+export interface ClientLogger {
+  debug(fields: object, message: string): void;
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+}
+
+/** A server: `'host:port'` text (port 4730 when left out) or `{ host, port }`. */
+export type ServerAddress = string | HostPort;
 
 export interface OffLogClientOptions {
-  servers: HostPort[];
+  /**
+   * The Gearman servers: `'10.0.0.5:4730'`, a comma-separated list, or an
+   * array. Default: the OFFLOG_GEARMAN_SERVERS environment variable, else
+   * 127.0.0.1:4730 (the SDK runs in the application, which has no OffLog
+   * Config: this is the one place it reads the environment).
+   */
+  servers?: string | readonly ServerAddress[];
+  /**
+   * Record events in `recorded` instead of sending them: no connection, no
+   * timers. For the application's own tests. `stats()` counts them as acknowledged.
+   */
+  mock?: boolean;
+  /** Called as the 'error' event is emitted (a server down, once per outage). */
+  onError?: (err: OffLogClientError) => void;
+  /** Called as the 'drop' event is emitted (events given up). */
+  onDrop?: (drop: DropEvent) => void;
   /**
    * Events per job (default 5000). Big jobs matter: gearmand's persistent
    * queue costs about a millisecond per job (an sqlite insert, then a delete),
@@ -36,7 +69,63 @@ export interface OffLogClientOptions {
   maxBufferedBytes?: number;
   /** Unacknowledged jobs per connection. */
   window?: number;
-  logger?: Logger;
+  /** Where the client logs outages and drops: a pino logger, or anything with these three methods. */
+  logger?: ClientLogger;
+}
+
+/** A server the client could not reach or lost; the client goes on with the others and retries this one. */
+export interface OffLogClientError extends Error {
+  /** `host:port`. */
+  server: string;
+}
+
+/** Events the client gave up: they will never be counted. */
+export interface DropEvent {
+  events: number;
+  reason: 'memory' | 'closeTimeout';
+  /** Every event dropped so far, for any reason. */
+  totalDropped: number;
+}
+
+/** An event as `mock: true` records it, after the same validation as a real send. */
+export interface RecordedEvent {
+  userId: string;
+  actionId: number;
+  value: number;
+  at: number;
+  payload: string | undefined;
+  /** Sent with logWatchedAction / logWatchedUser. */
+  watched: boolean;
+  priority: 'normal' | 'high';
+}
+
+export interface OffLogClientEvents {
+  error: [err: OffLogClientError];
+  drop: [drop: DropEvent];
+}
+
+const DEFAULT_GEARMAN = '127.0.0.1:4730';
+const GEARMAN_PORT = 4730;
+
+/** The servers option, or the environment's default, as addresses; a TypeError names what is wrong. */
+export function resolveServers(servers: OffLogClientOptions['servers'], env: Record<string, string | undefined> = process.env): HostPort[] {
+  const given = servers ?? (env.OFFLOG_GEARMAN_SERVERS?.trim() || DEFAULT_GEARMAN);
+  const from = servers === undefined && env.OFFLOG_GEARMAN_SERVERS?.trim() ? 'OFFLOG_GEARMAN_SERVERS' : 'servers';
+  if (typeof given === 'string') {
+    const list = parseServerList(given, GEARMAN_PORT);
+    if (typeof list === 'string') throw new TypeError(`${from}: ${list}`);
+    return list;
+  }
+  if (given.length === 0) throw new TypeError('servers: at least one Gearman server is needed');
+  return given.map((s, i) => {
+    if (typeof s !== 'string') {
+      if (typeof s?.host !== 'string' || !Number.isInteger(s.port) || s.port < 1 || s.port > 65535) throw new TypeError(`servers[${i}]: must be 'host:port' or { host, port }, got ${JSON.stringify(s)}`);
+      return { host: s.host, port: s.port };
+    }
+    const one = parseServer(s, GEARMAN_PORT);
+    if (typeof one === 'string') throw new TypeError(`servers[${i}]: ${one}`);
+    return one;
+  });
 }
 
 export interface LogOptions {
@@ -95,14 +184,17 @@ interface Server {
 const MIN_BACKOFF_MS = 50;
 const MAX_BACKOFF_MS = 5000;
 
-export class OffLogClient {
+export class OffLogClient extends EventEmitter<OffLogClientEvents> {
+  /** What `mock: true` recorded, oldest first (always empty otherwise). `recorded.length = 0` clears it. */
+  readonly recorded: RecordedEvent[] = [];
+  private readonly mock: boolean;
   private readonly batchSize: number;
   private readonly maxBatchBytes: number;
   private readonly lingerMs: number;
   private readonly maxEvents: number;
   private readonly maxBytes: number;
   private readonly window: number;
-  private readonly logger: Logger | undefined;
+  private readonly logger: ClientLogger | undefined;
   private readonly servers: Server[];
   private readonly idPrefix = `${randomBytes(6).toString('base64url')}-`;
   private seq = 0;
@@ -131,8 +223,12 @@ export class OffLogClient {
   private readonly idleWaiters: (() => void)[] = [];
   private readonly counters = { accepted: 0, sent: 0, acknowledged: 0, droppedMemory: 0, droppedClose: 0, reconnects: 0 };
 
-  constructor(options: OffLogClientOptions) {
-    if (options.servers.length === 0) throw new TypeError('servers: at least one Gearman server is needed');
+  constructor(options: OffLogClientOptions = {}) {
+    super();
+    this.mock = options.mock === true;
+    // With no listener, Node would throw an 'error' event at the caller: the client must never do that.
+    if (options.onError) this.on('error', options.onError);
+    if (options.onDrop) this.on('drop', options.onDrop);
     this.batchSize = options.batchSize ?? 5000;
     this.maxBatchBytes = options.maxBatchBytes ?? 1024 * 1024;
     this.lingerMs = options.lingerMs ?? 20;
@@ -140,7 +236,7 @@ export class OffLogClient {
     this.maxBytes = options.maxBufferedBytes ?? 64 * 1024 * 1024;
     this.window = options.window ?? 32;
     this.logger = options.logger;
-    this.servers = options.servers.map((address) => ({
+    this.servers = (this.mock ? [] : resolveServers(options.servers)).map((address) => ({
       address,
       conn: null,
       opening: null,
@@ -161,7 +257,7 @@ export class OffLogClient {
     this.push(userId, actionId, options, 'normal');
   }
 
-  // The original PHP OffLog client's vocabulary, for teams porting line by line.
+  /** Alias of `log(userId, actionId)`: the PHP client's name, kept for teams porting line by line. */
   logSimpleAction(userId: number | string | bigint, actionId: number): void {
     this.push(userId, actionId, undefined, 'normal');
   }
@@ -189,6 +285,13 @@ export class OffLogClient {
    * the HTTP ingest, which must answer 503 rather than keep what it cannot place.
    */
   async send(events: readonly LogEvent[]): Promise<void> {
+    if (this.mock) {
+      for (const e of events) this.recorded.push({ userId: e.userId, actionId: e.actionId, value: e.value, at: e.at, payload: e.payload, watched: e.watched === true, priority: 'normal' });
+      this.counters.accepted += events.length;
+      this.counters.sent += events.length;
+      this.counters.acknowledged += events.length;
+      return;
+    }
     const batch: Batch = { unique: this.nextId(), body: encodeBatch(events), events: events.length, priority: 'normal' };
     const errors: string[] = [];
     for (let i = 0; i < this.servers.length; i++) {
@@ -237,9 +340,11 @@ export class OffLogClient {
     this.closed = true;
     if (this.lingerTimer) clearTimeout(this.lingerTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    const before = this.counters.droppedClose;
     for (const b of this.queue.splice(0)) this.counters.droppedClose += b.events;
     // Unacknowledged at the deadline: given up here, so the rejections closing brings are not counted again.
     for (const b of this.inFlight) this.counters.droppedClose += b.events;
+    if (this.counters.droppedClose > before) this.emitDrop(this.counters.droppedClose - before, 'closeTimeout');
     this.counters.sent -= this.inFlightEvents;
     this.inFlight.clear();
     this.inFlightEvents = 0;
@@ -284,6 +389,13 @@ export class OffLogClient {
       tuple = encodeTuple(user, action, parseValue(o.value), parseAt(at, Date.now()), parsePayload(o.payload), watched);
     }
     this.counters.accepted++;
+    if (this.mock) {
+      this.counters.sent++;
+      this.counters.acknowledged++;
+      const at = o?.at instanceof Date ? o.at.getTime() : o?.at;
+      this.recorded.push({ userId: user, actionId: action, value: parseValue(o?.value), at: parseAt(at, Date.now()), payload: parsePayload(o?.payload), watched, priority: priority === 'high' ? 'high' : 'normal' });
+      return;
+    }
     const buf = priority === 'high' ? this.high : this.normal;
     buf.push(tuple);
     if (watched) {
@@ -335,6 +447,7 @@ export class OffLogClient {
       this.heldEvents -= b!.events;
       this.heldBytes -= b!.body.length;
       this.counters.droppedMemory += b!.events;
+      this.emitDrop(b!.events, 'memory');
       if (this.counters.droppedMemory === b!.events || this.counters.droppedMemory % 100_000 < b!.events) {
         this.logger?.warn({ dropped: this.counters.droppedMemory }, 'OffLogClient buffer full: dropping the oldest events');
       }
@@ -476,11 +589,23 @@ export class OffLogClient {
       if (!this.closed) {
         // Every failed attempt of one outage at debug: a server down for an hour is one warning, not 700.
         const level = server.downSince === null ? 'warn' : 'debug';
+        if (server.downSince === null) this.emitError(server, err);
         server.downSince ??= Date.now();
         this.logger?.[level]({ server: label(server.address), err: err.message, retryInMs: server.downUntil - Date.now() }, 'Gearman server down; resting it');
       }
     }
     server.stats.state = 'down';
+  }
+
+  private emitError(server: Server, err: Error): void {
+    if (this.listenerCount('error') === 0) return;
+    const e = new GearmanUnavailableError(`Gearman server ${label(server.address)} is down (${err.message}); the client uses the others and retries it`) as GearmanUnavailableError & OffLogClientError;
+    e.server = label(server.address);
+    this.emit('error', e);
+  }
+
+  private emitDrop(events: number, reason: DropEvent['reason']): void {
+    this.emit('drop', { events, reason, totalDropped: this.counters.droppedMemory + this.counters.droppedClose });
   }
 
   private isIdle(): boolean {

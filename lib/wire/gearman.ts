@@ -12,7 +12,7 @@
  * with noDelay, and nothing depends on install scripts.
  */
 import net from 'node:net';
-import { label, type HostPort } from '../base/config.ts';
+import { label, type HostPort } from '../base/servers.ts';
 import { GearmanUnavailableError } from '../base/errors.ts';
 
 export type Priority = 'low' | 'normal' | 'high';
