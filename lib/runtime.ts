@@ -33,7 +33,7 @@ export class Runtime {
   get ring(): Ring {
     const c = this.config;
     return (this.ring_ ??= new Ring({
-      servers: c.memcachedServers, previousServers: c.previousMemcachedServers, keyPrefix: c.keyPrefix, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices,
+      servers: c.memcachedServers, previousServers: c.previousMemcachedServers, keyPrefix: c.keyPrefix, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices, tls: c.memcachedTls,
     }));
   }
 

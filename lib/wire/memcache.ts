@@ -8,6 +8,7 @@
  * drops the socket, so a late reply can never be taken for another request's.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 
 export interface MemcacheAddress {
   host: string;
@@ -22,6 +23,30 @@ export class MemcacheError extends Error {
 /** No answer: cannot connect, connection lost, or timed out. Writes in flight may or may not have been applied. */
 export class MemcacheUnavailableError extends MemcacheError {
   override name = 'MemcacheUnavailableError';
+}
+
+/**
+ * The server is not a memcached OffLog can use (too old for the meta
+ * commands it sends, or a version it cannot read). Not an outage: retrying
+ * meets the same server, so callers stop instead of holding work for it.
+ */
+export class MemcacheVersionError extends MemcacheError {
+  override name = 'MemcacheVersionError';
+}
+
+/** The oldest memcached whose replies OffLog understands: `ma`'s `HD`/`NS` wording and `mn` (1.6.10). */
+export const MIN_MEMCACHED_VERSION = '1.6.10';
+
+/** TLS to memcached (ElastiCache with in-transit encryption): the CA bundle to trust, PEM; omitted: Node's own roots. */
+export interface MemcacheTls {
+  ca?: string;
+}
+
+export interface MemcacheOptions {
+  connectTimeoutMs?: number;
+  opTimeoutMs?: number;
+  /** Connect with TLS; null or omitted: plain TCP. */
+  tls?: MemcacheTls | null;
 }
 
 export type MemcacheOp =
@@ -42,7 +67,7 @@ export interface KeyList {
 /** incr/decr: new value or null (NOT_FOUND); add/set/append/delete: done or not; get: value or null. */
 export type MemcacheReply = bigint | boolean | Buffer | null;
 
-type Expect = 'incr' | 'store' | 'delete' | 'get' | 'stats' | 'ok' | 'meta';
+type Expect = 'incr' | 'store' | 'delete' | 'get' | 'stats' | 'ok' | 'meta' | 'version';
 
 /**
  * What arithMany does with one counter. A counter known to exist is sent a
@@ -113,7 +138,14 @@ export class MemcacheConnection {
   private readonly label: string;
   private readonly connectTimeoutMs: number;
   private readonly opTimeoutMs: number;
+  private readonly tls: MemcacheTls | null;
   private socket: net.Socket | null = null;
+  /**
+   * Writes waiting for the server's version to be checked, or null once it
+   * is: nothing is sent to a server before it is known to parse it as meant
+   * (an old one would apply an `incr` and then misread the `ma` after it).
+   */
+  private held: { parts: (string | Buffer)[]; encoding: BufferEncoding }[] | null = null;
   /** Sockets whose handle is not yet closed, current or failed: close() waits for all of them. */
   private readonly open = new Set<net.Socket>();
   private closed = false;
@@ -125,11 +157,15 @@ export class MemcacheConnection {
   private needed = 0;
   private value: Buffer | null = null;
 
-  constructor(address: MemcacheAddress, options: { connectTimeoutMs?: number; opTimeoutMs?: number } = {}) {
+  /** The version the server gave at the last connect, once checked. */
+  serverVersion: string | null = null;
+
+  constructor(address: MemcacheAddress, options: MemcacheOptions = {}) {
     this.address = { host: address.host, port: address.port };
     this.label = `memcached ${address.host}:${address.port}`;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 2000;
     this.opTimeoutMs = options.opTimeoutMs ?? 5000;
+    this.tls = options.tls ?? null;
   }
 
   async exec(ops: readonly MemcacheOp[]): Promise<MemcacheReply[]> {
@@ -302,7 +338,7 @@ export class MemcacheConnection {
     // With nothing in flight there is nothing to wait for; otherwise the FIN
     // follows the last request and memcached answers all of them before closing.
     if (socket && this.pending.length === 0) this.fail(socket, new MemcacheUnavailableError(`${this.label}: connection closed`));
-    else socket?.end();
+    else if (this.held === null) socket?.end(); // else checkVersion ends it once the held requests are written
     await Promise.all(closing);
   }
 
@@ -315,25 +351,23 @@ export class MemcacheConnection {
           `${this.label}: no reply within ${this.opTimeoutMs} ms; connection dropped, writes in flight may or may not have been applied`));
       }, this.opTimeoutMs);
       this.pending.push({ ...request, replies: [], done: 0, stats: {}, failure: null, timer, resolve, reject });
-      // Corked, the whole batch leaves in one writev, whatever mix of strings and Buffers it is.
-      socket.cork();
-      for (const part of parts) {
-        if (typeof part === 'string') socket.write(part, encoding);
-        else socket.write(part);
-      }
-      socket.uncork();
+      if (this.held) this.held.push({ parts, encoding });
+      else write(socket, parts, encoding);
     });
   }
 
   private connect(): net.Socket {
-    const socket = net.connect({ host: this.address.host, port: this.address.port });
+    const { host, port } = this.address;
+    const socket = this.tls
+      ? tls.connect({ host, port, ca: this.tls.ca, servername: net.isIP(host) === 0 ? host : undefined })
+      : net.connect({ host, port });
     socket.setNoDelay(true);
     this.socket = socket;
     this.open.add(socket);
     const connectTimer = setTimeout(() => {
       this.fail(socket, new MemcacheUnavailableError(`${this.label}: cannot connect within ${this.connectTimeoutMs} ms`));
     }, this.connectTimeoutMs);
-    socket.once('connect', () => clearTimeout(connectTimer));
+    socket.once(this.tls ? 'secureConnect' : 'connect', () => clearTimeout(connectTimer));
     socket.on('data', (chunk: Buffer) => this.onData(socket, chunk));
     socket.on('error', (e) => this.fail(socket, new MemcacheUnavailableError(`${this.label}: ${e.message}`)));
     socket.on('end', () => this.fail(socket, new MemcacheUnavailableError(`${this.label}: connection closed by the server`)));
@@ -342,13 +376,49 @@ export class MemcacheConnection {
       clearTimeout(connectTimer);
       this.fail(socket, new MemcacheUnavailableError(`${this.label}: connection closed`));
     });
+    this.checkVersion(socket);
     return socket;
+  }
+
+  /**
+   * Asks the server its version before anything else on this connection
+   * and holds every other write until the answer is in: a server older than
+   * MIN_MEMCACHED_VERSION fails everything in flight with
+   * MemcacheVersionError, having been sent nothing else.
+   */
+  private checkVersion(socket: net.Socket): void {
+    this.held = [];
+    this.serverVersion = null;
+    new Promise<Pending>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.fail(socket, new MemcacheUnavailableError(`${this.label}: no answer to "version" within ${this.opTimeoutMs} ms; connection dropped`));
+      }, this.opTimeoutMs);
+      this.pending.push({ count: 1, expects: 'version', what: () => 'version', flags: null, flagsAt: 0, found: null, replies: [], done: 0, stats: {}, failure: null, timer, resolve, reject });
+      socket.write('version\r\n');
+    }).then((p) => {
+      if (socket !== this.socket) return;
+      const version = String(p.replies[0]);
+      const refusal = versionRefusal(version);
+      if (refusal !== null) {
+        this.fail(socket, new MemcacheVersionError(`${this.label}: ${refusal}`));
+        return;
+      }
+      this.serverVersion = version;
+      const held = this.held ?? [];
+      this.held = null;
+      for (const h of held) write(socket, h.parts, h.encoding);
+      if (this.closed) socket.end(); // close() came while the check was out: now the FIN can follow the last request
+    }, (err: Error) => {
+      // Failed with its connection: everything held failed with it. Refused by the server: not a memcached to use.
+      if (socket === this.socket) this.fail(socket, new MemcacheVersionError(`${this.label}: "version" was refused (${err.message}); is this memcached?`));
+    });
   }
 
   /** Rejects everything in flight on `socket` and forgets it; the next call reconnects. */
   private fail(socket: net.Socket, error: MemcacheError): void {
     if (socket !== this.socket) return; // already failed; its late events mean nothing
     this.socket = null;
+    this.held = null;
     socket.destroy();
     this.chunks = [];
     this.buffered = this.needed = 0;
@@ -511,6 +581,9 @@ export class MemcacheConnection {
         case 'ok':
           if (is(buf, pos, eol, OK)) reply = true;
           break;
+        case 'version':
+          if (startsWith(buf, pos, eol, VERSION)) reply = Buffer.from(buf.subarray(pos + VERSION.length, eol));
+          break;
         case 'meta':
           reply = true; // MN: the piece is done
           break;
@@ -568,6 +641,32 @@ const DELETED = Buffer.from('DELETED');
 const END = Buffer.from('END');
 const OK = Buffer.from('OK');
 const MN = Buffer.from('MN');
+const VERSION = Buffer.from('VERSION ');
+
+/** Corked, the whole batch leaves in one writev, whatever mix of strings and Buffers it is. */
+function write(socket: net.Socket, parts: readonly (string | Buffer)[], encoding: BufferEncoding): void {
+  socket.cork();
+  for (const part of parts) {
+    if (typeof part === 'string') socket.write(part, encoding);
+    else socket.write(part);
+  }
+  socket.uncork();
+}
+
+/** Why OffLog cannot use a memcached that answers `version` with this, or null when it can. */
+export function versionRefusal(version: string): string | null {
+  const m = /^(\d+)\.(\d+)\.(\d+)/.exec(version);
+  const min = MIN_MEMCACHED_VERSION.split('.').map(Number);
+  if (!m) return `cannot read its version ${JSON.stringify(version.slice(0, 60))}; OffLog needs memcached ${MIN_MEMCACHED_VERSION} or later`;
+  const got = [Number(m[1]), Number(m[2]), Number(m[3])];
+  for (let i = 0; i < 3; i++) {
+    if (got[i]! > min[i]!) return null;
+    if (got[i]! < min[i]!) {
+      return `memcached ${version} is too old: OffLog needs ${MIN_MEMCACHED_VERSION} or later (its meta commands' HD/NS replies); on ElastiCache choose engine 1.6.22`;
+    }
+  }
+  return null;
+}
 
 /** The index a meta reply line buf[pos, eol) carries as `O<i>`, or -1 without one. */
 function opaqueOf(buf: Buffer, pos: number, eol: number): number {
