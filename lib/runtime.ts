@@ -26,7 +26,11 @@ export class Runtime {
   private bus_: Bus | undefined;
   private watchList_: WatchList | undefined;
 
-  constructor(readonly config: Config, log?: Logger) {
+  /**
+   * `mysqlUrl`: where config.mysqlUrl was read from (secrets.ts's
+   * mysqlUrlReader), read again when MySQL refuses the password.
+   */
+  constructor(readonly config: Config, log?: Logger, private readonly sources: { mysqlUrl?: () => Promise<string> } = {}) {
     this.log = log ?? createLogger(config.logLevel);
   }
 
@@ -38,7 +42,7 @@ export class Runtime {
   }
 
   get store(): Store {
-    return (this.store_ ??= new Store({ url: this.config.mysqlUrl, tablePrefix: this.config.tablePrefix }));
+    return (this.store_ ??= new Store({ url: this.config.mysqlUrl, tablePrefix: this.config.tablePrefix, rereadUrl: this.sources.mysqlUrl }));
   }
 
   get client(): OffLogClient {

@@ -9,6 +9,7 @@ import { PassThrough, type Writable } from 'node:stream';
 import mysql, { type Pool, type PoolConnection, type RowDataPacket } from 'mysql2/promise';
 import type { CountRows } from '../domain/counts.ts';
 import { isU64Decimal } from '../domain/u64.ts';
+import { RotatingPool } from '../wire/mysql-pool.ts';
 import { MIGRATIONS, type Tables } from './migrations.ts';
 
 /**
@@ -36,6 +37,12 @@ export interface StoreOptions {
    * allow it (checked once), else upserts.
    */
   countsMethod?: CountsMethod | 'auto';
+  /**
+   * Where the URL came from (the secret or parameter resolveSecrets read),
+   * read again when the server refuses the password: a rotated secret then
+   * reaches a warm process at its next query (see RotatingPool).
+   */
+  rereadUrl?: () => Promise<string>;
 }
 
 export type CountsMethod = 'load' | 'upsert';
@@ -65,6 +72,7 @@ export interface DeadLetter {
 
 export class Store {
   readonly pool: Pool;
+  private readonly pools: RotatingPool;
   /** Table names, prefixed. */
   readonly tables: Tables;
   /** The most rows one upsert may carry (the flush reads memcached in batches of this size). */
@@ -75,10 +83,12 @@ export class Store {
 
   constructor(options: StoreOptions) {
     // DATETIME columns hold UTC: the session time zone is pinned so nothing shifts them.
-    this.pool = mysql.createPool({
-      uri: options.url, timezone: 'Z', connectionLimit: 4, supportBigNumbers: true, bigNumberStrings: true, dateStrings: false, queryFormat: formatQuery,
+    this.pools = new RotatingPool(options.url, {
+      options: { timezone: 'Z', connectionLimit: 4, supportBigNumbers: true, bigNumberStrings: true, dateStrings: false, queryFormat: formatQuery },
+      onConnection: (c) => void c.query("SET time_zone = '+00:00'"),
+      reread: options.rereadUrl,
     });
-    this.pool.on('connection', (c) => c.query("SET time_zone = '+00:00'"));
+    this.pool = this.pools.pool;
     const p = options.tablePrefix;
     this.tables = { counts: `${p}counts`, slices: `${p}slices`, state: `${p}state`, dead: `${p}dead_letters`, migrations: `${p}migrations`, hourly: `${p}counts_hourly`, daily: `${p}counts_daily`,
       watches: `${p}watches`, watched: `${p}watched_events`, actions: `${p}actions`, series: `${p}action_series`, weekly: `${p}counts_weekly`,
@@ -103,6 +113,11 @@ export class Store {
         return 'upsert' as const;
       },
     ));
+  }
+
+  /** Times a refused password led to a re-read URL and a new pool. */
+  get passwordRotations(): number {
+    return this.pools.rotations;
   }
 
   /** Why `auto` chose upserts (the server's answer to the probe), or null. */
