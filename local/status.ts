@@ -8,6 +8,7 @@ import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import { busStatus } from './bus-commands.ts';
 import { adminStatus } from '../lib/wire/gearman.ts';
+import { readBacklog } from '../lib/pipeline/backlog.ts';
 
 const STATUS_BATCH_PAIRS = 5000;
 
@@ -51,5 +52,7 @@ export async function status(rt: Runtime) {
   } catch (err) {
     mysql = { error: (err as Error).message };
   }
-  return { now: new Date(now).toISOString(), gearman, memcached, ring: slices, mysql, bus: await busStatus(rt) };
+  // Publishing and rollups: what waits, and a publish that keeps failing (the health card reads the same).
+  const backlog = await readBacklog(rt.store).catch((err: Error) => ({ error: err.message }));
+  return { now: new Date(now).toISOString(), gearman, memcached, ring: slices, mysql, bus: await busStatus(rt), backlog };
 }

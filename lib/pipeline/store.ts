@@ -207,7 +207,7 @@ export class Store {
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NOW(3))
          ON DUPLICATE KEY UPDATE status = VALUES(status), row_count = VALUES(row_count), pairs_missing = VALUES(pairs_missing),
            chunks_missing = VALUES(chunks_missing), events = VALUES(events), late = VALUES(late), sums_saturated = VALUES(sums_saturated),
-           corrupt_items = VALUES(corrupt_items), note = VALUES(note), flushed_at = VALUES(flushed_at)`,
+           corrupt_items = VALUES(corrupt_items), note = VALUES(note), flushed_at = VALUES(flushed_at), rolled_up_at = NULL`,
         [
           sliceStart, record.status, record.rows, record.pairsMissing, record.chunksMissing, record.events?.toString() ?? null, record.late.toString(),
           record.sumsSaturated, record.corruptItems, record.note.slice(0, 1024),
