@@ -31,7 +31,7 @@ after(async () => {
 });
 
 /** A fake memcached: answers `version` with the given one, `incr` with 1, and records every line it was sent and every connection. */
-async function fakeMemcached(t: { after(fn: () => unknown): void }, version: string): Promise<{ port: number; lines: string[]; connections: () => number }> {
+async function fakeMemcached(t: { after(fn: () => unknown): void }, version: string, versionDelayMs = 0): Promise<{ port: number; lines: string[]; connections: () => number }> {
   const lines: string[] = [];
   let connections = 0;
   const sockets = new Set<net.Socket>();
@@ -45,7 +45,7 @@ async function fakeMemcached(t: { after(fn: () => unknown): void }, version: str
         const line = buffer.slice(0, nl);
         buffer = buffer.slice(nl + 2);
         lines.push(line);
-        if (line === 'version') socket.write(`VERSION ${version}\r\n`);
+        if (line === 'version') setTimeout(() => socket.write(`VERSION ${version}\r\n`), versionDelayMs);
         else if (line.startsWith('incr ')) socket.write('1\r\n');
         else socket.write('ERROR\r\n');
       }
@@ -89,6 +89,16 @@ test('memcached 1.6.10: the held commands go out once the version is checked', a
   assert.deepEqual(await mc.exec([{ kind: 'incr', key: 'a', amount: 1 }, { kind: 'incr', key: 'b', amount: 2 }]), [1n, 1n]);
   assert.deepEqual(fake.lines, ['version', 'incr a 1', 'incr b 2']);
   assert.equal(mc.serverVersion, '1.6.10');
+});
+
+test('close() while the version check is out: the held request is still sent and answered, then the connection closes', async (t) => {
+  const fake = await fakeMemcached(t, '1.6.22', 200);
+  const mc = new MemcacheConnection(local(fake.port));
+  const reply = mc.exec([{ kind: 'incr', key: 'a', amount: 1 }]);
+  await mc.close();
+  assert.deepEqual(await reply, [1n]);
+  assert.deepEqual(fake.lines, ['version', 'incr a 1']);
+  await assert.rejects(mc.exec([{ kind: 'incr', key: 'a', amount: 1 }]), /closed by close\(\)/);
 });
 
 test('a worker facing memcached 1.6.6 stops with the version error at once: no retry loop, no job dead-lettered, every job left queued', async (t) => {
