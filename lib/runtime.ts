@@ -46,7 +46,7 @@ export class Runtime {
   }
 
   get store(): Store {
-    return (this.store_ ??= new Store({ url: this.config.mysqlUrl, tablePrefix: this.config.tablePrefix, rereadUrl: this.sources.mysqlUrl }));
+    return (this.store_ ??= new Store({ url: this.config.mysqlUrl, tablePrefix: this.config.tablePrefix, rereadUrl: this.sources.mysqlUrl, log: this.log }));
   }
 
   get client(): OffLogClient {

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { loadConfig } from '../lib/base/config.ts';
-import { createLogger } from '../lib/base/log.ts';
+import { pino } from 'pino';
 import { Runtime } from '../lib/runtime.ts';
 import { awsSources, mysqlUrlReader, resolveSecrets } from '../lib/wire/secrets.ts';
 import { fakeAws, type FakeAws } from './fake-aws.ts';
@@ -53,10 +53,10 @@ after(async () => {
 });
 
 /** A runtime built as handlers/runtime.ts builds one: the URL from the secret, and the secret's reader kept for a re-read. */
-async function warmRuntime(): Promise<Runtime> {
+async function warmRuntime(lines: string[] = []): Promise<Runtime> {
   const env = { OFFLOG_MYSQL_URL_SECRET: SECRET_ID, OFFLOG_TABLE_PREFIX: `${USER}_`, ...aws.env };
   const config = loadConfig(await resolveSecrets(env, awsSources(env)));
-  const rt = new Runtime(config, createLogger('silent'), { mysqlUrl: mysqlUrlReader(env, awsSources(env)) });
+  const rt = new Runtime(config, pino({ level: 'info' }, { write: (line: string) => lines.push(line) }), { mysqlUrl: mysqlUrlReader(env, awsSources(env)) });
   runtimes.push(rt);
   return rt;
 }
@@ -64,7 +64,8 @@ async function warmRuntime(): Promise<Runtime> {
 const secretReads = (): number => aws.calls.filter((c) => c === `secretsmanager:${SECRET_ID}`).length;
 
 test('the password rotated (server and secret): the next query re-reads the secret once and succeeds', async () => {
-  const rt = await warmRuntime();
+  const lines: string[] = [];
+  const rt = await warmRuntime(lines);
   assert.equal(secretReads(), 1, 'read once at start');
   await rt.store.migrate();
   assert.equal(await rt.store.watermark(), null);
@@ -77,6 +78,8 @@ test('the password rotated (server and secret): the next query re-reads the secr
   assert.equal(await rt.store.watermark(), null, 'the next query succeeds');
   assert.equal(secretReads(), 2, 'the secret was read again, once');
   assert.equal(rt.store.passwordRotations, 1);
+  assert.deepEqual(lines.map((l) => JSON.parse(l) as { level: number; msg: string }).filter((l) => /password/.test(l.msg)).map((l) => [l.level, l.msg]),
+    [[40, 'MySQL refused the password; the re-read MySQL URL differs (a rotation): new connections use it']], 'said once, as a warning');
   // And the new pool is the one used from now on: a connection of its own, under the new password, works.
   dropSessions();
   await new Promise((r) => setTimeout(r, 200));
@@ -86,7 +89,8 @@ test('the password rotated (server and secret): the next query re-reads the secr
 });
 
 test('a password the server refuses while the secret is unchanged: the refusal surfaces, and the secret is not read on every query', async () => {
-  const rt = await warmRuntime();
+  const lines: string[] = [];
+  const rt = await warmRuntime(lines);
   await rt.store.watermark();
   const reads = secretReads();
   root(`ALTER USER '${USER}'@'127.0.0.1' IDENTIFIED BY 'third-password-3'`); // the secret still says second-password-2
@@ -97,4 +101,5 @@ test('a password the server refuses while the secret is unchanged: the refusal s
   }
   assert.equal(secretReads(), reads + 1, 'one re-read for three refusals (at most one per 10 s)');
   assert.equal(rt.store.passwordRotations, 0);
+  assert.equal(lines.filter((l) => /the MySQL URL read again is unchanged: fix the secret or the user/.test(l)).length, 1, 'said once, as an error');
 });

@@ -9,6 +9,7 @@ import { PassThrough, type Writable } from 'node:stream';
 import mysql, { type Pool, type PoolConnection, type RowDataPacket } from 'mysql2/promise';
 import type { CountRows } from '../domain/counts.ts';
 import { isU64Decimal } from '../domain/u64.ts';
+import type { Logger } from '../base/log.ts';
 import { RotatingPool } from '../wire/mysql-pool.ts';
 import { MIGRATIONS, type Tables } from './migrations.ts';
 
@@ -43,6 +44,8 @@ export interface StoreOptions {
    * reaches a warm process at its next query (see RotatingPool).
    */
   rereadUrl?: () => Promise<string>;
+  /** Where a re-read is reported. */
+  log?: Logger;
 }
 
 export type CountsMethod = 'load' | 'upsert';
@@ -87,6 +90,9 @@ export class Store {
       options: { timezone: 'Z', connectionLimit: 4, supportBigNumbers: true, bigNumberStrings: true, dateStrings: false, queryFormat: formatQuery },
       onConnection: (c) => void c.query("SET time_zone = '+00:00'"),
       reread: options.rereadUrl,
+      onReread: (changed) => changed
+        ? options.log?.warn('MySQL refused the password; the re-read MySQL URL differs (a rotation): new connections use it')
+        : options.log?.error('MySQL refused the password, and the MySQL URL read again is unchanged: fix the secret or the user'),
     });
     this.pool = this.pools.pool;
     const p = options.tablePrefix;

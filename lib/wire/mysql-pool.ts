@@ -20,6 +20,8 @@ export interface RotatingPoolOptions {
   onConnection?: (conn: mysql.PoolConnection) => void;
   /** Where the URL came from, read again on a refusal; omitted: a refusal is final. */
   reread?: () => Promise<string>;
+  /** Told after each re-read whether the URL had changed (a log line: a rotation is worth knowing about). */
+  onReread?: (changed: boolean) => void;
   /** The clock, for the re-read limit (tests). */
   now?: () => number;
 }
@@ -83,6 +85,7 @@ export class RotatingPool {
       this.lastReread = now;
       this.rereading = (async () => {
         const url = await this.o.reread!();
+        this.o.onReread?.(url !== this.url);
         if (url === this.url) return;
         this.old.push(this.current);
         this.current = this.make(url);
