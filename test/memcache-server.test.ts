@@ -20,7 +20,7 @@ import { OffLogClient } from '../lib/pipeline/client.ts';
 import { Ring } from '../lib/pipeline/ring.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import { adminStatus } from '../lib/wire/gearman.ts';
-import { MemcacheConnection, MemcacheUnavailableError, MemcacheVersionError, versionRefusal } from '../lib/wire/memcache.ts';
+import { MemcacheConnection, MemcacheTlsError, MemcacheUnavailableError, MemcacheVersionError, versionRefusal } from '../lib/wire/memcache.ts';
 import { Daemon, freePort, gearmand } from './daemons.ts';
 import { futureSlice, startOf, testConfig, testRuntime } from './support.ts';
 
@@ -173,10 +173,19 @@ test('TLS: a real memcached -Z with a certificate made here; trusted through the
 
   const untrusted = new MemcacheConnection(local(port), { tls: {}, opTimeoutMs: 2000 });
   t.after(() => untrusted.close());
-  await assert.rejects(untrusted.exec([{ kind: 'get', key: 'k' }]), (e: Error) => e instanceof MemcacheUnavailableError && /self[- ]signed|unable to (get|verify)/i.test(e.message));
+  // Refused for good, not an outage: a worker stops on it (MemcacheUnusableError) instead of holding jobs and retrying.
+  await assert.rejects(untrusted.exec([{ kind: 'get', key: 'k' }]), (e: Error) =>
+    e instanceof MemcacheTlsError && !(e instanceof MemcacheUnavailableError) && /TLS refused \((SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_GET_ISSUER_CERT_LOCALLY|UNABLE_TO_VERIFY_LEAF_SIGNATURE):/.test(e.message));
+  const wrongName = new MemcacheConnection({ host: 'localhost', port }, { tls: { ca: config.memcachedTls!.ca! }, opTimeoutMs: 2000 });
+  t.after(() => wrongName.close());
+  assert.deepEqual(await wrongName.exec([{ kind: 'get', key: 'k' }]), [Buffer.from('v')], 'by the name in its certificate too');
   const plain = new MemcacheConnection(local(port), { opTimeoutMs: 1000 });
   t.after(() => plain.close());
   await assert.rejects(plain.exec([{ kind: 'get', key: 'k' }]), MemcacheUnavailableError);
+  // TLS to a plain memcached: the handshake fails the same way every time.
+  const tlsToPlain = new MemcacheConnection(local(Number(new URL(`http://${process.env.OFFLOG_MEMCACHED_SERVERS}`).port)), { tls: {}, opTimeoutMs: 2000 });
+  t.after(() => tlsToPlain.close());
+  await assert.rejects(tlsToPlain.exec([{ kind: 'get', key: 'k' }]), (e: Error) => e instanceof MemcacheTlsError && /TLS refused \((EPROTO|ERR_SSL_WRONG_VERSION_NUMBER): .*wrong version number/i.test(e.message));
 });
 
 test('config: OFFLOG_MEMCACHED_TLS and its CA file checked at start; ElastiCache Serverless refused by name', () => {

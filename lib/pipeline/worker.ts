@@ -17,7 +17,7 @@ import { GearmanUnavailableError, InputError } from '../base/errors.ts';
 import { decodeBatch, decodeBatchColumns, excerpt, FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE, newEventColumns, parseLogSimple, type DeadLetterJob, type WatchedRecord } from '../domain/contract.ts';
 import { GearmanConnection, type Job } from '../wire/gearman.ts';
 import type { Logger } from '../base/log.ts';
-import { MemcacheUnavailableError, MemcacheVersionError } from '../wire/memcache.ts';
+import { MemcacheUnavailableError, MemcacheUnusableError } from '../wire/memcache.ts';
 import type { Ring } from './ring.ts';
 import { sliceOf, type SliceId } from '../domain/slice.ts';
 import { watchedOfColumns, watchedOfEvents, type WatchList, type WatchSnapshot } from './watch.ts';
@@ -330,7 +330,7 @@ export class Worker {
           throw new WorkerStoppedError(`stopped while memcached was unreachable; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
         }
         // A memcached OffLog cannot use: no job is at fault, so none is parked; the worker stops and gearmand keeps them.
-        if (err instanceof MemcacheVersionError) {
+        if (err instanceof MemcacheUnusableError) {
           this.storing = new Set();
           throw err;
         }

@@ -26,13 +26,26 @@ export class MemcacheUnavailableError extends MemcacheError {
 }
 
 /**
- * The server is not a memcached OffLog can use (too old for the meta
- * commands it sends, or a version it cannot read). Not an outage: retrying
- * meets the same server, so callers stop instead of holding work for it.
+ * The server answers but cannot be used as configured. Not an outage:
+ * retrying meets the same server, so callers stop instead of holding work
+ * for it, and an operator reads the reason.
  */
-export class MemcacheVersionError extends MemcacheError {
+export class MemcacheUnusableError extends MemcacheError {
+  override name = 'MemcacheUnusableError';
+}
+
+/** Too old for the meta commands OffLog sends, or a version it cannot read. */
+export class MemcacheVersionError extends MemcacheUnusableError {
   override name = 'MemcacheVersionError';
 }
+
+/** TLS could not be set up: the certificate was refused (CA, name, dates), or the server does not speak TLS. */
+export class MemcacheTlsError extends MemcacheUnusableError {
+  override name = 'MemcacheTlsError';
+}
+
+/** Node's codes for a TLS handshake that will fail the same way every time (EPROTO: the server does not speak TLS). */
+const TLS_REFUSALS = /^(ERR_TLS_CERT_ALTNAME_INVALID|ERR_SSL_.*|EPROTO|CERT_.*|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_.*)$/;
 
 /** The oldest memcached whose replies OffLog understands: `ma`'s `HD`/`NS` wording and `mn` (1.6.10). */
 export const MIN_MEMCACHED_VERSION = '1.6.10';
@@ -369,7 +382,12 @@ export class MemcacheConnection {
     }, this.connectTimeoutMs);
     socket.once(this.tls ? 'secureConnect' : 'connect', () => clearTimeout(connectTimer));
     socket.on('data', (chunk: Buffer) => this.onData(socket, chunk));
-    socket.on('error', (e) => this.fail(socket, new MemcacheUnavailableError(`${this.label}: ${e.message}`)));
+    socket.on('error', (e: NodeJS.ErrnoException) => {
+      const refused = this.tls !== null && TLS_REFUSALS.test(e.code ?? '');
+      this.fail(socket, refused
+        ? new MemcacheTlsError(`${this.label}: TLS refused (${e.code}: ${e.message}); check OFFLOG_MEMCACHED_TLS, OFFLOG_MEMCACHED_CA_FILE and that the server name is the one its certificate gives`)
+        : new MemcacheUnavailableError(`${this.label}: ${e.message}`));
+    });
     socket.on('end', () => this.fail(socket, new MemcacheUnavailableError(`${this.label}: connection closed by the server`)));
     socket.on('close', () => {
       this.open.delete(socket);
