@@ -17,6 +17,9 @@ import { publishSlices, type OutboxResult } from './pipeline/outbox.ts';
 import { WatchList } from './pipeline/watch.ts';
 import { WatchedDrain } from './pipeline/watched.ts';
 import { prune, type PruneResult } from './pipeline/prune.ts';
+import { repairRollups, type RepairResult } from './pipeline/repair.ts';
+import { readBacklog } from './pipeline/backlog.ts';
+import { emfLine, stderrMetrics, type MetricSink } from './base/metrics.ts';
 import type { ReportDeps } from './report/api.ts';
 import { sleep } from './base/backoff.ts';
 import { faultHook } from './base/fault.ts';
@@ -43,19 +46,24 @@ export class Runtime {
   private bus_: Bus | undefined;
   private watchList_: WatchList | undefined;
 
-  constructor(readonly config: Config, log?: Logger) {
+  /**
+   * `mysqlUrl`: where config.mysqlUrl was read from (secrets.ts's
+   * mysqlUrlReader), read again when MySQL refuses the password.
+   * `metrics`: where the flush's metric lines go (CloudWatch EMF; stderr).
+   */
+  constructor(readonly config: Config, log?: Logger, private readonly sources: { mysqlUrl?: () => Promise<string>; metrics?: MetricSink } = {}) {
     this.log = log ?? createLogger(config.logLevel);
   }
 
   get ring(): Ring {
     const c = this.config;
     return (this.ring_ ??= new Ring({
-      servers: c.memcachedServers, previousServers: c.previousMemcachedServers, keyPrefix: c.keyPrefix, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices,
+      servers: c.memcachedServers, previousServers: c.previousMemcachedServers, keyPrefix: c.keyPrefix, sliceSeconds: c.sliceSeconds, ringSlices: c.ringSlices, tls: c.memcachedTls,
     }));
   }
 
   get store(): Store {
-    return (this.store_ ??= new Store({ url: this.config.mysqlUrl, tablePrefix: this.config.tablePrefix }));
+    return (this.store_ ??= new Store({ url: this.config.mysqlUrl, tablePrefix: this.config.tablePrefix, rereadUrl: this.sources.mysqlUrl, log: this.log }));
   }
 
   get client(): OffLogClient {
@@ -134,21 +142,41 @@ export class Runtime {
    * every slice not yet published (the outbox) — after the counts are
    * committed, even when the flush failed part way, and never failing it.
    */
-  async flush(now: Date, options: { lockWaitSeconds?: number } = {}): Promise<FlushResult & { published: OutboxResult }> {
+  async flush(now: Date, options: { lockWaitSeconds?: number } = {}): Promise<FlushResult & { published: OutboxResult; rollups: RepairResult }> {
     let result: FlushResult;
     try {
       result = await flush(this.flushDeps, now, options);
     } catch (err) {
-      await publishSlices(this.store, this.bus, this.config.sliceSeconds, this.log);
+      await this.afterFlush();
       throw err;
     }
-    return { ...result, published: await publishSlices(this.store, this.bus, this.config.sliceSeconds, this.log) };
+    return { ...result, ...(await this.afterFlush()) };
+  }
+
+  /**
+   * The flush's follow-up, whether or not it failed part way: the outbox,
+   * then the rollup repair (the subscriber's misses, or with no bus all the
+   * rollups; see repair.ts), then the metric line the template's alarm
+   * watches. None of it throws.
+   */
+  private async afterFlush(): Promise<{ published: OutboxResult; rollups: RepairResult }> {
+    const { sliceSeconds } = this.config;
+    const published = await publishSlices(this.store, this.bus, sliceSeconds, this.log);
+    // With a bus, the subscriber gets half a slice to roll up what it was sent; the next flush does what it missed.
+    const rollups = await repairRollups(this.store, { sliceSeconds, graceSeconds: this.bus.enabled ? Math.ceil(sliceSeconds / 2) : 0 }, this.log);
+    if (this.bus.enabled) {
+      const backlog = await readBacklog(this.store).catch(() => null);
+      const failures = published.failed + (published.error !== undefined && published.failed === 0 ? 1 : 0);
+      const gauges: Record<string, number> = backlog === null ? {} : { SlicesUnpublished: backlog.unpublished, SlicesNotRolledUp: backlog.notRolledUp };
+      (this.sources.metrics ?? stderrMetrics)(emfLine({ PublishFailures: failures, ...gauges }, Date.now()));
+    }
+    return { published, rollups };
   }
 
   /** What the report function and `offlog report` read with. */
   get reportDeps(): ReportDeps {
     const c = this.config;
-    return { store: this.store, ring: this.ring, gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, token: c.reportToken, log: this.log };
+    return { store: this.store, ring: this.ring, gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, busEnabled: c.eventBus !== undefined, token: c.reportToken, log: this.log };
   }
 
   /** Deletes rows past their retention (OFFLOG_RETENTION_DAYS and the rollups' own), as of `now`. */

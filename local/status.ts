@@ -9,6 +9,7 @@ import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import { busStatus, type BusStatus } from './bus-commands.ts';
 import { adminStatus, type FunctionStatus } from '../lib/wire/gearman.ts';
+import { readBacklog, type Backlog } from '../lib/pipeline/backlog.ts';
 
 const STATUS_BATCH_PAIRS = 5000;
 /** The flush runs once a slice: one slice of lag is the wait for the next run, two is a missed one. */
@@ -28,6 +29,8 @@ export interface Status {
   ring: RingSlice[];
   mysql: MysqlStatus;
   bus: BusStatus;
+  /** Slices not yet published or rolled up, and a publish that keeps failing. */
+  backlog: Backlog | { error: string };
   /** True when nothing is down or behind; `problems` says what is. */
   healthy: boolean;
   problems: string[];
@@ -79,7 +82,9 @@ export async function status(rt: Runtime): Promise<Status> {
   } catch (err) {
     mysql = { server, error: (err as Error).message };
   }
-  const partial = { now: new Date(now).toISOString(), gearman, memcached, ring, mysql, bus: await busStatus(rt) };
+  // Publishing and rollups: what waits, and a publish that keeps failing (the health card reads the same).
+  const backlog = await readBacklog(rt.store).catch((err: Error) => ({ error: err.message }));
+  const partial = { now: new Date(now).toISOString(), gearman, memcached, ring, mysql, bus: await busStatus(rt), backlog };
   const problems = verdict(partial);
   return { ...partial, healthy: problems.length === 0, problems };
 }
@@ -93,6 +98,9 @@ export function verdict(s: Omit<Status, 'healthy' | 'problems'>): string[] {
   else if (s.mysql.lagSlices !== null && s.mysql.lagSlices > LAG_ALLOWED_SLICES) out.push(`the flush is ${s.mysql.lagSlices} slices behind (watermark ${s.mysql.watermark}): is its schedule running? \`offlog flush\` catches up`);
   const queued = s.gearman.reduce((n, g) => n + ('functions' in g ? (g.functions[FN_BATCH]?.queued ?? 0) : 0), 0);
   const workers = s.gearman.reduce((n, g) => n + ('functions' in g ? (g.functions[FN_BATCH]?.workers ?? 0) : 0), 0);
+  if ('publishFailingSince' in s.backlog && s.backlog.publishFailingSince !== null) {
+    out.push(`publishing to the event bus has failed since ${s.backlog.publishFailingSince} (${s.backlog.publishFailedRuns} run(s); last: ${s.backlog.lastPublishError ?? 'unknown'}): rollups wait; in a VPC, is there an \`events\` endpoint or a NAT?`);
+  }
   if (queued > 0 && workers === 0) out.push(`${queued} ${FN_BATCH} jobs wait and no worker is connected: start one (\`offlog worker\`)`);
   return out;
 }

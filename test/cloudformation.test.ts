@@ -23,6 +23,7 @@ const WITH_VPC = {
   OFFLOG_VPC_SECURITY_GROUP_IDS: 'sg-0123abcd',
   OFFLOG_INGEST_TOKEN_PARAMETER: '/offlog/prod/ingest-token',
   OFFLOG_MYSQL_URL_SECRET: 'offlog/prod/mysql',
+  OFFLOG_MEMCACHED_TLS: 'true',
   OFFLOG_WORKER_POLLERS: '3',
   OFFLOG_HTTP_RATE_LIMIT: '50',
   OFFLOG_HTTP_BURST_LIMIT: '100',
@@ -116,6 +117,8 @@ test('secrets: the MySQL URL is named, never written into the template', () => {
     assert.equal(v.OFFLOG_MYSQL_URL_SECRET, 'offlog/prod/mysql');
     assert.equal(fn(noVpc, name).Environment.Variables.OFFLOG_MYSQL_URL_PARAMETER, '/offlog/staging/mysql-url');
     assert.equal(v.NODE_OPTIONS, '--enable-source-maps');
+    assert.equal(v.OFFLOG_MEMCACHED_TLS, 'true', 'memcached over TLS when asked');
+    assert.equal(fn(noVpc, name).Environment.Variables.OFFLOG_MEMCACHED_TLS, 'false');
   }
   assert.doesNotMatch(JSON.stringify(vpc), /mysql:\/\//);
 });

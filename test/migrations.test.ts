@@ -89,13 +89,15 @@ test('migrate() upgrades a database at the old schema, holding data: every row s
   assert.ok((before.dead[0]!.payload as Buffer).equals(payload));
   const slices = await snapshot('slices', 'slice_start');
   assert.deepEqual(
-    slices.map(({ sums_saturated: _s, corrupt_items: _c, published_at: _p, duplicate_bound: _d, ...rest }) => rest),
+    slices.map(({ sums_saturated: _s, corrupt_items: _c, published_at: _p, duplicate_bound: _d, rolled_up_at: _r, ...rest }) => rest),
     before.slices.map((r) => ({ ...r })),
     'every slice row, `rows` now under row_count',
   );
   assert.deepEqual(slices.map((r) => [r.sums_saturated, r.corrupt_items, String(r.duplicate_bound)]), slices.map(() => [0, 0, '0']));
   // Migration 4 (the bus's outbox) takes slices flushed before it as published: history is not replayed.
   assert.deepEqual(slices.map((r) => r.published_at), slices.map((r) => r.flushed_at));
+  // Migration 7: nothing recorded which slices a subscriber rolled up, so all wait for the flush's repair (idempotent).
+  assert.deepEqual(slices.map((r) => r.rolled_up_at), slices.map(() => null));
   assert.deepEqual(
     (await q(`SELECT status, row_count FROM \`${p}slices\` ORDER BY slice_start`)).map((r) => [r.status, Number(r.row_count)]),
     [['flushed', 500], ['incomplete', 500], ['flushed', 4294967295], ['lost', 0]],

@@ -3,6 +3,7 @@
  * and passed in from there. Nothing below lib/ reads process.env.
  */
 // A namespace import, so that a bundle keeps only the parts of zod used here (`import { z }` keeps all of it, locales included).
+import { readFileSync } from 'node:fs';
 import * as z from 'zod';
 import { ConfigError } from './errors.ts';
 import { parseServerList, type HostPort } from './servers.ts';
@@ -14,6 +15,8 @@ export interface Config {
   memcachedServers: HostPort[];
   /** The memcached pool before the last change: read (never written) until its slices have left the ring. */
   previousMemcachedServers: HostPort[];
+  /** TLS to memcached (OFFLOG_MEMCACHED_TLS), with the CA bundle read from OFFLOG_MEMCACHED_CA_FILE; null: plain TCP. */
+  memcachedTls: { ca?: string } | null;
   mysqlUrl: string;
   sliceSeconds: number;
   ringSlices: number;
@@ -85,6 +88,8 @@ const schema = z.object({
   OFFLOG_GEARMAN_SERVERS: hostPort('127.0.0.1:4730', 4730),
   OFFLOG_MEMCACHED_SERVERS: hostPort('127.0.0.1:11211', 11211),
   OFFLOG_MEMCACHED_PREVIOUS_SERVERS: hostPort('', 11211).optional(),
+  OFFLOG_MEMCACHED_TLS: z.enum(['true', 'false', '1', '0'], 'must be true or false').default('false').transform((v) => v === 'true' || v === '1'),
+  OFFLOG_MEMCACHED_CA_FILE: z.string().optional(),
   OFFLOG_MYSQL_URL: z
     .string()
     .regex(/^mysql:\/\/[^/]+\/\w+/, 'must look like mysql://user:password@host:port/database')
@@ -122,6 +127,9 @@ const schema = z.object({
   OFFLOG_LEASE_SECONDS: int(1, 3_600, 30),
 });
 
+/** ElastiCache Serverless endpoints: `<name>-<id>.serverless.<region>.cache.amazonaws.com` (refused: see loadConfig). */
+const SERVERLESS_CACHE = /\.serverless\.[a-z0-9-]+\.cache\.amazonaws\.com(\.cn)?$/i;
+
 /** Parses the environment; throws one ConfigError listing every bad variable. */
 export function loadConfig(env: Record<string, string | undefined> = {}): Config {
   // Empty strings mean "unset" so that `OFFLOG_LOG_LEVEL= cmd` falls back to the default.
@@ -143,10 +151,34 @@ export function loadConfig(env: Record<string, string | undefined> = {}): Config
     crossChecks.push(`OFFLOG_SLICE_SECONDS × OFFLOG_RING_SLICES: the ring's lifetime (${e.OFFLOG_SLICE_SECONDS} × ${e.OFFLOG_RING_SLICES} = ${e.OFFLOG_SLICE_SECONDS * e.OFFLOG_RING_SLICES} s) must be at most ${MAX_RING_TTL_S} s (30 days): memcached takes a longer expiry as an absolute time, so every key would be born expired`);
   }
   if (crossChecks.length > 0) throw new ConfigError(`invalid configuration:\n  ${crossChecks.join('\n  ')}`);
+  for (const key of ['OFFLOG_MEMCACHED_SERVERS', 'OFFLOG_MEMCACHED_PREVIOUS_SERVERS'] as const) {
+    const serverless = (e[key] ?? []).find((s) => SERVERLESS_CACHE.test(s.host));
+    if (serverless) {
+      throw new ConfigError(`${key}: ${serverless.host} is an ElastiCache Serverless endpoint, which OffLog does not support: `
+        + 'it hides a fleet behind one address, so a node that loses the ring cannot be told (its "stats" is no stable process identity), '
+        + 'and it refuses a GET over 16 KB. Use a node-based ElastiCache for Memcached cluster (engine 1.6.22) and list its nodes.');
+    }
+  }
+  if (e.OFFLOG_MEMCACHED_CA_FILE !== undefined && !e.OFFLOG_MEMCACHED_TLS) {
+    throw new ConfigError('OFFLOG_MEMCACHED_CA_FILE is set but OFFLOG_MEMCACHED_TLS is not true: set OFFLOG_MEMCACHED_TLS=true to use it');
+  }
+  let memcachedTls: Config['memcachedTls'] = null;
+  if (e.OFFLOG_MEMCACHED_TLS) {
+    memcachedTls = {};
+    if (e.OFFLOG_MEMCACHED_CA_FILE !== undefined) {
+      try {
+        memcachedTls.ca = readFileSync(e.OFFLOG_MEMCACHED_CA_FILE, 'utf8');
+      } catch (err) {
+        throw new ConfigError(`OFFLOG_MEMCACHED_CA_FILE: cannot read ${JSON.stringify(e.OFFLOG_MEMCACHED_CA_FILE)}: ${(err as Error).message}`);
+      }
+      if (!memcachedTls.ca.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError(`OFFLOG_MEMCACHED_CA_FILE: ${JSON.stringify(e.OFFLOG_MEMCACHED_CA_FILE)} holds no PEM certificate`);
+    }
+  }
   return {
     gearmanServers: e.OFFLOG_GEARMAN_SERVERS,
     memcachedServers: e.OFFLOG_MEMCACHED_SERVERS,
     previousMemcachedServers: e.OFFLOG_MEMCACHED_PREVIOUS_SERVERS ?? [],
+    memcachedTls,
     mysqlUrl: e.OFFLOG_MYSQL_URL,
     sliceSeconds: e.OFFLOG_SLICE_SECONDS,
     ringSlices: e.OFFLOG_RING_SLICES,

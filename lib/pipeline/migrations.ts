@@ -191,4 +191,15 @@ export const MIGRATIONS: readonly Migration[] = [
           COMMENT 'events of folds that may have written here and did not commit: at most this many counted twice' AFTER corrupt_items`,
     ],
   },
+  {
+    version: 8,
+    name: 'slices: rolled_up_at, what the rollups hold (published_at only says EventBridge took the event)',
+    // Slices from before are left NULL, whether or not a subscriber rolled them up: nothing recorded it, and
+    // the flush's repair recomputes them (idempotent) a few days a run, oldest first, as it does any slice left behind.
+    statements: (t) => [
+      `ALTER TABLE \`${t.slices}\`
+        ADD COLUMN IF NOT EXISTS rolled_up_at DATETIME(3) NULL DEFAULT NULL COMMENT 'UTC; NULL: the hourly, daily and weekly rollups do not hold this slice yet',
+        ADD INDEX IF NOT EXISTS not_rolled_up (rolled_up_at, slice_start)`,
+    ],
+  },
 ];

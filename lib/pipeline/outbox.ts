@@ -12,6 +12,7 @@ import type { Pool, PoolConnection, RowDataPacket } from 'mysql2/promise';
 import { InputError } from '../base/errors.ts';
 import type { Logger } from '../base/log.ts';
 import { excerpt } from '../domain/contract.ts';
+import { recordPublishOutcome } from './backlog.ts';
 import type { Bus, BusEntry } from './bus.ts';
 import type { SliceStatus, Store } from './store.ts';
 
@@ -57,7 +58,10 @@ export async function publishSlices(store: Store, bus: Bus, sliceSeconds: number
          WHERE published_at IS NULL ORDER BY slice_start LIMIT ?`,
         [SLICES_PER_RUN],
       );
-      if (rows.length === 0) return { ran: true, published: 0, failed: 0 };
+      if (rows.length === 0) {
+        await recordPublishOutcome(store, 0, undefined);
+        return { ran: true, published: 0, failed: 0 };
+      }
       const starts = new Map<string, Date>();
       const entries: BusEntry[] = rows.map((r) => {
         const detail = sliceFlushedDetail(r, sliceSeconds);
@@ -75,11 +79,14 @@ export async function publishSlices(store: Store, bus: Bus, sliceSeconds: number
         out.error = put.failed[0]!.error;
         log.error({ failed: put.failed.length, published: put.published.length, error: out.error }, 'SliceFlushed: some slices were not published; the next flush tries again');
       }
+      // Kept where `offlog status` and the health card read it: a failure that repeats must show as one.
+      await recordPublishOutcome(store, out.failed, out.error);
       return out;
     });
     return result ?? none;
   } catch (err) {
     log.error({ err: (err as Error).message }, 'SliceFlushed: publishing failed; the next flush tries again');
+    await recordPublishOutcome(store, 0, (err as Error).message).catch(() => undefined);
     return { ...none, error: (err as Error).message };
   }
 }

@@ -16,6 +16,10 @@
  * a rollup recomputed from what is left is then either whole or not there.
  * A week's row outlives its first days (top users read it as an upper bound
  * of any part of the week still held: it must not vanish before its days).
+ *
+ * 10-minute rows the rollups do not hold yet (their slice's `rolled_up_at`
+ * is NULL: see rollup.ts, repair.ts) are never pruned: the raw cutoff stops
+ * at the UTC midnight before the oldest such slice, and the result says so.
  */
 import type { ResultSetHeader, RowDataPacket } from 'mysql2/promise';
 import type { Logger } from '../base/log.ts';
@@ -46,6 +50,8 @@ export interface PruneResult {
   durationMs: number;
   /** False when maxSeconds ran out first. */
   complete: boolean;
+  /** Set when slices not yet rolled up held the raw cutoff back from its retention. */
+  heldBack?: { retentionCutoff: string; notRolledUp: number; oldestNotRolledUp: string };
 }
 
 export async function prune(store: Store, now: Date, options: PruneOptions, log?: Logger): Promise<PruneResult> {
@@ -54,12 +60,21 @@ export async function prune(store: Store, now: Date, options: PruneOptions, log?
   const deadline = started + (options.maxSeconds ?? 240) * 1000;
   const pauseMs = options.pauseMs ?? 0;
   const midnight = (days: number) => new Date(Math.floor((now.getTime() - days * DAY_MS) / DAY_MS) * DAY_MS);
-  const raw = midnight(options.rawDays);
+  let raw = midnight(options.rawDays);
   const hourly = midnight(options.hourlyDays);
   const daily = options.dailyDays > 0 ? midnight(options.dailyDays) : null;
   // Weeks that end by the daily cutoff: those starting before the Monday of the cutoff's week.
   const weekly = daily === null ? null : new Date(mondayOf(daily.getTime()));
   const t = store.tables;
+  const [[pending]] = await store.pool.query<RowDataPacket[]>(
+    `SELECT COUNT(*) AS n, MIN(slice_start) AS oldest FROM \`${t.slices}\` WHERE rolled_up_at IS NULL AND slice_start < ?`, [raw]);
+  let heldBack: PruneResult['heldBack'];
+  if (pending?.oldest instanceof Date) {
+    const oldest = pending.oldest;
+    heldBack = { retentionCutoff: raw.toISOString(), notRolledUp: Number(pending.n), oldestNotRolledUp: oldest.toISOString() };
+    raw = new Date(Math.floor(oldest.getTime() / DAY_MS) * DAY_MS);
+    log?.warn(heldBack, `prune: ${heldBack.notRolledUp} slices not rolled up yet; their 10-minute rows are kept (raw cutoff ${raw.toISOString()})`);
+  }
   const result: PruneResult = {
     cutoffs: { raw: raw.toISOString(), hourly: hourly.toISOString(), daily: daily?.toISOString() ?? null, weekly: weekly?.toISOString() ?? null },
     deleted: { counts: 0, slices: 0, hourly: 0, daily: 0, weekly: 0, series: 0 },
@@ -67,6 +82,7 @@ export async function prune(store: Store, now: Date, options: PruneOptions, log?
     maxStatementMs: 0,
     durationMs: 0,
     complete: true,
+    ...(heldBack ? { heldBack } : {}),
   };
 
   const del = async (sql: string, params: unknown[]): Promise<number> => {

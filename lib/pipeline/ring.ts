@@ -28,7 +28,7 @@ import type { Deltas } from '../domain/aggregate.ts';
 import { PairFlags } from '../domain/pairtable.ts';
 import type { SliceId } from '../domain/slice.ts';
 import { U64_MAX_TEXT } from '../domain/u64.ts';
-import { Arith, HIGH, MemcacheConnection, type MemcacheOp, type MemcacheReply } from '../wire/memcache.ts';
+import { Arith, HIGH, MemcacheConnection, type MemcacheOp, type MemcacheReply, type MemcacheTls } from '../wire/memcache.ts';
 import { REGISTER_ENTRY_BYTES, RingKeys, shardOfPair, shardOfSlice } from './keys.ts';
 import { Placement } from './placement.ts';
 import { counterText, SliceReader } from './slice-reader.ts';
@@ -41,6 +41,8 @@ export interface RingOptions {
   sliceSeconds: number;
   ringSlices: number;
   opTimeoutMs?: number;
+  /** TLS to every server (OFFLOG_MEMCACHED_TLS); omitted or null: plain TCP. */
+  tls?: MemcacheTls | null;
   /** What a writer remembers of the counters it made, per slice (PairFlags' bound and hash width; tests narrow them). */
   knownPairs?: { maxPairs?: number; hashBits?: number };
 }
@@ -85,7 +87,7 @@ export class Ring {
   constructor(options: RingOptions) {
     this.keys = new RingKeys(options.keyPrefix);
     this.placement = new Placement(options.servers, options.previousServers ?? []);
-    const connect = (s: HostPort): MemcacheConnection => new MemcacheConnection(s, { opTimeoutMs: options.opTimeoutMs ?? 5000 });
+    const connect = (s: HostPort): MemcacheConnection => new MemcacheConnection(s, { opTimeoutMs: options.opTimeoutMs ?? 5000, tls: options.tls ?? null });
     this.conns = this.placement.servers.map(connect);
     // Made now, connected on first use.
     this.lanes = this.placement.servers.map((s) => Array.from({ length: WRITE_LANES - 1 }, () => connect(s)));

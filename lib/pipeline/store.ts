@@ -9,6 +9,8 @@ import { PassThrough, type Writable } from 'node:stream';
 import mysql, { type Pool, type PoolConnection, type RowDataPacket } from 'mysql2/promise';
 import type { CountRows } from '../domain/counts.ts';
 import { isU64Decimal } from '../domain/u64.ts';
+import type { Logger } from '../base/log.ts';
+import { RotatingPool } from '../wire/mysql-pool.ts';
 import { MIGRATIONS, type Tables } from './migrations.ts';
 
 /**
@@ -38,6 +40,14 @@ export interface StoreOptions {
   countsMethod?: CountsMethod | 'auto';
   /** After a probe failed without a refusal (a lock wait, a dropped connection), how long before probing again (default 60 s). */
   loadProbeRetryMs?: number;
+  /**
+   * Where the URL came from (the secret or parameter resolveSecrets read),
+   * read again when the server refuses the password: a rotated secret then
+   * reaches a warm process at its next query (see RotatingPool).
+   */
+  rereadUrl?: () => Promise<string>;
+  /** Where a re-read is reported. */
+  log?: Logger;
 }
 
 export type CountsMethod = 'load' | 'upsert';
@@ -76,6 +86,7 @@ export interface DeadLetter {
 
 export class Store {
   readonly pool: Pool;
+  private readonly pools: RotatingPool;
   /** Table names, prefixed. */
   readonly tables: Tables;
   /** The most rows one upsert may carry (the flush reads memcached in batches of this size). */
@@ -86,10 +97,15 @@ export class Store {
 
   constructor(options: StoreOptions) {
     // DATETIME columns hold UTC: the session time zone is pinned so nothing shifts them.
-    this.pool = mysql.createPool({
-      uri: options.url, timezone: 'Z', connectionLimit: 4, supportBigNumbers: true, bigNumberStrings: true, dateStrings: false, queryFormat: formatQuery,
+    this.pools = new RotatingPool(options.url, {
+      options: { timezone: 'Z', connectionLimit: 4, supportBigNumbers: true, bigNumberStrings: true, dateStrings: false, queryFormat: formatQuery },
+      onConnection: (c) => void c.query("SET time_zone = '+00:00'"),
+      reread: options.rereadUrl,
+      onReread: (changed) => changed
+        ? options.log?.warn('MySQL refused the password; the re-read MySQL URL differs (a rotation): new connections use it')
+        : options.log?.error('MySQL refused the password, and the MySQL URL read again is unchanged: fix the secret or the user'),
     });
-    this.pool.on('connection', (c) => c.query("SET time_zone = '+00:00'"));
+    this.pool = this.pools.pool;
     const p = options.tablePrefix;
     this.tables = { counts: `${p}counts`, slices: `${p}slices`, state: `${p}state`, dead: `${p}dead_letters`, migrations: `${p}migrations`, hourly: `${p}counts_hourly`, daily: `${p}counts_daily`,
       watches: `${p}watches`, watched: `${p}watched_events`, actions: `${p}actions`, series: `${p}action_series`, weekly: `${p}counts_weekly`,
@@ -129,6 +145,11 @@ export class Store {
         return 'upsert' as const;
       },
     ));
+  }
+
+  /** Times a refused password led to a re-read URL and a new pool. */
+  get passwordRotations(): number {
+    return this.pools.rotations;
   }
 
   /** Why `auto` chose upserts for good (the server refused the probe), or null. */
@@ -222,7 +243,7 @@ export class Store {
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NOW(3))
          ON DUPLICATE KEY UPDATE status = VALUES(status), row_count = VALUES(row_count), pairs_missing = VALUES(pairs_missing),
            chunks_missing = VALUES(chunks_missing), events = VALUES(events), late = VALUES(late), sums_saturated = VALUES(sums_saturated),
-           corrupt_items = VALUES(corrupt_items), duplicate_bound = VALUES(duplicate_bound), note = VALUES(note), flushed_at = VALUES(flushed_at)`,
+           corrupt_items = VALUES(corrupt_items), duplicate_bound = VALUES(duplicate_bound), note = VALUES(note), flushed_at = VALUES(flushed_at), rolled_up_at = NULL`,
         [
           sliceStart, record.status, record.rows, record.pairsMissing, record.chunksMissing, record.events?.toString() ?? null, record.late.toString(),
           record.sumsSaturated, record.corruptItems, record.duplicateBound.toString(), record.note.slice(0, 1024),

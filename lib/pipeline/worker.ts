@@ -22,7 +22,7 @@ import { GearmanUnavailableError, InputError } from '../base/errors.ts';
 import { decodeBatch, decodeBatchColumns, excerpt, FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE, newEventColumns, parseLogSimple, type DeadLetterJob, type WatchedRecord } from '../domain/contract.ts';
 import { GearmanConnection, type Job } from '../wire/gearman.ts';
 import type { Logger } from '../base/log.ts';
-import { MemcacheUnavailableError } from '../wire/memcache.ts';
+import { MemcacheUnavailableError, MemcacheUnusableError } from '../wire/memcache.ts';
 import type { Ring } from './ring.ts';
 import { Claims, type FoldId } from './claims.ts';
 import { sliceOf, type SliceId } from '../domain/slice.ts';
@@ -419,6 +419,8 @@ export class Worker {
           if (err instanceof MemcacheUnavailableError) {
             throw new WorkerStoppedError(`stopped while memcached was unreachable; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
           }
+          // A memcached OffLog cannot use: no job is at fault, so none is parked; the worker stops and gearmand keeps them.
+          if (err instanceof MemcacheUnusableError) throw err;
           // Not a memcached outage: retrying would fail the same way forever. Park the jobs, with the reason.
           log.error({ err: (err as Error).message, jobs: applied.length }, 'storing a fold failed; its jobs are dead-lettered');
           dead = [...dead, ...applied.map((job) => ({ job, error: `store failed: ${(err as Error).message}` }))];
@@ -481,6 +483,9 @@ export class Worker {
         this.stats.memcachedOps = this.deps.ring.ops;
       } catch (err) {
         if (err instanceof MemcacheUnavailableError || err instanceof FoldStoppedError) throw new WorkerStoppedError(`stopped while memcached was unreachable or a claim undecided; ${jobs.length} job(s) left with gearmand (${(err as Error).message})`);
+        // A memcached OffLog cannot use: no job is at fault, so none is parked; the worker stops and gearmand keeps them.
+        if (err instanceof MemcacheUnusableError) throw err;
+        // Not a memcached outage: retrying would fail the same way forever. Park the jobs, with the reason.
         log.error({ err: (err as Error).message, jobs: applied.length }, 'storing a fold failed; its jobs are dead-lettered');
         dead = [...dead, ...applied.map((job) => ({ job, error: `store failed: ${(err as Error).message}` }))];
         deltas = new Deltas();

@@ -8,6 +8,7 @@ import type { RowDataPacket } from 'mysql2/promise';
 import { label, type HostPort } from '../base/config.ts';
 import { FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE } from '../domain/contract.ts';
 import { sliceOf } from '../domain/slice.ts';
+import { readBacklog, type Backlog } from '../pipeline/backlog.ts';
 import type { Ring } from '../pipeline/ring.ts';
 import type { Store } from '../pipeline/store.ts';
 import { adminStatus } from '../wire/gearman.ts';
@@ -17,6 +18,8 @@ export interface HealthDeps {
   ring: Pick<Ring, 'bootTimes'>;
   gearmanServers: readonly HostPort[];
   sliceSeconds: number;
+  /** Whether slices are published (OFFLOG_EVENT_BUS): without a bus, every slice stays unpublished and that is no fault. */
+  busEnabled?: boolean;
 }
 
 export interface SliceHealth {
@@ -47,6 +50,8 @@ export interface HealthReport {
   gearman: { server: string; queued: number; running: number; workers: number; deadLettersQueued: number; functions?: Record<string, { queued: number; running: number; workers: number }>; error?: string }[];
   deadLetters: Part<{ stored: number; latest: { id: number; receivedAt: string; fn: string; error: string }[] }>;
   memcached: Part<{ server: string; items: number; bytes: number; limitBytes: number; fill: number; evictions: number }[]>;
+  /** What waits after the flush: slices not on the bus, slices not rolled up, and a publish that keeps failing (see pipeline/backlog.ts). */
+  backlog: Part<Backlog & { busEnabled: boolean }>;
 }
 
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
@@ -62,7 +67,7 @@ async function part<T>(fn: () => Promise<T>): Promise<Part<T>> {
 export async function health(deps: HealthDeps, sliceCount: number, nowMs = Date.now()): Promise<HealthReport> {
   const { store, sliceSeconds } = deps;
   const t = store.tables;
-  const [flush, slices, gearman, deadLetters, memcached] = await Promise.all([
+  const [flush, slices, gearman, deadLetters, memcached, backlog] = await Promise.all([
     part(async () => {
       const [rows] = await store.pool.query<RowDataPacket[]>(`SELECT MAX(slice_start) AS w, MAX(flushed_at) AS f FROM \`${t.slices}\``);
       const w = (rows[0]?.w as Date | null) ?? null;
@@ -139,15 +144,16 @@ export async function health(deps: HealthDeps, sliceCount: number, nowMs = Date.
         server: m.server, items: m.items, bytes: m.bytes, limitBytes: m.limitBytes, fill: m.limitBytes > 0 ? m.bytes / m.limitBytes : 0, evictions: m.evictions,
       })),
     ),
+    part(async () => ({ ...(await readBacklog(store)), busEnabled: deps.busEnabled === true })),
   ]);
-  const { level, reasons } = judge({ flush, slices, gearman, deadLetters, memcached }, sliceSeconds);
-  return { now: new Date(nowMs).toISOString(), level, reasons, flush, slices, gearman, deadLetters, memcached };
+  const { level, reasons } = judge({ flush, slices, gearman, deadLetters, memcached, backlog }, sliceSeconds, nowMs);
+  return { now: new Date(nowMs).toISOString(), level, reasons, flush, slices, gearman, deadLetters, memcached, backlog };
 }
 
 const isError = (p: unknown): p is { error: string } => typeof p === 'object' && p !== null && 'error' in p;
 
 /** Why someone should look: each reason is a sentence an operator can act on. */
-function judge(h: Omit<HealthReport, 'now' | 'level' | 'reasons'>, sliceSeconds: number): { level: HealthReport['level']; reasons: string[] } {
+function judge(h: Omit<HealthReport, 'now' | 'level' | 'reasons'>, sliceSeconds: number, nowMs: number): { level: HealthReport['level']; reasons: string[] } {
   const problems: string[] = [];
   const warnings: string[] = [];
   if (isError(h.flush)) problems.push(`MySQL: ${h.flush.error}`);
@@ -179,6 +185,27 @@ function judge(h: Omit<HealthReport, 'now' | 'level' | 'reasons'>, sliceSeconds:
     if (h.memcached.some((m) => m.fill > 0.9)) warnings.push('memcached is over 90 % full');
   }
   if (isError(h.deadLetters)) problems.push(`dead letters: ${h.deadLetters.error}`);
+  if (isError(h.backlog)) problems.push(`backlog: ${h.backlog.error}`);
+  else judgeBacklog(h.backlog, sliceSeconds, nowMs, problems, warnings);
   return { level: problems.length > 0 ? 'problem' : warnings.length > 0 ? 'warn' : 'ok', reasons: [...problems, ...warnings] };
 }
 
+
+/** Publishing and rolling up: failing once is a warning (the next flush tries again); failing for three flushes, or a slice left an hour, is a problem. */
+function judgeBacklog(b: Backlog & { busEnabled: boolean }, sliceSeconds: number, nowMs: number, problems: string[], warnings: string[]): void {
+  if (b.busEnabled && b.publishFailedRuns > 0) {
+    const since = b.publishFailingSince === null ? '' : ` since ${b.publishFailingSince}`;
+    const text = `publishing SliceFlushed has failed${since} (${b.publishFailedRuns} flushes in a row, ${b.unpublished} slices waiting; last error: ${b.lastPublishError ?? 'unknown'}): `
+      + 'check the bus, the function\'s events:PutEvents permission and, in a VPC, the com.amazonaws.<region>.events endpoint';
+    (b.publishFailedRuns >= 3 ? problems : warnings).push(text);
+  }
+  if (b.notRolledUp > 0 && b.oldestNotRolledUpFlushedAt !== null) {
+    const ageSeconds = (nowMs - Date.parse(b.oldestNotRolledUpFlushedAt)) / 1000;
+    // The subscriber has half a slice and the repair runs with the next flush: older than two slices is behind.
+    if (ageSeconds > 2 * sliceSeconds) {
+      const text = `${b.notRolledUp} slices not rolled up (oldest ${b.oldestNotRolledUp}, flushed ${Math.round(ageSeconds / 60)} min ago): `
+        + 'reports over hours and days miss them and prune keeps their raw rows; the flush repairs a few days a run (offlog rollup --from --to does it by hand)';
+      (ageSeconds > 3600 ? problems : warnings).push(text);
+    }
+  }
+}

@@ -8,6 +8,7 @@
  * drops the socket, so a late reply can never be taken for another request's.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 
 export interface MemcacheAddress {
   host: string;
@@ -32,6 +33,43 @@ export class MemcacheUnavailableError extends MemcacheError {
  */
 export class MemcacheProtocolError extends MemcacheError {
   override name = 'MemcacheProtocolError';
+}
+
+/**
+ * The server answers but cannot be used as configured. Not an outage:
+ * retrying meets the same server, so callers stop instead of holding work
+ * for it, and an operator reads the reason.
+ */
+export class MemcacheUnusableError extends MemcacheError {
+  override name = 'MemcacheUnusableError';
+}
+
+/** Too old for the meta commands OffLog sends, or a version it cannot read. */
+export class MemcacheVersionError extends MemcacheUnusableError {
+  override name = 'MemcacheVersionError';
+}
+
+/** TLS could not be set up: the certificate was refused (CA, name, dates), or the server does not speak TLS. */
+export class MemcacheTlsError extends MemcacheUnusableError {
+  override name = 'MemcacheTlsError';
+}
+
+/** Node's codes for a TLS handshake that will fail the same way every time (EPROTO: the server does not speak TLS). */
+const TLS_REFUSALS = /^(ERR_TLS_CERT_ALTNAME_INVALID|ERR_SSL_.*|EPROTO|CERT_.*|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_.*)$/;
+
+/** The oldest memcached whose replies OffLog understands: `ma`'s `HD`/`NS` wording and `mn` (1.6.10). */
+export const MIN_MEMCACHED_VERSION = '1.6.10';
+
+/** TLS to memcached (ElastiCache with in-transit encryption): the CA bundle to trust, PEM; omitted: Node's own roots. */
+export interface MemcacheTls {
+  ca?: string;
+}
+
+export interface MemcacheOptions {
+  connectTimeoutMs?: number;
+  opTimeoutMs?: number;
+  /** Connect with TLS; null or omitted: plain TCP. */
+  tls?: MemcacheTls | null;
 }
 
 export type MemcacheOp =
@@ -59,10 +97,10 @@ export interface CasValue {
   cas: bigint;
 }
 
-/** incr/decr: new value or null (NOT_FOUND); add/set/append/delete/ms: done or not; get: value or null; mg: CasValue or null. */
+/** incr/decr: new value or null (NOT_FOUND); add/set/append/delete/ms: done or not; get: value or null; mg: CasValue or null; version: its text. */
 export type MemcacheReply = bigint | boolean | Buffer | CasValue | null;
 
-type Expect = 'incr' | 'store' | 'delete' | 'get' | 'stats' | 'ok' | 'meta' | 'mg' | 'ms';
+type Expect = 'incr' | 'store' | 'delete' | 'get' | 'stats' | 'ok' | 'meta' | 'mg' | 'ms' | 'version';
 
 /**
  * What arithMany does with one counter. A counter known to exist is sent a
@@ -153,7 +191,14 @@ export class MemcacheConnection {
   private readonly label: string;
   private readonly connectTimeoutMs: number;
   private readonly opTimeoutMs: number;
+  private readonly tls: MemcacheTls | null;
   private socket: net.Socket | null = null;
+  /**
+   * Writes waiting for the server's version to be checked, or null once it
+   * is: nothing is sent to a server before it is known to parse it as meant
+   * (an old one would apply an `incr` and then misread the `ma` after it).
+   */
+  private held: { parts: (string | Buffer)[]; encoding: BufferEncoding }[] | null = null;
   /** Sockets whose handle is not yet closed, current or failed: close() waits for all of them. */
   private readonly open = new Set<net.Socket>();
   private closed = false;
@@ -168,11 +213,15 @@ export class MemcacheConnection {
   private watchdog: NodeJS.Timeout | null = null;
   private progressAt = 0;
 
-  constructor(address: MemcacheAddress, options: { connectTimeoutMs?: number; opTimeoutMs?: number } = {}) {
+  /** The version the server gave at the last connect, once checked. */
+  serverVersion: string | null = null;
+
+  constructor(address: MemcacheAddress, options: MemcacheOptions = {}) {
     this.address = { host: address.host, port: address.port };
     this.label = `memcached ${address.host}:${address.port}`;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 2000;
     this.opTimeoutMs = options.opTimeoutMs ?? 5000;
+    this.tls = options.tls ?? null;
   }
 
   async exec(ops: readonly MemcacheOp[]): Promise<MemcacheReply[]> {
@@ -373,7 +422,7 @@ export class MemcacheConnection {
     // With nothing in flight there is nothing to wait for; otherwise the FIN
     // follows the last request and memcached answers all of them before closing.
     if (socket && this.pending.length === 0) this.fail(socket, new MemcacheUnavailableError(`${this.label}: connection closed`));
-    else socket?.end();
+    else if (this.held === null) socket?.end(); // else checkVersion ends it once the held requests are written
     await Promise.all(closing);
   }
 
@@ -385,33 +434,38 @@ export class MemcacheConnection {
       if (this.pending.length === 0) this.progressAt = performance.now();
       this.pending.push({ ...request, replies: [], done: 0, stats: {}, failure: null, resolve, reject });
       this.watch(socket);
-      // Corked, the whole batch leaves in one writev, whatever mix of strings and Buffers it is.
-      socket.cork();
-      for (const part of parts) {
-        if (typeof part === 'string') socket.write(part, encoding);
-        else socket.write(part);
-      }
-      socket.uncork();
+      // Held until the server's version is known (see checkVersion).
+      if (this.held) this.held.push({ parts, encoding });
+      else write(socket, parts, encoding);
     });
   }
 
   private connect(): net.Socket {
-    const socket = net.connect({ host: this.address.host, port: this.address.port });
+    const { host, port } = this.address;
+    const socket = this.tls
+      ? tls.connect({ host, port, ca: this.tls.ca, servername: net.isIP(host) === 0 ? host : undefined })
+      : net.connect({ host, port });
     socket.setNoDelay(true);
     this.socket = socket;
     this.open.add(socket);
     const connectTimer = setTimeout(() => {
       this.fail(socket, new MemcacheUnavailableError(`${this.label}: cannot connect within ${this.connectTimeoutMs} ms`));
     }, this.connectTimeoutMs);
-    socket.once('connect', () => clearTimeout(connectTimer));
+    socket.once(this.tls ? 'secureConnect' : 'connect', () => clearTimeout(connectTimer));
     socket.on('data', (chunk: Buffer) => this.onData(socket, chunk));
-    socket.on('error', (e) => this.fail(socket, new MemcacheUnavailableError(`${this.label}: ${e.message}`)));
+    socket.on('error', (e: NodeJS.ErrnoException) => {
+      const refused = this.tls !== null && TLS_REFUSALS.test(e.code ?? '');
+      this.fail(socket, refused
+        ? new MemcacheTlsError(`${this.label}: TLS refused (${e.code}: ${e.message}); check OFFLOG_MEMCACHED_TLS, OFFLOG_MEMCACHED_CA_FILE and that the server name is the one its certificate gives`)
+        : new MemcacheUnavailableError(`${this.label}: ${e.message}`));
+    });
     socket.on('end', () => this.fail(socket, new MemcacheUnavailableError(`${this.label}: connection closed by the server`)));
     socket.on('close', () => {
       this.open.delete(socket);
       clearTimeout(connectTimer);
       this.fail(socket, new MemcacheUnavailableError(`${this.label}: connection closed`));
     });
+    this.checkVersion(socket);
     return socket;
   }
 
@@ -438,10 +492,45 @@ export class MemcacheConnection {
     this.watchdog = setTimeout(check, this.opTimeoutMs);
   }
 
+  /**
+   * Asks the server its version before anything else on this connection
+   * and holds every other write until the answer is in: a server older than
+   * MIN_MEMCACHED_VERSION fails everything in flight with
+   * MemcacheVersionError, having been sent nothing else.
+   */
+  private checkVersion(socket: net.Socket): void {
+    this.held = [];
+    this.serverVersion = null;
+    new Promise<Pending>((resolve, reject) => {
+      // The watchdog (see watch) times the answer out like any other.
+      if (this.pending.length === 0) this.progressAt = performance.now();
+      this.pending.push({ count: 1, expects: 'version', what: () => 'version', flags: null, flagsAt: 0, found: null, replies: [], done: 0, stats: {}, failure: null, resolve, reject });
+      this.watch(socket);
+      socket.write('version\r\n');
+    }).then((p) => {
+      if (socket !== this.socket) return;
+      const version = String(p.replies[0]);
+      const refusal = versionRefusal(version);
+      if (refusal !== null) {
+        this.fail(socket, new MemcacheVersionError(`${this.label}: ${refusal}`));
+        return;
+      }
+      this.serverVersion = version;
+      const held = this.held ?? [];
+      this.held = null;
+      for (const h of held) write(socket, h.parts, h.encoding);
+      if (this.closed) socket.end(); // close() came while the check was out: now the FIN can follow the last request
+    }, (err: Error) => {
+      // Failed with its connection: everything held failed with it. Refused by the server: not a memcached to use.
+      if (socket === this.socket) this.fail(socket, new MemcacheVersionError(`${this.label}: "version" was refused (${err.message}); is this memcached?`));
+    });
+  }
+
   /** Rejects everything in flight on `socket` (the first with `first`, when given) and forgets it; the next call reconnects. */
   private fail(socket: net.Socket, error: MemcacheError, first?: MemcacheError): void {
     if (socket !== this.socket) return; // already failed; its late events mean nothing
     this.socket = null;
+    this.held = null;
     socket.destroy();
     this.chunks = [];
     this.buffered = this.needed = 0;
@@ -650,6 +739,9 @@ export class MemcacheConnection {
         case 'ok':
           if (is(buf, pos, eol, OK)) reply = true;
           break;
+        case 'version':
+          if (startsWith(buf, pos, eol, VERSION)) reply = Buffer.from(buf.subarray(pos + VERSION.length, eol));
+          break;
         case 'meta':
           // MN: the piece is done; every incr answers one line, so none may be left.
           if (p.incrsLeft) throw new MemcacheProtocolError(`${this.label} ended a batch of ${p.what(0)} with ${p.incrsLeft} incr(s) unanswered`);
@@ -745,6 +837,32 @@ const HD = Buffer.from('HD');
 const NS = Buffer.from('NS');
 const EX = Buffer.from('EX');
 const NF = Buffer.from('NF');
+const VERSION = Buffer.from('VERSION ');
+
+/** Corked, the whole batch leaves in one writev, whatever mix of strings and Buffers it is. */
+function write(socket: net.Socket, parts: readonly (string | Buffer)[], encoding: BufferEncoding): void {
+  socket.cork();
+  for (const part of parts) {
+    if (typeof part === 'string') socket.write(part, encoding);
+    else socket.write(part);
+  }
+  socket.uncork();
+}
+
+/** Why OffLog cannot use a memcached that answers `version` with this, or null when it can. */
+export function versionRefusal(version: string): string | null {
+  const m = /^(\d+)\.(\d+)\.(\d+)/.exec(version);
+  const min = MIN_MEMCACHED_VERSION.split('.').map(Number);
+  if (!m) return `cannot read its version ${JSON.stringify(version.slice(0, 60))}; OffLog needs memcached ${MIN_MEMCACHED_VERSION} or later`;
+  const got = [Number(m[1]), Number(m[2]), Number(m[3])];
+  for (let i = 0; i < 3; i++) {
+    if (got[i]! > min[i]!) return null;
+    if (got[i]! < min[i]!) {
+      return `memcached ${version} is too old: OffLog needs ${MIN_MEMCACHED_VERSION} or later (its meta commands' HD/NS replies); on ElastiCache choose engine 1.6.22`;
+    }
+  }
+  return null;
+}
 
 /** The index a meta reply line buf[pos, eol) carries as `O<i>`, or -1 without one. */
 function opaqueOf(buf: Buffer, pos: number, eol: number): number {

@@ -46,15 +46,28 @@ export async function resolveSecrets(env: Env, sources: SecretSources = awsSourc
   ] as const) {
     if (value !== undefined && !rule.test(value)) throw new ConfigError(`${key}: ${JSON.stringify(value)} is not an SSM parameter name or secret id`);
   }
+  const readMysqlUrl = mysqlUrlReader(env, sources);
   const [mysqlUrl, token] = await Promise.all([
-    mysqlParameter !== undefined ? fetchOne('OFFLOG_MYSQL_URL_PARAMETER', mysqlParameter, sources.parameter.bind(sources))
-      : mysqlSecret !== undefined ? fetchOne('OFFLOG_MYSQL_URL_SECRET', mysqlSecret, sources.secret.bind(sources)).then(mysqlUrlFromSecret)
-      : undefined,
+    readMysqlUrl?.(),
     tokenParameter !== undefined ? fetchOne('OFFLOG_INGEST_TOKEN_PARAMETER', tokenParameter, sources.parameter.bind(sources)) : undefined,
   ]);
   if (mysqlUrl !== undefined) out.OFFLOG_MYSQL_URL = mysqlUrl;
   if (token !== undefined) out.OFFLOG_INGEST_TOKEN = token;
   return out;
+}
+
+/**
+ * Reads the MySQL URL from the parameter or secret the environment names,
+ * each time it is called; undefined when it names neither. resolveSecrets
+ * reads it once at start; the Store reads it again when MySQL refuses the
+ * password, which is how a rotated secret reaches a warm container.
+ */
+export function mysqlUrlReader(env: Env, sources: SecretSources = awsSources(env)): (() => Promise<string>) | undefined {
+  const parameter = set(env, 'OFFLOG_MYSQL_URL_PARAMETER');
+  const secret = set(env, 'OFFLOG_MYSQL_URL_SECRET');
+  if (parameter !== undefined) return () => fetchOne('OFFLOG_MYSQL_URL_PARAMETER', parameter, sources.parameter.bind(sources));
+  if (secret !== undefined) return () => fetchOne('OFFLOG_MYSQL_URL_SECRET', secret, sources.secret.bind(sources)).then(mysqlUrlFromSecret);
+  return undefined;
 }
 
 async function fetchOne(key: string, name: string, get: (name: string) => Promise<string>): Promise<string> {
