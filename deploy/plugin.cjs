@@ -1,8 +1,8 @@
 /**
  * OffLog's serverless plugin:
- * - refuses to package or deploy a stage that is not ready (ingest open by
- *   accident, servers left at their loopback defaults); the rules and their
- *   messages are in ./settings.cjs;
+ * - refuses to package or deploy a stage that is not ready (ingest or the
+ *   reports open by accident, a token in plain text, servers left at their
+ *   loopback defaults); the rules and their messages are in ./settings.cjs;
  * - ends `osls invoke local` once the handler has answered. A handler keeps
  *   its connections open for the next invocation, as a Lambda container
  *   should, so the one-shot CLI would otherwise wait on them for ever.

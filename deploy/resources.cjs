@@ -38,7 +38,7 @@ function schedules(stage) {
   const pollerRetry = { MaximumRetryAttempts: 0, MaximumEventAgeInSeconds: 60 };
   return [
     ...settings.pollerSchedules().map(({ rate, input }) => ({ id: `Worker${input.poller}`, name: `worker-${input.poller}`, fn: 'WorkerLambdaFunction', expression: rate, input, retry: pollerRetry })),
-    { id: 'Watched', name: 'watched', fn: 'WatchedLambdaFunction', expression: 'rate(1 minute)', input: {}, retry: pollerRetry },
+    ...(settings.watchedPollers() === 1 ? [{ id: 'Watched', name: 'watched', fn: 'WatchedLambdaFunction', expression: 'rate(1 minute)', input: {}, retry: pollerRetry }] : []),
     // A flush given the same `now` again does the same work: a few retries are safe, and the MySQL lock keeps them apart.
     { id: 'Flush', name: 'flush', fn: 'FlushLambdaFunction', expression: settings.flushSchedule(), input: { now: '<aws.scheduler.scheduled-time>' }, retry: { MaximumRetryAttempts: 2, MaximumEventAgeInSeconds: 300 } },
     { id: 'Prune', name: 'prune', fn: 'PruneLambdaFunction', expression: settings.pruneSchedule(), input: { now: '<aws.scheduler.scheduled-time>' }, retry: { MaximumRetryAttempts: 0, MaximumEventAgeInSeconds: 300 } },

@@ -89,8 +89,13 @@ async function iamStatements(ctx) {
   return statements;
 }
 
-/** OFFLOG_WORKER_POLLERS (1–50, default 1): how many worker invocations drain the queue side by side. */
-const workerPollers = () => intSetting('OFFLOG_WORKER_POLLERS', 1, 1, 50);
+/**
+ * OFFLOG_WORKER_POLLERS (0–50, default 1): how many worker invocations drain the queue side by
+ * side; 0 when `offlog worker` runs as a service elsewhere (systemd, ECS). OFFLOG_WATCHED_POLLERS
+ * (0 or 1, default 1): the same for the watched drain (`offlog watched`).
+ */
+const workerPollers = () => intSetting('OFFLOG_WORKER_POLLERS', 1, 0, 50);
+const watchedPollers = () => intSetting('OFFLOG_WATCHED_POLLERS', 1, 0, 1);
 
 /**
  * The schedules. A deployed stage gets them from EventBridge Scheduler (./resources.cjs): retry
@@ -102,7 +107,7 @@ const localOnly = (events) => async (ctx) => ((await stageOf(ctx)) === LOCAL_STA
 /** One schedule per poller, every minute; each run drains until just before its timeout. */
 const pollerSchedules = () => Array.from({ length: workerPollers() }, (_, i) => ({ rate: 'rate(1 minute)', input: { poller: i + 1 } }));
 const workerSchedules = localOnly(() => pollerSchedules().map(({ rate, input }) => ({ schedule: { rate: [rate], input } })));
-const watchedSchedules = localOnly(() => [{ schedule: 'rate(1 minute)' }]);
+const watchedSchedules = localOnly(() => (watchedPollers() === 1 ? [{ schedule: 'rate(1 minute)' }] : []));
 const flushSchedules = localOnly(() => [{ schedule: env('OFFLOG_FLUSH_SCHEDULE') ?? 'rate(10 minutes)' }]);
 const pruneSchedules = localOnly(() => [{ schedule: pruneSchedule() }]);
 
@@ -187,7 +192,7 @@ const architecture = () => oneOf('OFFLOG_ARCHITECTURE', ['arm64', 'x86_64'], 'ar
 const reserved = (n) => (boolSetting('OFFLOG_RESERVED_CONCURRENCY', true) ? n : null);
 const concurrency = {
   flushConcurrency: () => reserved(1),
-  workerConcurrency: () => reserved(workerPollers()),
+  workerConcurrency: () => (workerPollers() === 0 ? null : reserved(workerPollers())),
   rollupConcurrency: () => reserved(intSetting('OFFLOG_ROLLUP_CONCURRENCY', 2, 1, 100)),
   reportConcurrency: () => reserved(intSetting('OFFLOG_REPORT_CONCURRENCY', 5, 1, 1000)),
 };
@@ -237,7 +242,7 @@ function problems(stage, command) {
 
 module.exports = {
   LOCAL_STAGE, SettingsError, problems, env, list, intSetting, boolSetting, stageOf,
-  vpc, logRetentionDays, iamStatements, workerPollers, pollerSchedules, httpThrottle, reportRouteThrottle, httpApiAuthorizers, ingestAuthorizer, reportAuthorizer, mysqlUrl,
+  vpc, logRetentionDays, iamStatements, workerPollers, watchedPollers, pollerSchedules, httpThrottle, reportRouteThrottle, httpApiAuthorizers, ingestAuthorizer, reportAuthorizer, mysqlUrl,
   workerSchedules, watchedSchedules, flushSchedules, pruneSchedules, flushSchedule, pruneSchedule, sliceCron,
   architecture, ...concurrency, flushMemoryMb, flushTimeoutSeconds,
   // The tokens themselves only on the local stage; a deployed one reads them from SSM (or uses a JWT authorizer).

@@ -47,6 +47,9 @@ const WITHOUT_VPC = {
   OFFLOG_FLUSH_OFFSET_MINUTES: '2',
   OFFLOG_FLUSH_MEMORY_MB: '2048',
   OFFLOG_FLUSH_TIMEOUT_SECONDS: '600',
+  // `offlog worker` and `offlog watched` run as services elsewhere.
+  OFFLOG_WORKER_POLLERS: '0',
+  OFFLOG_WATCHED_POLLERS: '0',
 };
 let vpc: Template;
 let noVpc: Template;
@@ -144,7 +147,8 @@ test('schedules: EventBridge Scheduler, the flush on a cron aligned to the slice
     'offlog-prod-prune': ['rate(1 hour)', 'PruneLambdaFunction', { now }, { MaximumRetryAttempts: 0, MaximumEventAgeInSeconds: 300 }],
   });
   assert.equal(schedules(noVpc)['offlog-staging-flush']![0], 'cron(2 * * * ? *)', 'hour slices, offset 2 minutes');
-  assert.equal(schedules(noVpc)['offlog-staging-worker-1']![0], 'rate(1 minute)');
+  assert.deepEqual(Object.keys(schedules(noVpc)), ['offlog-staging-flush', 'offlog-staging-prune'], 'no pollers: the worker and the watched drain run as services');
+  assert.deepEqual(noVpc.Resources.OffLogSchedulerRole!.Properties.Policies[0].PolicyDocument.Statement[0].Resource, [getAtt('FlushLambdaFunction'), getAtt('PruneLambdaFunction')]);
   // No schedule left on EventBridge rules: the only rule is the rollup's subscription.
   assert.deepEqual(of(vpc, 'AWS::Events::Rule').map(([, r]) => r.Properties.Targets[0].Arn['Fn::GetAtt'][0]), ['RollupLambdaFunction']);
 
