@@ -197,6 +197,21 @@ const concurrency = {
   reportConcurrency: () => reserved(intSetting('OFFLOG_REPORT_CONCURRENCY', 5, 1, 1000)),
 };
 
+/** Lambda keeps this many executions of an account unreserved: a reservation that would leave fewer is refused. */
+const UNRESERVED_MINIMUM = 100;
+
+/**
+ * Whether the reservations of a template fit the account's concurrency quota (`aws lambda
+ * get-account-settings`: AccountLimit.ConcurrentExecutions); a problem with what to do, or null.
+ * Checked at deploy (./plugin.cjs), before CloudFormation would fail half-way.
+ */
+function concurrencyProblem(accountLimit, reservedTotal) {
+  if (reservedTotal === 0 || accountLimit - reservedTotal >= UNRESERVED_MINIMUM) return null;
+  return `the functions reserve ${reservedTotal} concurrent executions, and this account's quota is ${accountLimit}: Lambda keeps ${UNRESERVED_MINIMUM} unreserved, ` +
+    `so the quota must be at least ${reservedTotal + UNRESERVED_MINIMUM}. Ask for more (Service Quotas, Lambda "Concurrent executions", L-B99A9384), ` +
+    'or set OFFLOG_RESERVED_CONCURRENCY=false (the flush stays one at a time through its MySQL lock; rollups and report reads are then not capped)';
+}
+
 /** The flush's memory and timeout: deploy settings (Lambda enforces them; the code never reads them). */
 const flushMemoryMb = () => intSetting('OFFLOG_FLUSH_MEMORY_MB', 1024, 128, 10_240);
 const flushTimeoutSeconds = () => intSetting('OFFLOG_FLUSH_TIMEOUT_SECONDS', 300, 30, 900);
@@ -244,7 +259,7 @@ module.exports = {
   LOCAL_STAGE, SettingsError, problems, env, list, intSetting, boolSetting, stageOf,
   vpc, logRetentionDays, iamStatements, workerPollers, watchedPollers, pollerSchedules, httpThrottle, reportRouteThrottle, httpApiAuthorizers, ingestAuthorizer, reportAuthorizer, mysqlUrl,
   workerSchedules, watchedSchedules, flushSchedules, pruneSchedules, flushSchedule, pruneSchedule, sliceCron,
-  architecture, ...concurrency, flushMemoryMb, flushTimeoutSeconds,
+  architecture, ...concurrency, concurrencyProblem, UNRESERVED_MINIMUM, flushMemoryMb, flushTimeoutSeconds,
   // The tokens themselves only on the local stage; a deployed one reads them from SSM (or uses a JWT authorizer).
   ingestToken: async (ctx) => ((await stageOf(ctx)) === LOCAL_STAGE ? (env('OFFLOG_INGEST_TOKEN') ?? '') : ''),
   reportToken: async (ctx) => ((await stageOf(ctx)) === LOCAL_STAGE ? (env('OFFLOG_REPORT_TOKEN') ?? '') : ''),
