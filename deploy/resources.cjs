@@ -7,9 +7,9 @@
  *   the pollers (worker, watched) and prune never retried late;
  * - the rollup's failures: an SQS queue as its on-failure destination, and an
  *   alarm when anything lands there;
- * - an alarm on the PublishFailures metric (namespace OffLog, dimension
- *   EventBus) that lib/pipeline emits in CloudWatch's embedded metric format
- *   when EventBridge refuses or cannot be reached;
+ * - an alarm on the PublishFailures metric (namespace OffLog, no dimensions)
+ *   that every flush emits in CloudWatch's embedded metric format (see
+ *   lib/base/metrics.ts): the SliceFlushed events EventBridge did not take;
  * - optionally (OFFLOG_VPC_ENDPOINTS), the VPC interface endpoints the
  *   functions need when their subnets have no route to the internet.
  *
@@ -22,8 +22,8 @@ const settings = require('./settings.cjs');
 
 const { env, list, SettingsError } = settings;
 
-/** The metric lib emits for every publish EventBridge did not take (one source: this file for the template, the report for lib). */
-const PUBLISH_FAILURES = { namespace: 'OffLog', name: 'PublishFailures', dimension: 'EventBus' };
+/** The metric each flush emits (lib/base/metrics.ts): namespace, name; no dimensions, so stages in one account share it. */
+const PUBLISH_FAILURES = { namespace: 'OffLog', name: 'PublishFailures' };
 
 const SERVICES = ['events', 'ssm', 'secretsmanager'];
 
@@ -95,16 +95,24 @@ function rollupFailures(stage) {
   };
 }
 
-/** Publishes that keep failing: PublishFailures > 0 in 3 consecutive 5-minute periods (one failure is retried by the next run). */
+/**
+ * Publishes that keep failing: PublishFailures > 0 after two flushes in a row. One datapoint
+ * comes per flush, so the period is the slice (whole minutes, as CloudWatch wants), and two of
+ * them (one if two would pass a day, CloudWatch's limit). A single failure is retried by the
+ * next flush; a missing `events` endpoint fails every one.
+ */
 function publishFailuresAlarm(stage, bus) {
+  const period = Math.max(60, Math.ceil(settings.intSetting('OFFLOG_SLICE_SECONDS', 600, 1, 86_400) / 60) * 60);
+  const periods = Math.min(2, Math.floor(86_400 / period));
   return {
     OffLogPublishFailuresAlarm: {
       Type: 'AWS::CloudWatch::Alarm',
       Properties: {
         AlarmName: `offlog-${stage}-publish-failures`,
-        AlarmDescription: `EventBridge has not taken OffLog's events (SliceFlushed, ActivityWatched) on ${bus} for 15 minutes: rollups and watchers wait. In a VPC, check the events interface endpoint.`,
-        Namespace: PUBLISH_FAILURES.namespace, MetricName: PUBLISH_FAILURES.name, Dimensions: [{ Name: PUBLISH_FAILURES.dimension, Value: bus }],
-        Statistic: 'Sum', Period: 300, EvaluationPeriods: 3, DatapointsToAlarm: 3, Threshold: 0, ComparisonOperator: 'GreaterThanThreshold', TreatMissingData: 'notBreaching',
+        AlarmDescription: `EventBridge has not taken the flush's SliceFlushed events (bus ${bus}) ${periods} flushes in a row: rollups wait for the flush's repair. ` +
+          'In a VPC, check the events interface endpoint. (OffLog/PublishFailures has no dimensions: stages in this account share it.)',
+        Namespace: PUBLISH_FAILURES.namespace, MetricName: PUBLISH_FAILURES.name,
+        Statistic: 'Sum', Period: period, EvaluationPeriods: periods, DatapointsToAlarm: periods, Threshold: 0, ComparisonOperator: 'GreaterThanThreshold', TreatMissingData: 'notBreaching',
         ...alarmActions(),
       },
     },
