@@ -49,16 +49,16 @@ export async function resolveSecrets(env: Env, sources: SecretSources = awsSourc
   ] as const) {
     if (value !== undefined && !rule.test(value)) throw new ConfigError(`${key}: ${JSON.stringify(value)} is not an SSM parameter name or secret id`);
   }
-  const [mysqlUrl, token, reportToken] = await Promise.all([
+  const [mysqlUrl, token] = await Promise.all([
     mysqlParameter !== undefined ? fetchOne('OFFLOG_MYSQL_URL_PARAMETER', mysqlParameter, sources.parameter.bind(sources))
       : mysqlSecret !== undefined ? fetchOne('OFFLOG_MYSQL_URL_SECRET', mysqlSecret, sources.secret.bind(sources)).then(mysqlUrlFromSecret)
       : undefined,
     tokenParameter !== undefined ? fetchOne('OFFLOG_INGEST_TOKEN_PARAMETER', tokenParameter, sources.parameter.bind(sources)) : undefined,
-    reportTokenParameter !== undefined ? fetchOne('OFFLOG_REPORT_TOKEN_PARAMETER', reportTokenParameter, sources.parameter.bind(sources)) : undefined,
   ]);
   if (mysqlUrl !== undefined) out.OFFLOG_MYSQL_URL = mysqlUrl;
   if (token !== undefined) out.OFFLOG_INGEST_TOKEN = token;
-  if (reportToken !== undefined) out.OFFLOG_REPORT_TOKEN = reportToken;
+  // Only the report function is told this name: one more round trip, at its cold start only.
+  if (reportTokenParameter !== undefined) out.OFFLOG_REPORT_TOKEN = await fetchOne('OFFLOG_REPORT_TOKEN_PARAMETER', reportTokenParameter, sources.parameter.bind(sources));
   return out;
 }
 
