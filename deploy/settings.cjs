@@ -1,7 +1,7 @@
 /**
  * Values serverless.yml computes from the environment at package time
  * (`${file(./deploy/settings.cjs):name}`), and the checks a deployable stage
- * must pass (run by ./guard.cjs before packaging). Nothing here calls AWS:
+ * must pass (run by ./plugin.cjs before packaging). Nothing here calls AWS:
  * `osls package` works with no account and no network.
  *
  * The stage named `local` is the emulation's (npm start, tests, the default);
@@ -221,7 +221,7 @@ const mysqlUrl = () => (env('OFFLOG_MYSQL_URL_PARAMETER') || env('OFFLOG_MYSQL_U
 
 /**
  * What a stage must have before it is packaged or deployed; returns the
- * problems, each with what to do. Run by ./guard.cjs.
+ * problems, each with what to do. Run by ./plugin.cjs.
  */
 function problems(stage, command) {
   if (stage === LOCAL_STAGE) {
