@@ -1,4 +1,5 @@
-// EventBridge schedule: the event's `time` is "now". By hand: {"now": "<ISO-8601>", "force": true?} or nothing.
+// Scheduled: EventBridge Scheduler passes {"now": <the scheduled time>} (a scheduled rule's event has `time`).
+// By hand: {"now": "<ISO-8601>", "force": true?} or nothing (the clock).
 import { checkFlushTime } from '../lib/pipeline/flush.ts';
 import { getRuntime } from './runtime.ts';
 

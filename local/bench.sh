@@ -12,4 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d node_modules ] || npm install
+source local/node.sh
+echo "offlog bench: node $offlog_node_version ($(command -v node))" >&2
 exec node --import tsx bench/run.ts "$@"

@@ -5,6 +5,8 @@
 # (the servers keep running: `npx offlog services down` stops them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ -d node_modules ] || npm install
+source local/node.sh
 # The local bus: the functions, the worker and the drain below all publish to the mock PutEvents endpoint.
 export OFFLOG_EVENTBRIDGE_PORT=${OFFLOG_EVENTBRIDGE_PORT:-4010}
 export OFFLOG_EVENT_BUS=${OFFLOG_EVENT_BUS:-offlog-local}

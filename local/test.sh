@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d node_modules ] || npm install
+source local/node.sh
+echo "offlog tests: node $offlog_node_version ($(command -v node))" >&2
 gearman_port=${OFFLOG_TEST_GEARMAN_PORT:-4740}
 memcached_port=${OFFLOG_TEST_MEMCACHED_PORT:-11221}
 mysql_port=${OFFLOG_TEST_MYSQL_PORT:-3316}

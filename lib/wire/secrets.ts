@@ -1,6 +1,6 @@
 /**
  * Secrets kept out of the function's environment: the MySQL URL from SSM
- * Parameter Store or Secrets Manager, the ingest token from SSM. Resolved
+ * Parameter Store or Secrets Manager, the ingest and report tokens from SSM. Resolved
  * once, at cold start, into the same OFFLOG_* variables loadConfig reads, so
  * everything after this step sees one configuration whatever its source.
  *
@@ -26,22 +26,25 @@ const SECRET_ID = /^[A-Za-z0-9_+=.@\-/:]{1,2048}$/;
 const set = (env: Env, key: string): string | undefined => (env[key] === '' ? undefined : env[key]);
 
 /**
- * Returns a copy of `env` with OFFLOG_MYSQL_URL and OFFLOG_INGEST_TOKEN filled
- * from the parameters named by OFFLOG_MYSQL_URL_PARAMETER,
- * OFFLOG_MYSQL_URL_SECRET and OFFLOG_INGEST_TOKEN_PARAMETER. A named
- * parameter wins over a plain value; naming neither leaves `env` as it is.
+ * Returns a copy of `env` with OFFLOG_MYSQL_URL, OFFLOG_INGEST_TOKEN and
+ * OFFLOG_REPORT_TOKEN filled from the parameters named by
+ * OFFLOG_MYSQL_URL_PARAMETER, OFFLOG_MYSQL_URL_SECRET,
+ * OFFLOG_INGEST_TOKEN_PARAMETER and OFFLOG_REPORT_TOKEN_PARAMETER. A named
+ * parameter wins over a plain value; naming none leaves `env` as it is.
  */
 export async function resolveSecrets(env: Env, sources: SecretSources = awsSources(env)): Promise<Env> {
   const out: Env = { ...env };
   const mysqlParameter = set(env, 'OFFLOG_MYSQL_URL_PARAMETER');
   const mysqlSecret = set(env, 'OFFLOG_MYSQL_URL_SECRET');
   const tokenParameter = set(env, 'OFFLOG_INGEST_TOKEN_PARAMETER');
+  const reportTokenParameter = set(env, 'OFFLOG_REPORT_TOKEN_PARAMETER');
   if (mysqlParameter !== undefined && mysqlSecret !== undefined) {
     throw new ConfigError('OFFLOG_MYSQL_URL_PARAMETER and OFFLOG_MYSQL_URL_SECRET are both set: name one place for the MySQL URL');
   }
   for (const [key, value, rule] of [
     ['OFFLOG_MYSQL_URL_PARAMETER', mysqlParameter, PARAMETER_NAME],
     ['OFFLOG_INGEST_TOKEN_PARAMETER', tokenParameter, PARAMETER_NAME],
+    ['OFFLOG_REPORT_TOKEN_PARAMETER', reportTokenParameter, PARAMETER_NAME],
     ['OFFLOG_MYSQL_URL_SECRET', mysqlSecret, SECRET_ID],
   ] as const) {
     if (value !== undefined && !rule.test(value)) throw new ConfigError(`${key}: ${JSON.stringify(value)} is not an SSM parameter name or secret id`);
@@ -53,6 +56,8 @@ export async function resolveSecrets(env: Env, sources: SecretSources = awsSourc
   ]);
   if (mysqlUrl !== undefined) out.OFFLOG_MYSQL_URL = mysqlUrl;
   if (token !== undefined) out.OFFLOG_INGEST_TOKEN = token;
+  // Only the report function is told this name: one more round trip, at its cold start only.
+  if (reportTokenParameter !== undefined) out.OFFLOG_REPORT_TOKEN = await fetchOne('OFFLOG_REPORT_TOKEN_PARAMETER', reportTokenParameter, sources.parameter.bind(sources));
   return out;
 }
 
