@@ -14,6 +14,7 @@
  *                                      the dashboard's reports as tables (or the API's JSON)
  *   offlog actions list | set ID NAME | rm ID   action names, shown wherever an action id is
  *   offlog prune [--now ISO-8601]      delete rows past their retention, in small batches
+ *   offlog agent [--socket PATH] [--tcp PORT]   the per-host agent PHP logs through (docs/php.md), until SIGTERM
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -26,18 +27,23 @@ import { Runtime } from '../lib/runtime.ts';
 import { busCommand } from './bus-commands.ts';
 import { actions, REPORT_OPTIONS, report } from './report-commands.ts';
 import { status } from './status.ts';
+import { agentCommand } from './agent-command.ts';
 import { FlushClockError, InputError } from '../lib/base/errors.ts';
 
 const USAGE = `usage: offlog services up|down|status | migrate | worker [--until-idle] | flush [--now ISO-8601 [--force]] | status | deadletters [--limit N]
        | watch add|rm|list [--user N | --action N] | watched [--until-idle] | rollup --from ISO-8601 --to ISO-8601
        | report series|top|timeline|health|actions [--from T --to T | --last 30d] [--step 10m|1h|1d] [--action N | --actions 1,2] [--user N] [--limit N] [--slices N] [--json]
-       | actions list | actions set ID NAME | actions rm ID | prune [--now ISO-8601]`;
+       | actions list | actions set ID NAME | actions rm ID | prune [--now ISO-8601] | agent [--socket PATH] [--tcp PORT]`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (command === 'services') {
     const script = fileURLToPath(new URL('./services.sh', import.meta.url));
     return spawnSync('bash', [script, ...rest], { stdio: 'inherit' }).status ?? 1;
+  }
+  if (command === 'agent') {
+    const rt = new Runtime(loadConfig(process.env));
+    return agentCommand(rt.config, rt.log, rest);
   }
   const { values, positionals } = parseArgs({
     args: rest,

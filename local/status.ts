@@ -8,6 +8,7 @@ import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import { busStatus } from './bus-commands.ts';
 import { adminStatus } from '../lib/wire/gearman.ts';
+import { queryAgent } from '../lib/agent/agent.ts';
 
 const STATUS_BATCH_PAIRS = 5000;
 
@@ -51,5 +52,7 @@ export async function status(rt: Runtime) {
   } catch (err) {
     mysql = { error: (err as Error).message };
   }
-  return { now: new Date(now).toISOString(), gearman, memcached, ring: slices, mysql, bus: await busStatus(rt) };
+  // The local agent, if one runs on this host (not running is normal on a host without PHP).
+  const agent = await queryAgent(c.agent.socketPath).catch((err: Error) => ({ socket: c.agent.socketPath, error: err.message }));
+  return { now: new Date(now).toISOString(), gearman, memcached, ring: slices, mysql, bus: await busStatus(rt), agent };
 }

@@ -45,6 +45,18 @@ export interface Config {
   hourlyRetentionDays: number;
   /** Days the daily rollups are kept; 0 = for ever. */
   dailyRetentionDays: number;
+  // ── the agent (`offlog agent`) ──
+  agent: {
+    socketPath: string;
+    /** Also listen on 127.0.0.1:tcpPort. */
+    tcpPort: number | undefined;
+    /** Unacknowledged events past which the agent stops reading its sockets. */
+    maxHeld: number;
+    maxFrameBytes: number;
+    /** Its crash checkpoint; unset: the socket path + `.state`. */
+    stateFile: string | undefined;
+    statsSeconds: number;
+  };
 }
 
 const hostPort = (fallback: string, defaultPort: number) =>
@@ -100,6 +112,12 @@ const schema = z.object({
   OFFLOG_EVENTBRIDGE_ENDPOINT: z.string().regex(/^https?:\/\/[^\s/]+(\/\S*)?$/, 'must be an http(s) URL, e.g. http://127.0.0.1:4010').optional(),
   OFFLOG_WATCHED_RETENTION_DAYS: int(1, 36_500, 30),
   OFFLOG_WATCHLIST_TTL_SECONDS: int(1, 3_600, 30),
+  OFFLOG_AGENT_SOCKET: z.string().regex(/^\/?[^\0]{1,100}$/, 'must be a path of at most 100 characters (a unix socket path is short)').default('/run/offlog/agent.sock'),
+  OFFLOG_AGENT_TCP_PORT: z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(1, 'must be at least 1').max(65_535, 'must be at most 65535')).optional(),
+  OFFLOG_AGENT_MAX_HELD: int(100, 10_000_000, 100_000),
+  OFFLOG_AGENT_MAX_FRAME_BYTES: int(1_024, 16 * 1024 * 1024, 256 * 1024),
+  OFFLOG_AGENT_STATE_FILE: z.string().min(1).optional(),
+  OFFLOG_AGENT_STATS_SECONDS: int(0, 86_400, 60),
 });
 
 /** Parses the environment; throws one ConfigError listing every bad variable. */
@@ -138,5 +156,13 @@ export function loadConfig(env: Record<string, string | undefined> = {}): Config
     retentionDays: e.OFFLOG_RETENTION_DAYS,
     hourlyRetentionDays: e.OFFLOG_HOURLY_RETENTION_DAYS,
     dailyRetentionDays: e.OFFLOG_DAILY_RETENTION_DAYS,
+    agent: {
+      socketPath: e.OFFLOG_AGENT_SOCKET,
+      tcpPort: e.OFFLOG_AGENT_TCP_PORT,
+      maxHeld: e.OFFLOG_AGENT_MAX_HELD,
+      maxFrameBytes: e.OFFLOG_AGENT_MAX_FRAME_BYTES,
+      stateFile: e.OFFLOG_AGENT_STATE_FILE,
+      statsSeconds: e.OFFLOG_AGENT_STATS_SECONDS,
+    },
   };
 }

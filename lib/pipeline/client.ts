@@ -283,6 +283,29 @@ export class OffLogClient {
       const at = o.at instanceof Date ? o.at.getTime() : o.at;
       tuple = encodeTuple(user, action, parseValue(o.value), parseAt(at, Date.now()), parsePayload(o.payload), watched);
     }
+    this.add(tuple, priority, watched, o?.payload !== undefined);
+  }
+
+  /**
+   * Events already validated by the contract's parsers (the agent decoded
+   * them): buffered like log()'s, without parsing them again.
+   */
+  append(events: readonly LogEvent[], priority: Priority = 'normal'): void {
+    if (this.closed) throw new TypeError('OffLogClient is closed');
+    for (const e of events) {
+      const watched = e.watched === true;
+      this.add(encodeTuple(e.userId, e.actionId, e.value, e.at, e.payload, watched), priority, watched, e.payload !== undefined, priority === 'high');
+    }
+    // High priority seals at once, but a list of them goes as one batch, not one each.
+    if (priority === 'high' && events.length > 0) this.seal();
+  }
+
+  /** Events and (about) bytes held here, neither acknowledged nor dropped: what a caller pushing back watches. */
+  backlog(): { events: number; bytes: number } {
+    return { events: this.heldEvents + this.normal.length + this.high.length, bytes: this.heldBytes + this.normalBytes };
+  }
+
+  private add(tuple: string, priority: Priority, watched: boolean, hasPayload: boolean, deferHigh = false): void {
     this.counters.accepted++;
     const buf = priority === 'high' ? this.high : this.normal;
     buf.push(tuple);
@@ -291,8 +314,8 @@ export class OffLogClient {
       else this.normalWatched = true;
     }
     // A tuple's length in UTF-16 units, ×3 when a payload may hold non-ASCII: an upper bound on its bytes, without encoding it.
-    if (priority === 'normal') this.normalBytes += o?.payload === undefined ? tuple.length + 1 : tuple.length * 3 + 1;
-    if (buf.length >= this.batchSize || this.normalBytes >= this.maxBatchBytes || priority === 'high') this.seal();
+    if (priority === 'normal') this.normalBytes += hasPayload ? tuple.length * 3 + 1 : tuple.length + 1;
+    if (buf.length >= this.batchSize || this.normalBytes >= this.maxBatchBytes || (priority === 'high' && !deferHigh)) this.seal();
     else if (this.lingerTimer === null) {
       this.lingerTimer = setTimeout(() => this.seal(), this.lingerMs);
       this.lingerTimer.unref();
