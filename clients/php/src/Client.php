@@ -86,8 +86,9 @@ final class Client
     public function log(mixed $userId, mixed $actionId, mixed $value = 1, mixed $at = null, mixed $payload = null): bool
     {
         if (is_int($userId) && $userId >= 0 && $userId <= self::FAST_USER_MAX && is_int($actionId) && $actionId >= 1 && $actionId <= 65535
-            && is_int($value) && $value >= 0 && $value <= Contract::MAX_SAFE && $at === null && $payload === null) {
-            $this->normal[] = '[' . $userId . ',' . $actionId . ',' . $value . ',' . (int) (microtime(true) * 1000) . ']';
+            && is_int($value) && $value >= 0 && $value <= Contract::MAX_SAFE && $payload === null
+            && ($at === null || (is_int($at) && $at >= 0 && $at < Contract::MAX_AT_MS))) {
+            $this->normal[] = '[' . $userId . ',' . $actionId . ',' . $value . ',' . ($at ?? (int) (microtime(true) * 1000)) . ']';
             ++$this->counts['logged'];
             if (count($this->normal) >= $this->maxBatchEvents) $this->flush();
             return true;
