@@ -16,7 +16,11 @@ node bin/offlog.js worker &
 worker=$!
 node bin/offlog.js watched &
 watched=$!
-trap 'kill $worker $watched 2>/dev/null; wait $worker $watched 2>/dev/null' EXIT INT TERM
+# The agent PHP logs through (docs/php.md), on a socket under the data dir.
+export OFFLOG_AGENT_SOCKET=${OFFLOG_AGENT_SOCKET:-$PWD/.data/agent/agent.sock}
+node bin/offlog.js agent --socket "$OFFLOG_AGENT_SOCKET" &
+agent=$!
+trap 'kill $worker $watched $agent 2>/dev/null; wait $worker $watched $agent 2>/dev/null' EXIT INT TERM
 cat >&2 <<MSG
 
 OffLog is running.
@@ -25,6 +29,7 @@ OffLog is running.
     npx offlog flush --now "\$(date -u -d '+30 min' +%FT%TZ)" --force   # flush as if later; SliceFlushed → rollup
   npx offlog watch add --user 42                                          # then POST again: ActivityWatched
   npx offlog status
+  php -r 'require "clients/php/autoload.php"; \$c = new OffLog\\Client(["agentSocket" => "$OFFLOG_AGENT_SOCKET"]); \$c->log(42, 1);'   # PHP via the agent; then: npx offlog status
 
 MSG
 npx osls offline start
