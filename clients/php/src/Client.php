@@ -48,8 +48,11 @@ final class Client
     /** Per process: fallbacks and drops not yet reported to the agent, outages already logged. */
     private static int $unreportedFallback = 0;
     private static int $unreportedDropped = 0;
-    /** @var array<string, int> kind → events lost or diverted since the outage began */
+    /** @var array<string, array{since: float, events: int}> kind → when the outage began, events lost or diverted since */
     private static array $outages = [];
+    /** @var array<string, float> kind → when an outage of that kind was last logged */
+    private static array $lastLogged = [];
+    private const OUTAGE_QUIET_S = 60.0;
     /** @var array<string, true> fields whose bad values were already logged */
     private static array $invalidLogged = [];
     /** @var array<string, \GearmanClient> */
@@ -380,20 +383,33 @@ final class Client
 
     // ── outages: logged once each ──
 
+    /**
+     * An outage is logged when it begins, and its end only if it lasted a
+     * second or more: a socket full for a millisecond under load is counted
+     * (stats()), not written to the error log every request. A new outage of
+     * the same kind within OUTAGE_QUIET_S of the last message is not logged again.
+     */
     private function outage(string $kind, int $events, string $message): void
     {
+        $now = microtime(true);
         if (!isset(self::$outages[$kind])) {
-            self::$outages[$kind] = 0;
-            ($this->logger)($message);
+            self::$outages[$kind] = ['since' => $now, 'events' => 0];
+            if ($now - (self::$lastLogged[$kind] ?? -INF) >= self::OUTAGE_QUIET_S) {
+                self::$lastLogged[$kind] = $now;
+                ($this->logger)($message);
+            }
         }
-        self::$outages[$kind] += $events;
+        self::$outages[$kind]['events'] += $events;
     }
 
     private function recovered(string $kind): void
     {
         if (!isset(self::$outages[$kind])) return;
-        ($this->logger)("OffLog: $kind outage over (" . self::$outages[$kind] . ' events were ' . ($kind === 'agent' ? 'sent straight to gearmand' : 'dropped') . ')');
+        ['since' => $since, 'events' => $events] = self::$outages[$kind];
         unset(self::$outages[$kind]);
+        $lasted = microtime(true) - $since;
+        if ($lasted < 1.0) return;
+        ($this->logger)(sprintf('OffLog: %s outage over after %.1f s (%d events were %s)', $kind, $lasted, $events, $kind === 'agent' ? 'sent straight to gearmand' : 'dropped'));
     }
 
     private function warnOnce(string $kind, string $message): void

@@ -24,6 +24,8 @@ final class ClientTest extends TestCase
         $this->dir = sys_get_temp_dir() . '/offlog-php-' . bin2hex(random_bytes(4));
         mkdir($this->dir);
         $this->lines = [];
+        // Outages are remembered per process (as in a PHP-FPM worker): each test starts with none.
+        foreach (['outages', 'lastLogged', 'invalidLogged'] as $p) (new \ReflectionProperty(Client::class, $p))->setValue(null, []);
     }
 
     protected function tearDown(): void
