@@ -347,7 +347,10 @@ final class Client
         $left = [];
         foreach ($frames as $f) {
             $body = $f[2] ? substr($f[0], 1) : $f[0];
-            if ($this->submit($body, $f[2]) || $this->submit($body, $f[2], true)) {
+            // One unique id per job, kept for the retry: if the first try reached gearmand after all,
+            // gearmand merges the two while queued and the worker skips the second once applied.
+            $unique = 'php-' . bin2hex(random_bytes(8));
+            if ($this->submit($body, $unique, $f[2]) || $this->submit($body, $unique, $f[2], true)) {
                 $this->counts['fallback'] += $f[1];
                 self::$unreportedFallback += $f[1];
                 $this->recovered('dropped');
@@ -358,7 +361,7 @@ final class Client
         return $left;
     }
 
-    private function submit(string $body, bool $high, bool $fresh = false): bool
+    private function submit(string $body, string $unique, bool $high, bool $fresh = false): bool
     {
         $key = $this->gearmanServers;
         try {
@@ -370,8 +373,6 @@ final class Client
                 self::$gearman[$key] = $gc;
             }
             $gc = self::$gearman[$key];
-            // The unique id lets gearmand merge a re-sent job and the worker skip one it already applied.
-            $unique = 'php-' . bin2hex(random_bytes(8));
             $high ? @$gc->doHighBackground(self::FN_BATCH, $body, $unique) : @$gc->doBackground(self::FN_BATCH, $body, $unique);
             return $gc->returnCode() === GEARMAN_SUCCESS;
         } catch (\GearmanException) {
