@@ -12,6 +12,8 @@
  *   !{"v":1,"e":[…]}         the same, high priority (errors)
  *   report {"fallback":n,"dropped":m}   what a client sent around the agent, for the stats
  *   stats                    answered with one JSON line of stats
+ * and a control socket beside it (`<socket>.ctl`) that takes only `stats`
+ * and is never paused, so the figures stay readable while the agent pushes back.
  */
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -90,6 +92,7 @@ const READ_BYTES = 64 * 1024;
 export class Agent {
   private readonly servers: net.Server[] = [];
   private readonly conns = new Set<net.Socket>();
+  private readonly controlConns = new Set<net.Socket>();
   private paused = false;
   private resumeTimer: NodeJS.Timeout | null = null;
   private checkpointTimer: NodeJS.Timeout | null = null;
@@ -147,7 +150,9 @@ export class Agent {
    * them, drain the client to gearmand, and mark the run clean.
    */
   async stop({ quietMs = 100, graceMs = 2000, drainMs = 30_000 } = {}): Promise<AgentStats> {
-    await Promise.all(this.servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+    // close() waits for every connection to end: data connections are read a while longer below, control ones just go.
+    const closed = Promise.all(this.servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+    for (const s of this.controlConns) s.destroy();
     this.resumeAll();
     const deadline = Date.now() + graceMs;
     let seen = -1;
@@ -156,6 +161,7 @@ export class Agent {
       await new Promise((r) => setTimeout(r, quietMs));
     }
     for (const s of this.conns) s.destroy();
+    await closed;
     await this.client.close({ timeoutMs: drainMs });
     for (const t of [this.resumeTimer, this.checkpointTimer, this.statsTimer]) if (t) clearInterval(t);
     const stats = this.stats();
@@ -170,8 +176,27 @@ export class Agent {
     const path = this.o.socketPath;
     mkdirSync(dirname(path), { recursive: true });
     if (await answers(path)) throw new Error(`another agent already listens on ${path}`);
-    rmSync(path, { force: true }); // a stale socket left by a crash
+    // Stale sockets left by a crash.
+    rmSync(path, { force: true });
+    rmSync(controlPath(path), { force: true });
     await this.listen(net.createServer((s) => this.accept(s)), { path });
+    await this.listen(net.createServer((s) => this.control(s)), { path: controlPath(path) });
+  }
+
+  /** The control socket: `stats` only, read even while the data sockets are paused. */
+  private control(socket: net.Socket): void {
+    const splitter = new FrameSplitter(64);
+    const sink: FrameSink = {
+      frame: (f) => {
+        if (f.toString('latin1') === 'stats') socket.write(`${JSON.stringify(this.stats())}\n`);
+        else this.reject('unknown', 'control frame', `is not "stats": ${excerpt(f.toString('utf8'))}`);
+      },
+      overlong: () => this.reject('overlong', 'control frame', 'is longer than 64 bytes'),
+    };
+    this.controlConns.add(socket);
+    socket.on('data', (chunk: Buffer) => splitter.push(chunk, sink));
+    socket.on('error', () => undefined);
+    socket.on('close', () => this.controlConns.delete(socket));
   }
 
   private listen(server: net.Server, where: net.ListenOptions): Promise<void> {
@@ -308,8 +333,12 @@ function answers(path: string): Promise<boolean> {
   });
 }
 
-/** Asks a running agent for its stats (`offlog status`). */
-export function queryAgent(path: string, timeoutMs = 2000): Promise<AgentStats> {
+/** The control socket beside the data socket. */
+export const controlPath = (socketPath: string): string => `${socketPath}.ctl`;
+
+/** Asks a running agent for its stats over its control socket (`offlog status`). */
+export function queryAgent(socketPath: string, timeoutMs = 2000): Promise<AgentStats> {
+  const path = controlPath(socketPath);
   return new Promise((resolve, reject) => {
     const s = net.connect({ path });
     let buf = '';
