@@ -3,3 +3,5 @@ export { OffLogClient, type OffLogClientOptions, type LogOptions, type ClientSta
 export { loadConfig, type Config } from './base/config.ts';
 export { InputError, ConfigError, GearmanUnavailableError } from './base/errors.ts';
 export type { LogEvent, UserId, ActionId } from './domain/contract.ts';
+// The per-host agent (`offlog agent`), for embedding or querying from Node.
+export { Agent, queryAgent, type AgentOptions, type AgentStats } from './agent/agent.ts';
