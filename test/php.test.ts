@@ -15,6 +15,7 @@ import type { SliceId } from '../lib/domain/slice.ts';
 import { freePort, gearmand, waitForPort, type Daemon } from './daemons.ts';
 import { fastcgiGet } from './fastcgi.ts';
 import { Expected, futureSlice, readCounts, startOf, testRuntime } from './support.ts';
+import { status } from '../local/status.ts';
 
 const SLICE = 600;
 const base = futureSlice(SLICE);
@@ -164,6 +165,10 @@ test('end to end: 8 PHP processes of 1, 3 and 10-event requests through the agen
   assert.ok(sum(runs, 'sent') > total / 2, `most went through the agent (${sum(runs, 'sent')} of ${total})`);
   const during = await agent.stats();
   assert.equal(during.received, sum(runs, 'sent'), 'the agent received exactly what PHP counted as sent to it');
+  // `offlog status` shows the agent's figures.
+  const statusRt = testRuntime({ OFFLOG_GEARMAN_SERVERS: gearman, OFFLOG_AGENT_SOCKET: socket });
+  const shown = await status(statusRt).finally(() => statusRt.close());
+  assert.equal((shown.agent as AgentStats).received, during.received);
   assert.equal(await agent.stop('SIGTERM'), 0, 'a clean drain exits 0');
   const stopped = agent.said('agent stopped')[0] as unknown as { stats: AgentStats };
   assert.deepEqual([stopped.stats.received, stopped.stats.sent, stopped.stats.dropped, stopped.stats.queueDepth], [during.received, during.received, 0, 0]);
