@@ -293,7 +293,9 @@ final class Client
             $this->recovered('dropped');
             return [];
         }
-        if ($written > 0) @fclose($sock); // the agent drops the cut frame when the connection closes
+        // A frame cut mid-way: close, and the agent drops it (the frame goes to gearmand below).
+        $boundary = $delivered > 0 ? $ends[$delivered - 1] : strlen($report);
+        if ($written > 0 && $written !== $boundary) @fclose($sock);
         return $this->agentMissed(array_slice($frames, $delivered), 'full');
     }
 
