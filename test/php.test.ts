@@ -264,6 +264,47 @@ test('gearmand down too: every event is a counted drop, and the end of a request
   }
 });
 
+test('a direct job whose answer came too late is counted once: the retry reuses its unique id', async (t) => {
+  const { g, rt } = await isolated(t);
+  // A proxy that passes jobs to gearmand at once but holds its answers 600 ms: past PHP's 300 ms timeout,
+  // so PHP retries a job gearmand already queued (as a gearmand slow to answer under load does).
+  const slowPort = await freePort();
+  const proxy = net.createServer((client) => {
+    const upstream = net.connect({ host: '127.0.0.1', port: g.port });
+    client.on('data', (d) => upstream.write(d));
+    // Answers are binary packets (\0RES, type, size): only JOB_CREATED (type 8) is held back.
+    let buf = Buffer.alloc(0);
+    upstream.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 12 && buf.length >= 12 + buf.readUInt32BE(8)) {
+        const packet = buf.subarray(0, 12 + buf.readUInt32BE(8));
+        buf = buf.subarray(packet.length);
+        if (packet.readUInt32BE(4) === 8) setTimeout(() => client.destroyed || client.write(packet), 600);
+        else client.write(packet);
+      }
+    });
+    for (const s of [client, upstream]) s.on('error', () => undefined);
+    t.after(() => upstream.destroy());
+  });
+  await new Promise<void>((res) => proxy.listen(slowPort, '127.0.0.1', res));
+  t.after(() => proxy.close());
+  const page = `require ${JSON.stringify(join(PHP_DIR, 'autoload.php'))};
+    $c = new OffLog\\Client(['agentSocket' => null, 'gearmanServers' => '127.0.0.1:${slowPort}', 'gearmanTimeoutMs' => 300, 'flushAtShutdown' => false, 'logger' => fn () => null]);
+    for ($i = 0; $i < 4; $i++) $c->log(7, 1, 1, ${AT});
+    $c->flush();
+    echo json_encode($c->stats());`;
+  // Not spawnSync: the proxy runs on this process's event loop.
+  const child = spawn('php', ['-r', page], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  assert.equal(await new Promise((res) => child.once('exit', res)), 0);
+  assert.equal((JSON.parse(out) as PhpRun).dropped, 4, 'both tries timed out: PHP counts them dropped');
+  await new Promise((res) => setTimeout(res, 1000));
+  const e = new Expected();
+  e.add(startOf(base, SLICE), 7, 1, 1, 4);
+  assert.deepEqual(await countsVia([g], rt), e.asStrings(), 'gearmand had the job, once');
+});
+
 test('fuzzed frames at the agent: each is named in one log line and counted, and no good event on any connection is lost', async (t) => {
   const { g, rt, gearman } = await isolated(t);
   const socket = join(scratch(), 'agent.sock');
