@@ -2,5 +2,7 @@
 // optional peer dependencies mysql2, pino and zod (docs/node-sdk.md: "Install").
 export * from './client.ts';
 export { loadConfig, type Config } from './base/config.ts';
-export { ConfigError } from './base/errors.ts';
+export { InputError, ConfigError, GearmanUnavailableError } from './base/errors.ts';
 export { Runtime } from './runtime.ts';
+// The per-host agent (`offlog agent`), for embedding or querying from Node.
+export { Agent, queryAgent, type AgentOptions, type AgentStats } from './agent/agent.ts';

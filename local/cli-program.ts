@@ -7,6 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
+import { registerAgent } from './agent-command.ts';
 import { registerBus } from './bus-commands.ts';
 import type { Cli, CommandModule } from './cli-context.ts';
 import { EXIT } from './cli-errors.ts';
@@ -14,7 +15,7 @@ import { registerOps } from './ops-commands.ts';
 import { registerReports } from './report-commands.ts';
 
 /** Every command group, in the order `offlog --help` lists them. */
-const MODULES: CommandModule[] = [registerOps, registerBus, registerReports];
+const MODULES: CommandModule[] = [registerOps, registerBus, registerReports, registerAgent];
 
 /** The package's version: package.json is one folder up in a clone (local/), two in the package (dist/local/). */
 function version(): string {

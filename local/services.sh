@@ -51,7 +51,7 @@ MYSQL_DATADIR="$MYSQL_DIR/data"
 MYSQL_SOCKET="$MYSQL_DIR/mysqld.sock"
 
 SUDO=
-APT_PACKAGES=(gearman-job-server gearman-tools memcached mariadb-server mariadb-client php-cli php-gearman)
+APT_PACKAGES=(gearman-job-server gearman-tools memcached mariadb-server mariadb-client php-cli php-gearman php-fpm phpunit)
 
 log() { printf 'services: %s\n' "$*" >&2; }
 die() { printf 'services: error: %s\n' "$*" >&2; exit 1; }
@@ -87,6 +87,9 @@ missing_tools() {
   elif ! php -m 2>/dev/null | grep -i '^gearman$' >/dev/null; then
     echo php-gearman
   fi
+  # The PHP client's tests: PHPUnit, and php-fpm for fastcgi_finish_request.
+  command -v phpunit >/dev/null 2>&1 || echo phpunit
+  pick php-fpm php-fpm8.2 >/dev/null || echo php-fpm
 }
 
 POLICY_RC_D=/usr/sbin/policy-rc.d

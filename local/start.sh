@@ -22,13 +22,18 @@ node bin/offlog.js worker &
 worker=$!
 node bin/offlog.js watched &
 watched=$!
-trap 'kill $worker $watched 2>/dev/null; wait $worker $watched 2>/dev/null' EXIT INT TERM
+# The agent PHP logs through (docs/php.md), on a socket under the data dir.
+export OFFLOG_AGENT_SOCKET=${OFFLOG_AGENT_SOCKET:-$PWD/.data/agent/agent.sock}
+node bin/offlog.js agent --socket "$OFFLOG_AGENT_SOCKET" &
+agent=$!
+trap 'kill $worker $watched $agent 2>/dev/null; wait $worker $watched $agent 2>/dev/null' EXIT INT TERM
 cat >&2 <<MSG
 
 OffLog is running.
   curl -s -XPOST localhost:${OFFLOG_HTTP_PORT:-3000}/events -d '{"userId": 42, "actionId": 1}'
   npx offlog flush --now "\$(date -u -d '+30 min' +%FT%TZ)" --force   # counts now, as if 30 min later (publishes on the local bus)
   npx offlog status
+  php -r 'require "clients/php/autoload.php"; \$c = new OffLog\\Client(["agentSocket" => "$OFFLOG_AGENT_SOCKET"]); \$c->log(42, 1);'   # PHP via the agent; then: npx offlog status
   open http://localhost:${OFFLOG_HTTP_PORT:-3000}/                     # the dashboard
 Stop: Ctrl-C here, then \`npx offlog services down\` for the servers (Docker: \`docker compose -f local/docker-compose.yml down\`).
 

@@ -10,6 +10,7 @@ import type { Runtime } from '../lib/runtime.ts';
 import { busStatus, type BusStatus } from './bus-commands.ts';
 import { adminStatus, type FunctionStatus } from '../lib/wire/gearman.ts';
 import { readBacklog, type Backlog } from '../lib/pipeline/backlog.ts';
+import { queryAgent, type AgentStats } from '../lib/agent/agent.ts';
 
 const STATUS_BATCH_PAIRS = 5000;
 /** The flush runs once a slice: one slice of lag is the wait for the next run, two is a missed one. */
@@ -31,6 +32,8 @@ export interface Status {
   bus: BusStatus;
   /** Slices not yet published or rolled up, and a publish that keeps failing. */
   backlog: Backlog | { error: string };
+  /** The local agent's stats (`offlog agent`), or why it did not answer (normal on a host without PHP). */
+  agent: AgentStats | { socket: string; error: string };
   /** True when nothing is down or behind; `problems` says what is. */
   healthy: boolean;
   problems: string[];
@@ -82,9 +85,11 @@ export async function status(rt: Runtime): Promise<Status> {
   } catch (err) {
     mysql = { server, error: (err as Error).message };
   }
+  // The local agent, if one runs on this host (not running is normal on a host without PHP).
+  const agent = await queryAgent(c.agent.socketPath).catch((err: Error) => ({ socket: c.agent.socketPath, error: err.message }));
   // Publishing and rollups: what waits, and a publish that keeps failing (the health card reads the same).
   const backlog = await readBacklog(rt.store).catch((err: Error) => ({ error: err.message }));
-  const partial = { now: new Date(now).toISOString(), gearman, memcached, ring, mysql, bus: await busStatus(rt), backlog };
+  const partial = { now: new Date(now).toISOString(), gearman, memcached, ring, mysql, bus: await busStatus(rt), backlog, agent };
   const problems = verdict(partial);
   return { ...partial, healthy: problems.length === 0, problems };
 }

@@ -57,6 +57,18 @@ export interface Config {
   jobsPerFold: number | undefined;
   /** Test hook: SIGKILL this process at the n-th time a worker reaches `step` of a fold (folds mode); undefined in production. */
   fault: FaultSpec | undefined;
+  // ── the agent (`offlog agent`) ──
+  agent: {
+    socketPath: string;
+    /** Also listen on 127.0.0.1:tcpPort. */
+    tcpPort: number | undefined;
+    /** Unacknowledged events past which the agent stops reading its sockets. */
+    maxHeld: number;
+    maxFrameBytes: number;
+    /** Its crash checkpoint; unset: the socket path + `.state`. */
+    stateFile: string | undefined;
+    statsSeconds: number;
+  };
 }
 
 export type RingMode = 'counters' | 'folds';
@@ -125,6 +137,12 @@ const schema = z.object({
     })
     .optional(),
   OFFLOG_LEASE_SECONDS: int(1, 3_600, 30),
+  OFFLOG_AGENT_SOCKET: z.string().regex(/^\/?[^\0]{1,100}$/, 'must be a path of at most 100 characters (a unix socket path is short)').default('/run/offlog/agent.sock'),
+  OFFLOG_AGENT_TCP_PORT: z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(1, 'must be at least 1').max(65_535, 'must be at most 65535')).optional(),
+  OFFLOG_AGENT_MAX_HELD: int(100, 10_000_000, 100_000),
+  OFFLOG_AGENT_MAX_FRAME_BYTES: int(1_024, 16 * 1024 * 1024, 256 * 1024),
+  OFFLOG_AGENT_STATE_FILE: z.string().min(1).optional(),
+  OFFLOG_AGENT_STATS_SECONDS: int(0, 86_400, 60),
 });
 
 /** ElastiCache Serverless endpoints: `<name>-<id>.serverless.<region>.cache.amazonaws.com` (refused: see loadConfig). */
@@ -201,5 +219,13 @@ export function loadConfig(env: Record<string, string | undefined> = {}): Config
     ringMode: e.OFFLOG_RING_MODE,
     jobsPerFold: e.OFFLOG_JOBS_PER_FOLD,
     fault: e.OFFLOG_FAULT,
+    agent: {
+      socketPath: e.OFFLOG_AGENT_SOCKET,
+      tcpPort: e.OFFLOG_AGENT_TCP_PORT,
+      maxHeld: e.OFFLOG_AGENT_MAX_HELD,
+      maxFrameBytes: e.OFFLOG_AGENT_MAX_FRAME_BYTES,
+      stateFile: e.OFFLOG_AGENT_STATE_FILE,
+      statsSeconds: e.OFFLOG_AGENT_STATS_SECONDS,
+    },
   };
 }

@@ -388,14 +388,47 @@ export class OffLogClient extends EventEmitter<OffLogClientEvents> {
       const at = o.at instanceof Date ? o.at.getTime() : o.at;
       tuple = encodeTuple(user, action, parseValue(o.value), parseAt(at, Date.now()), parsePayload(o.payload), watched);
     }
-    this.counters.accepted++;
     if (this.mock) {
-      this.counters.sent++;
-      this.counters.acknowledged++;
       const at = o?.at instanceof Date ? o.at.getTime() : o?.at;
-      this.recorded.push({ userId: user, actionId: action, value: parseValue(o?.value), at: parseAt(at, Date.now()), payload: parsePayload(o?.payload), watched, priority: priority === 'high' ? 'high' : 'normal' });
+      this.record({ userId: user, actionId: action, value: parseValue(o?.value), at: parseAt(at, Date.now()), payload: parsePayload(o?.payload), watched, priority: priority === 'high' ? 'high' : 'normal' });
       return;
     }
+    this.add(tuple, priority, watched, o?.payload !== undefined);
+  }
+
+  /** `mock: true`: the event is kept in `recorded`, counted as sent and acknowledged, and goes nowhere. */
+  private record(event: RecordedEvent): void {
+    this.counters.accepted++;
+    this.counters.sent++;
+    this.counters.acknowledged++;
+    this.recorded.push(event);
+  }
+
+  /**
+   * Events already validated by the contract's parsers (the agent decoded
+   * them): buffered like log()'s, without parsing them again.
+   */
+  append(events: readonly LogEvent[], priority: Priority = 'normal'): void {
+    if (this.closed) throw new TypeError('OffLogClient is closed');
+    if (this.mock) {
+      for (const e of events) this.record({ userId: e.userId, actionId: e.actionId, value: e.value, at: e.at, payload: e.payload, watched: e.watched === true, priority: priority === 'high' ? 'high' : 'normal' });
+      return;
+    }
+    for (const e of events) {
+      const watched = e.watched === true;
+      this.add(encodeTuple(e.userId, e.actionId, e.value, e.at, e.payload, watched), priority, watched, e.payload !== undefined, priority === 'high');
+    }
+    // High priority seals at once, but a list of them goes as one batch, not one each.
+    if (priority === 'high' && events.length > 0) this.seal();
+  }
+
+  /** Events and (about) bytes held here, neither acknowledged nor dropped: what a caller pushing back watches. */
+  backlog(): { events: number; bytes: number } {
+    return { events: this.heldEvents + this.normal.length + this.high.length, bytes: this.heldBytes + this.normalBytes };
+  }
+
+  private add(tuple: string, priority: Priority, watched: boolean, hasPayload: boolean, deferHigh = false): void {
+    this.counters.accepted++;
     const buf = priority === 'high' ? this.high : this.normal;
     buf.push(tuple);
     if (watched) {
@@ -403,8 +436,8 @@ export class OffLogClient extends EventEmitter<OffLogClientEvents> {
       else this.normalWatched = true;
     }
     // A tuple's length in UTF-16 units, ×3 when a payload may hold non-ASCII: an upper bound on its bytes, without encoding it.
-    if (priority === 'normal') this.normalBytes += o?.payload === undefined ? tuple.length + 1 : tuple.length * 3 + 1;
-    if (buf.length >= this.batchSize || this.normalBytes >= this.maxBatchBytes || priority === 'high') this.seal();
+    if (priority === 'normal') this.normalBytes += hasPayload ? tuple.length * 3 + 1 : tuple.length + 1;
+    if (buf.length >= this.batchSize || this.normalBytes >= this.maxBatchBytes || (priority === 'high' && !deferHigh)) this.seal();
     else if (this.lingerTimer === null) {
       this.lingerTimer = setTimeout(() => this.seal(), this.lingerMs);
       this.lingerTimer.unref();
