@@ -13,7 +13,10 @@
  *                          are acknowledged (redelivered, and skipped).
  * It waits 200 ms first (an acknowledgement sent too early reaches gearmand
  * meanwhile, rather than being lost with the connection), then prints what
- * the fold held, `{"storeKill":…,"events":…,"jobs":…}`, and dies.
+ * the fold held, `{"storeKill":…,"events":…,"uniques":[…]}`, and dies. Jobs it
+ * finds already applied (their marks read back) it prints as
+ * `{"appliedFound":[…]}`: the run checks that the jobs of a fold killed after
+ * its marks came back, and were found applied.
  */
 import { writeSync } from 'node:fs';
 import { sleep } from '../../lib/base/backoff.ts';
@@ -25,7 +28,7 @@ if (!Number.isInteger(offset)) throw new TypeError(`CHAOS_CLOCK_OFFSET_MS: a who
 const rt = new Runtime(loadConfig(process.env));
 const worker = rt.worker({}, { now: () => Date.now() + offset });
 let armed: 'counters' | 'marks' | null = null;
-const die = async (held: { storeKill: 'counters' | 'marks'; events?: number; jobs?: number }): Promise<never> => {
+const die = async (held: { storeKill: 'counters' | 'marks'; events?: number; uniques?: string[] }): Promise<never> => {
   await sleep(200);
   writeSync(1, `${JSON.stringify(held)}\n`);
   process.kill(process.pid, 'SIGKILL');
@@ -33,7 +36,11 @@ const die = async (held: { storeKill: 'counters' | 'marks'; events?: number; job
 };
 // The pair counters are the first batch of counter writes (tags ≥ 0; even: a count) in Ring.apply; the slice totals come after.
 type Lists = { tags: number[]; amounts: (number | bigint)[] }[];
-const ring = rt.ring as unknown as { arith: (lists: Lists) => Promise<unknown>; markApplied: (u: readonly string[]) => Promise<void> };
+const ring = rt.ring as unknown as {
+  arith: (lists: Lists) => Promise<unknown>;
+  markApplied: (u: readonly string[]) => Promise<void>;
+  appliedJobs: (u: readonly string[]) => Promise<Set<string>>;
+};
 const arith = ring.arith.bind(rt.ring);
 ring.arith = async (lists) => {
   const result = await arith(lists);
@@ -48,7 +55,15 @@ if (typeof ring.markApplied === 'function') {
   const markApplied = ring.markApplied.bind(rt.ring);
   ring.markApplied = async (uniques) => {
     await markApplied(uniques);
-    if (armed === 'marks' && uniques.some(Boolean)) await die({ storeKill: 'marks', jobs: uniques.filter(Boolean).length });
+    if (armed === 'marks' && uniques.some(Boolean)) await die({ storeKill: 'marks', uniques: uniques.filter(Boolean) });
+  };
+}
+if (typeof ring.appliedJobs === 'function') {
+  const appliedJobs = ring.appliedJobs.bind(rt.ring);
+  ring.appliedJobs = async (uniques) => {
+    const found = await appliedJobs(uniques);
+    if (found.size > 0) writeSync(1, `${JSON.stringify({ appliedFound: [...found] })}\n`);
+    return found;
   };
 }
 process.stdin.setEncoding('utf8').on('data', (text: string) => {
