@@ -69,11 +69,12 @@ test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounde
   // taken and not acknowledged, which gearmand then hands out again; if it holds none, it runs on a moment.
   for (let i = 0; i < 400; i++) {
     const queued = (await adminStatus(rt.config.gearmanServers[0]!, 15_000)).get(FN_BATCH)?.queued ?? 0;
-    if (queued < 250) break;
+    // Started and well under way, with most of the stream still to come (a fast worker drains 400 jobs in a second or two).
+    if (queued < 370) break;
     await sleep(10);
   }
   let held = 0;
-  for (let i = 0; i < 50 && held === 0; i++) {
+  for (let i = 0; i < 200 && held === 0; i++) {
     first.kill('SIGSTOP');
     held = (await adminStatus(rt.config.gearmanServers[0]!, 15_000)).get(FN_BATCH)?.running ?? 0;
     if (held === 0) {
