@@ -58,8 +58,9 @@
  * with fewer events than were sent to it (a loss near no incomplete slice is
  * a violation), and every slice begun before a restart and flushed after it
  * must be reported `incomplete`. A SIGKILL may leave pairs listed without
- * counters (the register is written first, by design): a slice `incomplete`
- * for that alone is allowed after a SIGKILL, and excuses no loss.
+ * counters, or a register chunk number reserved and never written (the
+ * register is written first, by design): a slice `incomplete` for that alone
+ * is allowed after a SIGKILL, and excuses no loss.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, mkdirSync } from 'node:fs';
@@ -642,7 +643,9 @@ export async function runChaos(options: ChaosOptions, scope: Scope): Promise<Cha
   // Slices a memcached restart made `incomplete`: the only place events may be missing (see the header).
   // A SIGKILL between listing a fold's new pairs and creating their counters may leave pairs listed
   // without counters (by design: reported, never hidden); when the redelivered fold lands in another
-  // slice, that slice says `incomplete` though nothing is lost. Allowed after a SIGKILL, excusing no loss.
+  // slice, that slice says `incomplete` though nothing is lost. So does a SIGKILL between reserving a
+  // register chunk's number and writing the chunk ("register chunk(s) gone"). Allowed after a SIGKILL,
+  // excusing no loss.
   const kills = counts['worker-kill'] + counts['store-kill'];
   const incomplete = new Set<number>();
   const listedOnly = new Set<number>();
@@ -651,7 +654,7 @@ export async function runChaos(options: ChaosOptions, scope: Scope): Promise<Cha
     const slice = Number(r.s) / 1000 / SLICE_SECONDS;
     const notes = String(r.note).split('; ');
     if (counts['memcached-restart'] > 0 && notes.some((n) => /^memcached restarted at /.test(n))) incomplete.add(slice);
-    else if (kills > 0 && notes.every((n) => /^\d+ pair\(s\) listed but their counters are gone/.test(n))) listedOnly.add(slice);
+    else if (kills > 0 && notes.every((n) => /^\d+ (pair\(s\) listed but their counters are gone|register chunk\(s\) gone)/.test(n))) listedOnly.add(slice);
   }
   const reported = (own: number): boolean => [...incomplete].some((s) => Math.abs(s - own) <= LOSS_WINDOW);
   let duplicates = 0;
