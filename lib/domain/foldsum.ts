@@ -17,52 +17,77 @@ const TWO_32 = 0x1_0000_0000;
 
 export class SliceSum {
   private readonly table = new PairTable();
-  private readonly his: number[] = [];
-  private readonly los: number[] = [];
-  private readonly actions: number[] = [];
-  private readonly counts: number[] = [];
-  private readonly sums: (number | bigint)[] = [];
+  // Per pair, in typed arrays (grown by doubling): ~26 bytes a pair besides the table, where JS arrays
+  // boxed every user half past 2^31 and every sum into a heap number.
+  private his = new Uint32Array(1024);
+  private los = new Uint32Array(1024);
+  private actions = new Uint16Array(1024);
+  private counts = new Float64Array(1024);
+  /** Value sums while below 2^53; a pair whose sum passes it moves to `bigSums`. */
+  private sums = new Float64Array(1024);
+  private readonly bigSums = new Map<number, bigint>();
+  private n = 0;
   /** Events added (the sum of every entry's count). */
   counted = 0;
   late = 0;
 
   /** Adds one chunk's entries; returns its header and the events it held. Throws FoldBlobError (nothing added) on a bad chunk. */
   addChunk(buf: Buffer): { header: FoldChunkHeader; events: number } {
-    // Decoded into a list first so a chunk that turns out bad half-way adds nothing.
-    const staged: [number, number, number, number, number | bigint][] = [];
-    const header = decodeFoldChunk(buf, (hi, lo, action, count, sum) => staged.push([hi, lo, action, count, sum]));
+    // Checked whole first, so a chunk that turns out bad half-way adds nothing (and nothing is staged per entry).
+    decodeFoldChunk(buf, () => undefined);
     let events = 0;
-    for (const [hi, lo, action, count, sum] of staged) {
+    const header = decodeFoldChunk(buf, (hi, lo, action, count, sum) => {
       this.add(hi, lo, action, count, sum);
       events += count;
-    }
+    });
     this.late += header.late;
     return { header, events };
   }
 
   add(hi: number, lo: number, action: number, count: number, sum: number | bigint): void {
-    const i = this.table.getOrAdd(hi, lo, action, this.counts.length);
+    let i = this.table.getOrAdd(hi, lo, action, this.n);
     if (i < 0) {
-      this.his.push(hi);
-      this.los.push(lo);
-      this.actions.push(action);
-      this.counts.push(count);
-      this.sums.push(sum);
-    } else {
-      this.counts[i]! += count;
-      if (sum !== 0 && sum !== 0n) this.sums[i] = addValue(this.sums[i]!, sum);
+      if (this.n === this.counts.length) this.grow();
+      i = this.n++;
+      this.his[i] = hi;
+      this.los[i] = lo;
+      this.actions[i] = action;
+    }
+    this.counts[i] = this.counts[i]! + count;
+    if (sum !== 0 && sum !== 0n) {
+      const big = this.bigSums.get(i);
+      if (big !== undefined) this.bigSums.set(i, addValue(big, sum) as bigint);
+      else {
+        const next = addValue(this.sums[i]!, sum);
+        if (typeof next === 'number') this.sums[i] = next;
+        else this.bigSums.set(i, next);
+      }
     }
     this.counted += count;
   }
 
+  private grow(): void {
+    const cap = this.counts.length * 2;
+    const grown = <T extends Uint32Array | Uint16Array | Float64Array>(a: T, make: (n: number) => T): T => {
+      const b = make(cap);
+      b.set(a);
+      return b;
+    };
+    this.his = grown(this.his, (n) => new Uint32Array(n));
+    this.los = grown(this.los, (n) => new Uint32Array(n));
+    this.actions = grown(this.actions, (n) => new Uint16Array(n));
+    this.counts = grown(this.counts, (n) => new Float64Array(n));
+    this.sums = grown(this.sums, (n) => new Float64Array(n));
+  }
+
   get size(): number {
-    return this.counts.length;
+    return this.n;
   }
 
   /** Pairs whose value sum is held at 2^64 − 1. */
   get saturated(): number {
     let n = 0;
-    for (const s of this.sums) if (s === MAX_U64) n++;
+    for (const s of this.bigSums.values()) if (s === MAX_U64) n++;
     return n;
   }
 
@@ -74,7 +99,7 @@ export class SliceSum {
    */
   private keyOrder(): Uint32Array {
     const { his, los, actions } = this;
-    const n = this.counts.length;
+    const n = this.n;
     const small = new Float64Array(n);
     const big: number[] = [];
     let k = 0;
@@ -108,7 +133,7 @@ export class SliceSum {
         rows.users.push(hi < 0x20_0000 ? String(hi * TWO_32 + los[i]!) : ((BigInt(hi) << 32n) | BigInt(los[i]!)).toString());
         rows.actions.push(actions[i]!);
         rows.counts.push(String(this.counts[i]!));
-        rows.valueSums.push(String(this.sums[i]!));
+        rows.valueSums.push(String(this.bigSums.get(i) ?? this.sums[i]!));
       }
       rows.length = rows.users.length;
       yield rows;
