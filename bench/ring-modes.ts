@@ -76,7 +76,9 @@ async function memcachedBytes(cfg: Config): Promise<number> {
 }
 
 function role(env: Record<string, string>, args: string[]): Record<string, unknown> {
-  const r = spawnSync('node', ['--import', 'tsx', join(REPO, 'bench/roles/ring-mode.ts'), ...args], { env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  // OFFLOG_BENCH_PROFILE_DIR: each stage writes a CPU profile there (bench/profile-summary.ts reads them).
+  const prof = process.env.OFFLOG_BENCH_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.OFFLOG_BENCH_PROFILE_DIR}`, `--cpu-prof-name=${env.OFFLOG_RING_MODE}-${args[0]}-${Date.now()}.cpuprofile`] : [];
+  const r = spawnSync('node', [...prof, '--import', 'tsx', join(REPO, 'bench/roles/ring-mode.ts'), ...args], { env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
   const last = r.stdout.trim().split('\n').pop() ?? '';
   if (r.status !== 0 || !last.startsWith('{')) throw new Error(`ring-mode ${args[0]} failed (exit ${r.status}): ${r.stderr.slice(-2000)}`);
   return JSON.parse(last) as Record<string, unknown>;

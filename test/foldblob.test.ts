@@ -133,6 +133,24 @@ describe('summing a slice from blobs', () => {
     assert.deepEqual(got, want);
   });
 
+  test('thousands of pairs (the per-pair arrays grow): every one kept, in key order', () => {
+    const sum = new SliceSum();
+    const n = 5000;
+    // Users past 2^31 (the low half's top bit) and past 2^37 (sorted apart), in scrambled order.
+    for (let k = 0; k < n; k++) {
+      const i = (k * 7919) % n;
+      const user = i % 3 === 0 ? 2n ** 31n + BigInt(i) : i % 3 === 1 ? 2n ** 40n + BigInt(i) : BigInt(i);
+      sum.add(Number(user >> 32n), Number(user & 0xffff_ffffn), 1 + (i % 2), 1, i);
+      sum.add(Number(user >> 32n), Number(user & 0xffff_ffffn), 1 + (i % 2), 2, 1);
+    }
+    assert.equal(sum.size, n);
+    assert.equal(sum.counted, 3 * n);
+    const users = [...sum.rows(999)].flatMap((r) => r.users.map((u, j) => [BigInt(u), r.actions[j]!, r.counts[j], r.valueSums[j]] as const));
+    assert.equal(users.length, n);
+    for (let j = 1; j < n; j++) assert.ok(users[j - 1]![0] < users[j]![0] || (users[j - 1]![0] === users[j]![0] && users[j - 1]![1] < users[j]![1]), `row ${j} out of order`);
+    assert.ok(users.every(([, , c]) => c === '3'));
+  });
+
   test('a bad chunk adds nothing and says why', () => {
     const sum = new SliceSum();
     const bad = Buffer.from(encodeFoldChunks([entry(1n, 1, 1, 1), entry(2n, 1, 1, 1)], 0)[0]!);

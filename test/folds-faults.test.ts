@@ -223,3 +223,19 @@ test('folds: a committed fold\'s blob chunk gone from memcached: the slice is in
   for (const [, [c]] of await readCounts(rt)) counted += BigInt(c);
   assert.equal(counted, BigInt(320 - gone.events), 'the other fold\'s events were written');
 });
+
+test('folds: a slice\'s fold list holding what OffLog never writes: that slice is corrupt, the next one is flushed', async () => {
+  const rt = fresh();
+  await rt.store.migrate();
+  const { uniques, bodies, expected, slice } = makeJobs(rt, 4, 40);
+  await submit(rt.config.gearmanServers, uniques, bodies);
+  await worker(rt).run({ idle: true });
+  const bad = (slice - 1) as SliceId;
+  await rt.ring.connections[0]!.exec([{ kind: 'set', key: rt.ring.keys.foldList(bad), value: 'not a fold list', ttl: 600 }]);
+  const result = await flush(flushDeps(rt), new Date(Date.now() + 3 * SLICE * 1000));
+  const broken = result.slices.find((x) => x.slice === bad)!;
+  assert.equal(broken.status, 'corrupt');
+  assert.match(broken.note, /fold list is unreadable/);
+  assert.equal(result.slices.find((x) => x.slice === slice)!.status, 'flushed');
+  await assertExact(rt, expected);
+});

@@ -10,30 +10,43 @@
 import { addValue } from './aggregate.ts';
 import { MAX_U64 } from './contract.ts';
 import type { CountRows } from './counts.ts';
-import { decodeFoldChunk, type FoldChunkHeader } from './foldblob.ts';
+import { decodeFoldChunk, FOLD_ENTRY_BYTES, FOLD_HEADER_BYTES, readFoldHeader, type FoldChunkHeader } from './foldblob.ts';
 import { PairTable } from './pairtable.ts';
 
 const TWO_32 = 0x1_0000_0000;
 
 export class SliceSum {
   private readonly table = new PairTable();
-  private readonly his: number[] = [];
-  private readonly los: number[] = [];
-  private readonly actions: number[] = [];
-  private readonly counts: number[] = [];
-  private readonly sums: (number | bigint)[] = [];
+  // Per pair, in typed arrays (grown by doubling): ~26 bytes a pair besides the table, where JS arrays
+  // boxed every user half past 2^31 and every sum into a heap number.
+  private his = new Uint32Array(1024);
+  private los = new Uint32Array(1024);
+  private actions = new Uint16Array(1024);
+  private counts = new Float64Array(1024);
+  /** Value sums while below 2^53; a pair whose sum passes it moves to `bigSums`. */
+  private sums = new Float64Array(1024);
+  private readonly bigSums = new Map<number, bigint>();
+  /** 1 where the pair's sum is in `bigSums`. */
+  private big = new Uint8Array(1024);
+  private n = 0;
   /** Events added (the sum of every entry's count). */
   counted = 0;
   late = 0;
 
   /** Adds one chunk's entries; returns its header and the events it held. Throws FoldBlobError (nothing added) on a bad chunk. */
   addChunk(buf: Buffer): { header: FoldChunkHeader; events: number } {
-    // Decoded into a list first so a chunk that turns out bad half-way adds nothing.
-    const staged: [number, number, number, number, number | bigint][] = [];
-    const header = decodeFoldChunk(buf, (hi, lo, action, count, sum) => staged.push([hi, lo, action, count, sum]));
+    const header = readFoldHeader(buf);
+    // Checked whole first (the two fields a bad entry shows in), so a chunk that turns out bad half-way adds nothing.
+    for (let o = FOLD_HEADER_BYTES; o < buf.length; o += FOLD_ENTRY_BYTES) {
+      if (buf.readUInt16BE(o + 8) === 0 || buf.readUInt32BE(o + 10) === 0) decodeFoldChunk(buf, () => undefined); // throws, naming the entry
+    }
+    // The flush's hot loop (every entry of every committed fold): inlined, no callback, no allocation.
     let events = 0;
-    for (const [hi, lo, action, count, sum] of staged) {
-      this.add(hi, lo, action, count, sum);
+    for (let o = FOLD_HEADER_BYTES; o < buf.length; o += FOLD_ENTRY_BYTES) {
+      const count = buf.readUInt32BE(o + 10);
+      const sHi = buf.readUInt32BE(o + 14);
+      const sLo = buf.readUInt32BE(o + 18);
+      this.add(buf.readUInt32BE(o), buf.readUInt32BE(o + 4), buf.readUInt16BE(o + 8), count, sHi < 0x20_0000 ? sHi * TWO_32 + sLo : (BigInt(sHi) << 32n) | BigInt(sLo));
       events += count;
     }
     this.late += header.late;
@@ -41,28 +54,55 @@ export class SliceSum {
   }
 
   add(hi: number, lo: number, action: number, count: number, sum: number | bigint): void {
-    const i = this.table.getOrAdd(hi, lo, action, this.counts.length);
+    let i = this.table.getOrAdd(hi, lo, action, this.n);
     if (i < 0) {
-      this.his.push(hi);
-      this.los.push(lo);
-      this.actions.push(action);
-      this.counts.push(count);
-      this.sums.push(sum);
-    } else {
-      this.counts[i]! += count;
-      if (sum !== 0 && sum !== 0n) this.sums[i] = addValue(this.sums[i]!, sum);
+      if (this.n === this.counts.length) this.grow();
+      i = this.n++;
+      this.his[i] = hi;
+      this.los[i] = lo;
+      this.actions[i] = action;
     }
+    this.counts[i] = this.counts[i]! + count;
     this.counted += count;
+    if (sum === 0 || sum === 0n) return;
+    if (this.big[i] === 0 && typeof sum === 'number') {
+      const next = this.sums[i]! + sum;
+      // Both terms are below 2^53, so the double is exact up to it; past it the pair moves to a bigint.
+      if (next <= Number.MAX_SAFE_INTEGER) {
+        this.sums[i] = next;
+        return;
+      }
+    }
+    const before = this.big[i] === 0 ? BigInt(this.sums[i]!) : this.bigSums.get(i)!;
+    this.big[i] = 1;
+    this.bigSums.set(i, addValue(before, sum) as bigint);
+  }
+
+  private grow(): void {
+    const cap = this.counts.length * 2;
+    const grown = <T extends Uint32Array | Uint16Array | Float64Array>(a: T, make: (n: number) => T): T => {
+      const b = make(cap);
+      b.set(a);
+      return b;
+    };
+    this.his = grown(this.his, (n) => new Uint32Array(n));
+    this.los = grown(this.los, (n) => new Uint32Array(n));
+    this.actions = grown(this.actions, (n) => new Uint16Array(n));
+    this.counts = grown(this.counts, (n) => new Float64Array(n));
+    this.sums = grown(this.sums, (n) => new Float64Array(n));
+    const big = new Uint8Array(cap);
+    big.set(this.big);
+    this.big = big;
   }
 
   get size(): number {
-    return this.counts.length;
+    return this.n;
   }
 
   /** Pairs whose value sum is held at 2^64 − 1. */
   get saturated(): number {
     let n = 0;
-    for (const s of this.sums) if (s === MAX_U64) n++;
+    for (const s of this.bigSums.values()) if (s === MAX_U64) n++;
     return n;
   }
 
@@ -74,7 +114,7 @@ export class SliceSum {
    */
   private keyOrder(): Uint32Array {
     const { his, los, actions } = this;
-    const n = this.counts.length;
+    const n = this.n;
     const small = new Float64Array(n);
     const big: number[] = [];
     let k = 0;
@@ -108,7 +148,7 @@ export class SliceSum {
         rows.users.push(hi < 0x20_0000 ? String(hi * TWO_32 + los[i]!) : ((BigInt(hi) << 32n) | BigInt(los[i]!)).toString());
         rows.actions.push(actions[i]!);
         rows.counts.push(String(this.counts[i]!));
-        rows.valueSums.push(String(this.sums[i]!));
+        rows.valueSums.push(String(this.bigSums.get(i) ?? this.sums[i]!));
       }
       rows.length = rows.users.length;
       yield rows;

@@ -20,6 +20,7 @@ import type { SliceId } from '../domain/slice.ts';
 import type { FoldBlobs } from './fold-blobs.ts';
 import type { FoldId, FoldProtocol } from './fold-writer.ts';
 import type { SliceTotals } from './slice-reader.ts';
+import { ClaimsError } from './claims.ts';
 
 export interface FoldReaderDeps {
   claims: Pick<FoldProtocol, 'foldsOf' | 'decision' | 'abort'>;
@@ -53,7 +54,16 @@ export class FoldSliceReader {
   /** Decides the slice's folds and sums the committed ones' blobs (the whole slice is summed here, rows come out sorted). */
   static async open(deps: FoldReaderDeps, slice: SliceId, batchPairs: number): Promise<FoldSliceReader> {
     const { claims } = deps;
-    const listed = await claims.foldsOf(slice);
+    let listed: { fold: FoldId; events: number }[] = [];
+    let unreadable = '';
+    try {
+      listed = await claims.foldsOf(slice);
+    } catch (err) {
+      // A list holding what OffLog never writes: no fold of the slice can be found. Reported corrupt (nothing is
+      // written for it), and the flush goes on with the next slice rather than failing on this one for ever.
+      if (!(err instanceof ClaimsError)) throw err;
+      unreadable = `the slice's fold list is unreadable, so none of its folds can be found (${err.message})`;
+    }
     const census: FoldCensus = { listed: listed.length, committed: 0, aborted: 0, abortedHere: 0 };
     const committed: { fold: FoldId; events: number }[] = [];
     let open = listed.map((l) => l.fold);
@@ -87,6 +97,7 @@ export class FoldSliceReader {
       found.corrupt++;
       found.corruptNote ||= what;
     };
+    if (unreadable) corrupt(unreadable);
     // A fold announced on this slice whose events all moved elsewhere carries 0 here: nothing to read.
     const reading = committed.filter((c) => c.events > 0);
     for (const c of committed) found.events! += BigInt(c.events);
