@@ -55,24 +55,31 @@ async function ownGearmand(t: TestContext): Promise<HostPort> {
   return { host: '127.0.0.1', port: d.port };
 }
 
-/** JOBS batches of EVENTS events each, now, with uniques of the test's own; the expected rows. */
-function makeJobs(rt: Runtime): { uniques: string[]; bodies: string[]; expected: Expected; slice: SliceId } {
+/** Waits, if need be, for a slice with at least 20 s left: a test's jobs, store and flushes then see one current slice. */
+async function clearOfBoundary(): Promise<void> {
+  const left = SLICE * 1000 - (Date.now() % (SLICE * 1000));
+  if (left < 20_000) await sleep(left + 100);
+}
+
+/** JOBS batches of EVENTS events each, at `atOf(i)` (now by default), with uniques of the test's own; the expected rows; the current slice. */
+function makeJobs(rt: Runtime, atOf: (now: number, i: number) => number = (now) => now): { uniques: string[]; bodies: string[]; expected: Expected; slice: SliceId } {
   const expected = new Expected();
   const uniques: string[] = [];
   const bodies: string[] = [];
-  const at = Date.now();
+  const now = Date.now();
   for (let j = 0; j < JOBS; j++) {
     const batch: LogEvent[] = [];
     for (let i = 0; i < EVENTS; i++) {
       const user = (j * 7 + i) % 50;
       const action = 1 + (i % 3);
+      const at = atOf(now, i);
       batch.push({ userId: String(user) as UserId, actionId: action as ActionId, value: i, at });
       expected.add(sliceStartMs(sliceOf(at, SLICE), SLICE), user, action, i);
     }
     uniques.push(`${rt.config.keyPrefix.replace(/:$/, '')}-job-${j}`);
     bodies.push(encodeBatch(batch));
   }
-  return { uniques, bodies, expected, slice: sliceOf(at, SLICE) };
+  return { uniques, bodies, expected, slice: sliceOf(now, SLICE) };
 }
 
 async function submit(server: HostPort, uniques: string[], bodies: string[]): Promise<void> {
@@ -175,6 +182,7 @@ async function assertWithinBound(rt: Runtime, expected: Expected): Promise<bigin
 test('counters: a worker paused mid-store past the flush\'s seal wait: the flush aborts its fold, the worker stores it again, nothing lost', async (t) => {
   const rt = fresh();
   await rt.store.migrate();
+  await clearOfBoundary();
   const server = await ownGearmand(t);
   const { uniques, bodies, expected, slice } = makeJobs(rt);
   await submit(server, uniques, bodies);
@@ -220,6 +228,7 @@ test('counters: a worker paused mid-store past the flush\'s seal wait: the flush
 test('counters: a worker paused mid-store past its lease while another takes copies of its jobs over: released, it skips what the other committed, nothing lost', async (t) => {
   const rt = fresh({ OFFLOG_LEASE_SECONDS: '1' });
   await rt.store.migrate();
+  await clearOfBoundary();
   const [one, two] = await Promise.all([ownGearmand(t), ownGearmand(t)]);
   const { uniques, bodies, expected, slice } = makeJobs(rt);
   // A client's re-send of the first half of the jobs to a second server, same unique.
@@ -271,4 +280,46 @@ test('counters: a worker paused mid-store past its lease while another takes cop
   assert.doesNotMatch(row.note, /left afterwards/);
   const twice = await assertWithinBound(rt, expected);
   assert.equal(twice, BigInt(written), 'exactly the half read before the takeover is counted twice');
+});
+
+test('counters: a paused fold that spans the slice the flush takes and the next one: stored again in the open slice, each slice\'s bound covers what is counted twice there', async (t) => {
+  const rt = fresh();
+  await rt.store.migrate();
+  await clearOfBoundary();
+  const server = await ownGearmand(t);
+  // Every job has events in the slice before the current one and in the current one, alternating.
+  const { uniques, bodies, expected, slice: current } = makeJobs(rt, (now, i) => (i % 2 === 0 ? sliceStartMs((sliceOf(now, SLICE) - 1) as SliceId, SLICE) + 1000 : now));
+  const taken = (current - 1) as SliceId;
+  await submit(server, uniques, bodies);
+  const { paused, release } = pauseFirstApply(rt.ring);
+  t.after(release);
+  const running = rt.worker({ maxJobsPerFold: JOBS }, { gearmanServers: [server] }).run({ idle: true });
+  running.catch(() => undefined);
+  const written = await paused;
+  assert.ok(written > 0 && written < JOBS * EVENTS, `half the fold written before the pause (${written} events)`);
+
+  // The flush takes the slice before the current one only: the fold is aborted with half its counters in both.
+  const first = await flush({ ...rt.flushDeps, sealWaitMs: 200 }, new Date(sliceStartMs((current + 1) as SliceId, SLICE)));
+  const read = first.slices.find((s) => s.slice === taken)!;
+  assert.equal(read.status, 'maybe-duplicated', read.note);
+  assert.equal(read.duplicateBound, String((JOBS * EVENTS) / 2), 'the aborted fold\'s events in that slice');
+  assert.ok(!first.slices.some((s) => s.slice >= current), 'the current slice stays open');
+
+  release();
+  const stats = await running;
+  assert.equal(stats.foldsAborted, 1);
+  assert.equal(stats.jobs, JOBS);
+  assert.equal(stats.late, (JOBS * EVENTS) / 2, 'the taken slice\'s events went to the open one, late');
+  assert.equal(await queued(server), 0, 'every job acknowledged');
+
+  // The open slice has the aborted fold's counters there and the whole fold again: reported, with that bound.
+  const second = await flush({ ...rt.flushDeps, sealWaitMs: 200 }, new Date(sliceStartMs((current + 2) as SliceId, SLICE)));
+  const open = second.slices.find((s) => s.slice === current)!;
+  assert.equal(open.status, 'maybe-duplicated', open.note);
+  assert.equal(open.duplicateBound, String((JOBS * EVENTS) / 2), 'the aborted fold\'s events in the open slice');
+  assert.equal(open.events, String(JOBS * EVENTS + (JOBS * EVENTS) / 2), 'the whole fold again, and the aborted fold\'s own half there');
+  await flush({ ...rt.flushDeps, sealWaitMs: 200 }, new Date(sliceStartMs((current + 3) as SliceId, SLICE)));
+  assert.equal((await sliceRows(rt)).get(taken)!.status, 'maybe-duplicated', 'never marked incomplete by a later flush');
+  const twice = await assertWithinBound(rt, expected);
+  assert.ok(twice > BigInt((JOBS * EVENTS) / 2) && twice < BigInt(JOBS * EVENTS), `counted twice: the open slice's ${(JOBS * EVENTS) / 2} and part of the taken one's (${twice})`);
 });
