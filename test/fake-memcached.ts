@@ -81,6 +81,9 @@ export class FakeMemcached {
         this.items.set(key, n.toString());
         return `${n}\r\n`;
       }
+      case 'version':
+        // Recent enough for OffLog's version check: what is on trial here is what it answers to meta commands.
+        return 'VERSION 1.6.21\r\n';
       case 'delete':
         return this.items.delete(key) ? 'DELETED\r\n' : 'NOT_FOUND\r\n';
       case 'stats':

@@ -68,28 +68,29 @@ test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounde
   // Kill it once it is well into the stream, and inside a fold: frozen (SIGSTOP), it must hold jobs it has
   // taken and not acknowledged, which gearmand then hands out again; if it holds none, it runs on a moment.
   for (let i = 0; i < 400; i++) {
-    const queued = (await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)?.queued ?? 0;
-    if (queued < 250) break;
+    const queued = (await adminStatus(rt.config.gearmanServers[0]!, 15_000)).get(FN_BATCH)?.queued ?? 0;
+    // Started and well under way, with most of the stream still to come (a fast worker drains 400 jobs in a second or two).
+    if (queued < 370) break;
     await sleep(10);
   }
   let held = 0;
-  for (let i = 0; i < 50 && held === 0; i++) {
+  for (let i = 0; i < 200 && held === 0; i++) {
     first.kill('SIGSTOP');
-    held = (await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)?.running ?? 0;
+    held = (await adminStatus(rt.config.gearmanServers[0]!, 15_000)).get(FN_BATCH)?.running ?? 0;
     if (held === 0) {
       first.kill('SIGCONT');
       await sleep(5);
     }
   }
   assert.ok(held > 0, 'the kill landed inside a fold: the worker held unacknowledged jobs');
-  const queuedAtKill = (await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)?.queued ?? 0;
+  const queuedAtKill = (await adminStatus(rt.config.gearmanServers[0]!, 15_000)).get(FN_BATCH)?.queued ?? 0;
   first.kill('SIGKILL');
   await new Promise((r) => first.once('exit', r));
   // The held jobs went back to the queue (redelivered to the next worker), nothing else was acknowledged.
-  let requeued = (await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)!;
+  let requeued = (await adminStatus(rt.config.gearmanServers[0]!, 15_000)).get(FN_BATCH)!;
   for (let i = 0; i < 100 && requeued.running > 0; i++) {
     await sleep(20);
-    requeued = (await adminStatus(rt.config.gearmanServers[0]!)).get(FN_BATCH)!;
+    requeued = (await adminStatus(rt.config.gearmanServers[0]!, 15_000)).get(FN_BATCH)!;
   }
   assert.deepEqual([requeued.queued, requeued.running], [queuedAtKill, 0], `the ${held} held job(s) are queued again`);
   process.stdout.write(`# SIGKILL landed holding ${held} job(s), redelivered\n`);

@@ -71,7 +71,7 @@ export async function repairRollups(store: Store, options: RepairOptions, log: L
     });
   } catch (err) {
     result.error = (err as Error).message;
-    log.error({ err: result.error }, 'rollup repair failed; the next flush tries again');
+    log.warn({ err: result.error }, 'rollup repair failed; the next flush tries again');
   }
   return result;
 }

@@ -401,7 +401,21 @@ export class Worker {
       if (deltas.pairs.length > 0) {
         try {
           for (;;) {
-            const stored = await retry(() => this.applyOutsideFlushed(deltas, id, applied.length), retrying);
+            let tries = 0;
+            const stored = await retry(async () => {
+              // An outage broke the last try, which may have written part of the counts: that fold is
+              // aborted (its slices are then reported maybe-duplicated, not silently counted twice) and
+              // the jobs are folded again under a new id, as when the flush aborts a fold (below).
+              if (tries++ > 0) {
+                if ((await this.claims.abort(id)).state === 'committed') return { deltas, committed: true };
+                this.stats.foldsAborted++;
+                this.inFlight.delete(id);
+                ({ id, applied, deltas } = await this.refold(applied));
+                this.inFlight.add(id);
+                if (deltas.pairs.length === 0) return { deltas, committed: true };
+              }
+              return this.applyOutsideFlushed(deltas, id, applied.length);
+            }, retrying);
             deltas = stored.deltas;
             if (stored.committed) break;
             // Aborted while it was being stored (paused past its lease, or past the flush's wait): what it

@@ -9,11 +9,15 @@
  *   `kill-after counters`  SIGKILL itself once the fold's pair counters are in
  *                          memcached, before the slice totals, marks and acks
  *                          (the fold is applied again: bounded duplicates);
- *   `kill-after marks`     once the fold's jobs are marked applied, before they
- *                          are acknowledged (redelivered, and skipped).
+ *   `kill-after marks`     once the fold is committed (its claims are then
+ *                          final: the jobs' "marks"), before they are
+ *                          acknowledged (redelivered, and skipped).
  * It waits 200 ms first (an acknowledgement sent too early reaches gearmand
  * meanwhile, rather than being lost with the connection), then prints what
- * the fold held, `{"storeKill":…,"events":…,"jobs":…}`, and dies.
+ * the fold held, `{"storeKill":…,"events":…,"uniques":[…]}`, and dies. Jobs it
+ * finds already applied (claimed by a committed fold) it prints as
+ * `{"appliedFound":[…]}`: the run checks that the jobs of a fold killed after
+ * its marks came back, and were found applied.
  */
 import { writeSync } from 'node:fs';
 import { sleep } from '../../lib/base/backoff.ts';
@@ -25,7 +29,7 @@ if (!Number.isInteger(offset)) throw new TypeError(`CHAOS_CLOCK_OFFSET_MS: a who
 const rt = new Runtime(loadConfig(process.env));
 const worker = rt.worker({}, { now: () => Date.now() + offset });
 let armed: 'counters' | 'marks' | null = null;
-const die = async (held: { storeKill: 'counters' | 'marks'; events?: number; jobs?: number }): Promise<never> => {
+const die = async (held: { storeKill: 'counters' | 'marks'; events?: number; uniques?: string[] }): Promise<never> => {
   await sleep(200);
   writeSync(1, `${JSON.stringify(held)}\n`);
   process.kill(process.pid, 'SIGKILL');
@@ -33,7 +37,7 @@ const die = async (held: { storeKill: 'counters' | 'marks'; events?: number; job
 };
 // The pair counters are the first batch of counter writes (tags ≥ 0; even: a count) in Ring.apply; the slice totals come after.
 type Lists = { tags: number[]; amounts: (number | bigint)[] }[];
-const ring = rt.ring as unknown as { arith: (lists: Lists) => Promise<unknown>; markApplied: (u: readonly string[]) => Promise<void> };
+const ring = rt.ring as unknown as { arith: (lists: Lists) => Promise<unknown> };
 const arith = ring.arith.bind(rt.ring);
 ring.arith = async (lists) => {
   const result = await arith(lists);
@@ -44,13 +48,25 @@ ring.arith = async (lists) => {
   }
   return result;
 };
-if (typeof ring.markApplied === 'function') {
-  const markApplied = ring.markApplied.bind(rt.ring);
-  ring.markApplied = async (uniques) => {
-    await markApplied(uniques);
-    if (armed === 'marks' && uniques.some(Boolean)) await die({ storeKill: 'marks', jobs: uniques.filter(Boolean).length });
-  };
-}
+// A fold's jobs, by fold id, from its claims: what a kill after its commit held.
+const { claims } = worker;
+const foldJobs = new Map<string, string[]>();
+const claimFold = claims.claimFold.bind(claims);
+claims.claimFold = async (uniques, options) => {
+  const claimed = await claimFold(uniques, options);
+  const found = new Set(claimed.duplicates);
+  foldJobs.set(claimed.fold, uniques.filter((u) => u && !found.has(u)));
+  if (found.size > 0) writeSync(1, `${JSON.stringify({ appliedFound: [...found] })}\n`);
+  return claimed;
+};
+const commit = claims.commit.bind(claims);
+claims.commit = async (fold, totals) => {
+  const committed = await commit(fold, totals);
+  const uniques = foldJobs.get(fold) ?? [];
+  foldJobs.delete(fold);
+  if (armed === 'marks' && committed && uniques.length > 0) await die({ storeKill: 'marks', uniques });
+  return committed;
+};
 process.stdin.setEncoding('utf8').on('data', (text: string) => {
   const m = /kill-after (counters|marks)/.exec(text);
   if (m) armed = m[1] as 'counters' | 'marks';
