@@ -519,10 +519,10 @@ export class Worker {
 
   /**
    * Commits fold `id` (retried through an outage; its counts are in, so a
-   * stop only leaves it undecided, for the flush to abort and report). A
-   * fold found aborted (the flush took its slice, or a worker took its
-   * claims over, while it was away) is acknowledged all the same: its
-   * counts are in, and its slices are reported maybe-duplicated.
+   * stop only leaves it undecided, for the flush to abort and report). False
+   * when it was found aborted (the flush took its slice, or a worker took its
+   * claims over, while it was away): what it wrote after the flush's read is
+   * in no row, so store() folds its jobs again (refold) before acknowledging.
    */
   private async commit(id: FoldId, totals: ReadonlyMap<SliceId, number>, jobs: number): Promise<boolean> {
     const { log } = this.deps;
