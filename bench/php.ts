@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import type { RowDataPacket } from 'mysql2/promise';
 import { loadConfig } from '../lib/base/config.ts';
 import { createLogger } from '../lib/base/log.ts';
-import { queryAgent } from '../lib/agent/agent.ts';
+import { queryAgent } from '../lib/send/agent.ts';
 import { Runtime } from '../lib/runtime.ts';
 import { drainQueue, machine, REPO, servicesDown, servicesUp, stackEnv } from './stack.ts';
 

@@ -3,9 +3,9 @@
  * runs, the targets of issue 5 judged pass/fail with the ratio to the target,
  * and plain-text tables.
  */
-import type { ClientStats } from '../lib/pipeline/client.ts';
-import type { FlushResult } from '../lib/pipeline/flush.ts';
-import type { WorkerStats } from '../lib/pipeline/worker.ts';
+import type { ClientStats } from '../lib/send/client.ts';
+import type { FlushResult } from '../lib/flush/flush.ts';
+import type { WorkerStats } from '../lib/count/worker.ts';
 import type { CeilingMethod } from './roles/ceiling.ts';
 import type { TableCheck } from './stack.ts';
 

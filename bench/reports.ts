@@ -29,7 +29,7 @@ import { chromium } from 'playwright-core';
 import { loadConfig } from '../lib/base/config.ts';
 import { createLogger } from '../lib/base/log.ts';
 import { prng } from '../lib/base/prng.ts';
-import { rollup } from '../lib/pipeline/rollup.ts';
+import { rollup } from '../lib/publish/rollup.ts';
 import { handleReport } from '../lib/report/api.ts';
 import { Runtime } from '../lib/runtime.ts';
 import { machine, REPO, servicesDown, servicesUp, stackEnv } from './stack.ts';

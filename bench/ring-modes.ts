@@ -24,7 +24,7 @@ import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import { join } from 'node:path';
 import { loadConfig, type Config } from '../lib/base/config.ts';
-import { OffLogClient } from '../lib/pipeline/client.ts';
+import { OffLogClient } from '../lib/send/client.ts';
 import { MemcacheConnection } from '../lib/wire/memcache.ts';
 import { checkCounts, drainQueue, dropTables, flushMemcached, REPO, servicesDown, servicesUp, stackEnv } from './stack.ts';
 import { expectedTotals, generate, workloadSpecs, type WorkloadSpec } from './workloads.ts';

@@ -15,7 +15,7 @@ import { GearmanConnection } from '../lib/wire/gearman.ts';
 import { MemcacheConnection } from '../lib/wire/memcache.ts';
 import { FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE } from '../lib/domain/contract.ts';
 import { pairKey, sliceKey, type Expected, type SliceExpected } from './workloads.ts';
-import { purgeQueues } from '../lib/pipeline/queues.ts';
+import { purgeQueues } from '../lib/send/queues.ts';
 
 export const REPO = resolve(import.meta.dirname, '..');
 

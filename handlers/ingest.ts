@@ -1,5 +1,5 @@
 // POST /events (HTTP API) or a direct invoke whose event is the body itself.
-import { ingest, type IngestResponse } from '../lib/pipeline/ingest.ts';
+import { ingest, type IngestResponse } from '../lib/send/ingest.ts';
 import { getRuntime } from './runtime.ts';
 
 interface HttpEvent { body?: string | null; isBase64Encoded?: boolean; headers?: Record<string, string | undefined>; requestContext?: unknown }

@@ -1,6 +1,6 @@
 // Subscribed to SliceFlushed on the bus: recomputes the hours and days the slice falls in, so a replay changes nothing.
-import { parseSliceFlushed } from '../lib/pipeline/outbox.ts';
-import { rollup } from '../lib/pipeline/rollup.ts';
+import { parseSliceFlushed } from '../lib/flush/outbox.ts';
+import { rollup } from '../lib/publish/rollup.ts';
 import { getRuntime } from './runtime.ts';
 
 export async function handler(event: unknown) {

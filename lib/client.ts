@@ -5,7 +5,7 @@ export {
   OffLogClient, resolveServers,
   type OffLogClientOptions, type LogOptions, type ClientStats, type ServerStats, type ServerAddress,
   type OffLogClientError, type DropEvent, type ClientLogger, type RecordedEvent, type OffLogClientEvents,
-} from './pipeline/client.ts';
+} from './send/client.ts';
 export type { HostPort } from './base/servers.ts';
 export { InputError, GearmanUnavailableError } from './base/errors.ts';
 export type { LogEvent, UserId, ActionId } from './domain/contract.ts';

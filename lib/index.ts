@@ -5,4 +5,4 @@ export { loadConfig, type Config } from './base/config.ts';
 export { InputError, ConfigError, GearmanUnavailableError } from './base/errors.ts';
 export { Runtime } from './runtime.ts';
 // The per-host agent (`offlog agent`), for embedding or querying from Node.
-export { Agent, queryAgent, type AgentOptions, type AgentStats } from './agent/agent.ts';
+export { Agent, queryAgent, type AgentOptions, type AgentStats } from './send/agent.ts';

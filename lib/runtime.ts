@@ -6,26 +6,26 @@
  */
 import type { Config } from './base/config.ts';
 import { createLogger, type Logger } from './base/log.ts';
-import { OffLogClient } from './pipeline/client.ts';
-import { flush, type FlushDeps, type FlushResult } from './pipeline/flush.ts';
-import { Ring } from './pipeline/ring.ts';
-import { Claims } from './pipeline/claims.ts';
-import { Store } from './pipeline/store.ts';
-import { Worker, type WorkerDeps, type WorkerOptions } from './pipeline/worker.ts';
-import { createBus, type Bus } from './pipeline/bus.ts';
-import { publishSlices, type OutboxResult } from './pipeline/outbox.ts';
-import { WatchList } from './pipeline/watch.ts';
-import { WatchedDrain } from './pipeline/watched.ts';
-import { prune, type PruneResult } from './pipeline/prune.ts';
-import { repairRollups, type RepairResult } from './pipeline/repair.ts';
-import { readBacklog } from './pipeline/backlog.ts';
+import { OffLogClient } from './send/client.ts';
+import { flush, type FlushDeps, type FlushResult } from './flush/flush.ts';
+import { Ring } from './count/ring.ts';
+import { Claims } from './count/claims.ts';
+import { Store } from './flush/store.ts';
+import { Worker, type WorkerDeps, type WorkerOptions } from './count/worker.ts';
+import { createBus, type Bus } from './publish/bus.ts';
+import { publishSlices, type OutboxResult } from './flush/outbox.ts';
+import { WatchList } from './count/watch.ts';
+import { WatchedDrain } from './publish/watched.ts';
+import { prune, type PruneResult } from './publish/prune.ts';
+import { repairRollups, type RepairResult } from './publish/repair.ts';
+import { readBacklog } from './flush/backlog.ts';
 import { emfLine, stderrMetrics, type MetricSink } from './base/metrics.ts';
 import type { ReportDeps } from './report/api.ts';
 import { sleep } from './base/backoff.ts';
 import { faultHook } from './base/fault.ts';
-import { FoldBlobs } from './pipeline/fold-blobs.ts';
-import type { FoldReaderDeps } from './pipeline/fold-reader.ts';
-import { FoldWriter, type FoldWriterDeps } from './pipeline/fold-writer.ts';
+import { FoldBlobs } from './count/fold-blobs.ts';
+import type { FoldReaderDeps } from './flush/fold-reader.ts';
+import { FoldWriter, type FoldWriterDeps } from './count/fold-writer.ts';
 
 /**
  * Jobs per fold in ring mode `folds`. Counters mode keeps folds at 16 jobs

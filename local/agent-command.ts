@@ -5,8 +5,8 @@
 import type { Config } from '../lib/base/config.ts';
 import type { Logger } from '../lib/base/log.ts';
 import { wholeNumber, type CommandModule } from './cli-context.ts';
-import { Agent } from '../lib/agent/agent.ts';
-import { OffLogClient } from '../lib/pipeline/client.ts';
+import { Agent } from '../lib/send/agent.ts';
+import { OffLogClient } from '../lib/send/client.ts';
 
 /** The agent's byte bound on unacknowledged batches; the client's own cap sits well above it, so it never drops. */
 const MAX_HELD_BYTES = 64 * 1024 * 1024;

@@ -1,8 +1,8 @@
 /** The CLI's bus commands: watch lists, the watched drain, rollups by hand. */
 import { ConfigError } from '../lib/base/errors.ts';
 import { parseAt } from '../lib/domain/contract.ts';
-import { addWatch, listWatches, removeWatch, type WatchKind } from '../lib/pipeline/watch.ts';
-import { rollup } from '../lib/pipeline/rollup.ts';
+import { addWatch, listWatches, removeWatch, type WatchKind } from '../lib/count/watch.ts';
+import { rollup } from '../lib/publish/rollup.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import type { RowDataPacket } from 'mysql2/promise';
 import { Argument, type Command } from 'commander';

@@ -41,7 +41,7 @@ const MUTANTS: Mutant[] = [
   {
     id: 'register-after-counters',
     bug: 'ring.ts: a pair listed in the register after its counters are written, not before',
-    file: 'lib/pipeline/ring.ts',
+    file: 'lib/count/ring.ts',
     edits: [[
       '    await Promise.all([fresh.length > 0 ? this.register(deltas, fresh) : null, this.announceSums(withSums)]);\n    const missing = settle(writes, await this.arith(writes));',
       '    await this.announceSums(withSums);\n    const missing = settle(writes, await this.arith(writes));\n    if (fresh.length > 0) await this.register(deltas, fresh);',
@@ -52,7 +52,7 @@ const MUTANTS: Mutant[] = [
   {
     id: 'ack-before-store',
     bug: 'worker.ts: jobs acknowledged at the start of store(), before their counts are in',
-    file: 'lib/pipeline/worker.ts',
+    file: 'lib/count/worker.ts',
     edits: [
       ['    this.storing = new Set(applied.map((j) => j.unique).filter(Boolean));', '    for (const job of jobs) job.conn.complete(job.handle);\n    this.storing = new Set(applied.map((j) => j.unique).filter(Boolean));'],
       ['    for (const job of jobs) job.conn.complete(job.handle);\n    this.storing = new Set();\n    this.stats.folds++;', '    this.storing = new Set();\n    this.stats.folds++;'],
@@ -63,7 +63,7 @@ const MUTANTS: Mutant[] = [
   {
     id: 'ack-before-marks',
     bug: 'worker.ts: a stored fold\'s jobs acknowledged before they are marked applied',
-    file: 'lib/pipeline/worker.ts',
+    file: 'lib/count/worker.ts',
     edits: [
       ['    for (const job of jobs) job.conn.complete(job.handle);\n    this.storing = new Set();\n    this.stats.folds++;', '    this.storing = new Set();\n    this.stats.folds++;'],
       ['    try {\n      await retry(() => ring.markApplied(', '    for (const job of jobs) job.conn.complete(job.handle);\n    try {\n      await retry(() => ring.markApplied('],
@@ -74,7 +74,7 @@ const MUTANTS: Mutant[] = [
   {
     id: 'marks-ignored',
     bug: 'worker.ts: the "applied" marks read back are ignored (only the fold being stored is skipped)',
-    file: 'lib/pipeline/worker.ts',
+    file: 'lib/count/worker.ts',
     edits: [['(already.has(j.unique) || storing.has(j.unique))', '(storing.has(j.unique))']],
     tests: ['test/faults.test.ts'],
     pattern: 'same job \\(same unique\\) sent again',
@@ -82,7 +82,7 @@ const MUTANTS: Mutant[] = [
   {
     id: 'marks-never-written',
     bug: 'worker.ts: a stored fold\'s jobs are never marked applied',
-    file: 'lib/pipeline/worker.ts',
+    file: 'lib/count/worker.ts',
     edits: [['ring.markApplied(stored.map((j) => j.unique))', 'ring.markApplied([])']],
     tests: ['test/faults.test.ts'],
     pattern: 'same job \\(same unique\\) sent again',
@@ -98,7 +98,7 @@ const MUTANTS: Mutant[] = [
   {
     id: 'lost-sums-not-judged',
     bug: 'flush.ts: value sums gone from memcached do not make the slice incomplete',
-    file: 'lib/pipeline/flush.ts',
+    file: 'lib/flush/flush.ts',
     edits: [['if (t.valueSumsMade !== null && BigInt(t.valueSumsFound) < t.valueSumsMade) {', 'if (t.valueSumsMade !== null && BigInt(t.valueSumsFound) < t.valueSumsMade && t.counted < t.events) {']],
     tests: ['test/ring.test.ts'],
     pattern: 'evicted value sum',
@@ -106,7 +106,7 @@ const MUTANTS: Mutant[] = [
   {
     id: 'seal-ignores-writers',
     bug: 'ring.ts: the flush\'s seal does not see the writers inside a slice',
-    file: 'lib/pipeline/ring.ts',
+    file: 'lib/count/ring.ts',
     edits: [['inside += text === null ? 0 : Number(text);', 'inside += text === null ? 0 : 0;']],
     tests: ['test/ring.test.ts'],
     pattern: 'writer and flush announce themselves',
@@ -122,7 +122,7 @@ const MUTANTS: Mutant[] = [
   {
     id: 'drop-newest',
     bug: 'client.ts: past the memory cap, the newest batches are dropped instead of the oldest',
-    file: 'lib/pipeline/client.ts',
+    file: 'lib/send/client.ts',
     edits: [['const oldest = this.queue.findIndex((b) => b.priority === \'normal\');', 'const oldest = this.queue.findLastIndex((b) => b.priority === \'normal\');']],
     tests: ['test/client.test.ts'],
     pattern: 'memory bound',

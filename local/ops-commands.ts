@@ -2,8 +2,8 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Argument, Option, type Command } from 'commander';
-import { drainDeadLetters } from '../lib/pipeline/deadletter.ts';
-import { checkFlushTime } from '../lib/pipeline/flush.ts';
+import { drainDeadLetters } from '../lib/flush/deadletter.ts';
+import { checkFlushTime } from '../lib/flush/flush.ts';
 import { EXIT } from './cli-errors.ts';
 import { isoTime, wholeNumber, type Cli } from './cli-context.ts';
 import { status } from './status.ts';

@@ -9,8 +9,8 @@ import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import { busStatus, type BusStatus } from './bus-commands.ts';
 import { adminStatus, type FunctionStatus } from '../lib/wire/gearman.ts';
-import { readBacklog, type Backlog } from '../lib/pipeline/backlog.ts';
-import { queryAgent, type AgentStats } from '../lib/agent/agent.ts';
+import { readBacklog, type Backlog } from '../lib/flush/backlog.ts';
+import { queryAgent, type AgentStats } from '../lib/send/agent.ts';
 
 const STATUS_BATCH_PAIRS = 5000;
 /** The flush runs once a slice: one slice of lag is the wait for the next run, two is a missed one. */

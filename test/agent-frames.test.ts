@@ -1,7 +1,7 @@
-/** The agent's framing (lib/agent/frames.ts), pure: frames split anywhere, over-long frames skipped whole. */
+/** The agent's framing (lib/send/agent-frames.ts), pure: frames split anywhere, over-long frames skipped whole. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { FrameSplitter } from '../lib/agent/frames.ts';
+import { FrameSplitter } from '../lib/send/agent-frames.ts';
 
 function feed(max: number, chunks: string[]): { frames: string[]; overlong: number[]; pending: number } {
   const s = new FrameSplitter(max);

@@ -16,7 +16,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { OffLogClient } from '../lib/pipeline/client.ts';
+import { OffLogClient } from '../lib/send/client.ts';
 import { sliceOf } from '../lib/domain/slice.ts';
 import { adminStatus } from '../lib/wire/gearman.ts';
 import { FN_BATCH } from '../lib/domain/contract.ts';

@@ -11,7 +11,7 @@ import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import type { RowDataPacket } from 'mysql2/promise';
 import { sleep } from '../lib/base/backoff.ts';
 import { sliceOf, sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
-import { addWatch } from '../lib/pipeline/watch.ts';
+import { addWatch } from '../lib/count/watch.ts';
 import { freePort, portInUse, serverlessOffline } from './daemons.ts';
 import { drainQueues, readCounts, testRuntime } from './support.ts';
 

@@ -6,9 +6,9 @@
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Claims, type ClaimHolder } from '../lib/pipeline/claims.ts';
+import { Claims, type ClaimHolder } from '../lib/count/claims.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
-import { Ring } from '../lib/pipeline/ring.ts';
+import { Ring } from '../lib/count/ring.ts';
 import { MemcacheConnection } from '../lib/wire/memcache.ts';
 import { sleep } from '../lib/base/backoff.ts';
 import { testConfig } from './support.ts';

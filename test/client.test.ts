@@ -5,15 +5,15 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { pino } from 'pino';
-import { OffLogClient, type ClientStats } from '../lib/pipeline/client.ts';
+import { OffLogClient, type ClientStats } from '../lib/send/client.ts';
 import type { HostPort } from '../lib/base/config.ts';
 import { decodeBatch } from '../lib/domain/contract.ts';
 import { InputError } from '../lib/base/errors.ts';
-import { flush } from '../lib/pipeline/flush.ts';
+import { flush } from '../lib/flush/flush.ts';
 import { adminCommand, GearmanConnection } from '../lib/wire/gearman.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
 import { FN_BATCH } from '../lib/domain/contract.ts';
-import { Worker } from '../lib/pipeline/worker.ts';
+import { Worker } from '../lib/count/worker.ts';
 import { gearmand } from './daemons.ts';
 import { drainQueues, Expected, futureSlice, prng, readCounts, startOf, testRuntime } from './support.ts';
 

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { rollup } from '../lib/pipeline/rollup.ts';
+import { rollup } from '../lib/publish/rollup.ts';
 import { serverlessOffline } from './daemons.ts';
 import { prng, testRuntime } from './support.ts';
 

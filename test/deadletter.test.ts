@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { HostPort } from '../lib/base/config.ts';
 import { FN_BATCH, FN_DEAD_LETTER, type DeadLetterJob } from '../lib/domain/contract.ts';
-import { drainDeadLetters } from '../lib/pipeline/deadletter.ts';
+import { drainDeadLetters } from '../lib/flush/deadletter.ts';
 import { GearmanConnection } from '../lib/wire/gearman.ts';
 import { gearmand } from './daemons.ts';
 import { testRuntime } from './support.ts';

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { PairTable } from '../lib/domain/pairtable.ts';
 import type { CountRows } from '../lib/domain/counts.ts';
-import { sqlDateTime, StoreValueError, upsertCountsSql } from '../lib/pipeline/store.ts';
+import { sqlDateTime, StoreValueError, upsertCountsSql } from '../lib/flush/store.ts';
 import { isU64Decimal, U64Sum } from '../lib/domain/u64.ts';
 
 const MAX = '18446744073709551615';

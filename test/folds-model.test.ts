@@ -8,8 +8,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { prng } from '../lib/base/prng.ts';
-import { Claims } from '../lib/pipeline/claims.ts';
-import { Placement } from '../lib/pipeline/placement.ts';
+import { Claims } from '../lib/count/claims.ts';
+import { Placement } from '../lib/count/placement.ts';
 import type { MemcacheConnection } from '../lib/wire/memcache.ts';
 import { Schedule } from './memory-memcached.ts';
 import { expectedTotals, flushedTotals, modelJobs, runModel, SLICE_SECONDS, type ClaimsFactory, type ModelJob, type ModelOptions, type ModelResult } from './folds-model.ts';

@@ -11,10 +11,10 @@
 import { Deltas } from '../lib/domain/aggregate.ts';
 import type { ActionId, LogEvent, UserId } from '../lib/domain/contract.ts';
 import { sliceOf, type SliceId } from '../lib/domain/slice.ts';
-import { FoldBlobs } from '../lib/pipeline/fold-blobs.ts';
-import { FoldSliceReader } from '../lib/pipeline/fold-reader.ts';
-import { FoldWriter, type FoldId, type FoldProtocol } from '../lib/pipeline/fold-writer.ts';
-import { RingKeys } from '../lib/pipeline/keys.ts';
+import { FoldBlobs } from '../lib/count/fold-blobs.ts';
+import { FoldSliceReader } from '../lib/flush/fold-reader.ts';
+import { FoldWriter, type FoldId, type FoldProtocol } from '../lib/count/fold-writer.ts';
+import { RingKeys } from '../lib/count/keys.ts';
 import { Crash, FakeConn, MemoryMemcached, FakeProcess, Schedule } from './memory-memcached.ts';
 import { createLogger } from '../lib/base/log.ts';
 

@@ -11,7 +11,7 @@
  * on it unchanged, through the same KvConn interface the real connection has.
  */
 import type { MemcacheOp, MemcacheReply } from '../lib/wire/memcache.ts';
-import type { KvConn } from '../lib/pipeline/fold-blobs.ts';
+import type { KvConn } from '../lib/count/fold-blobs.ts';
 import { prng } from '../lib/base/prng.ts';
 
 interface Item { value: Buffer; cas: bigint; expires: number }

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
-import { MIGRATIONS } from '../lib/pipeline/migrations.ts';
+import { MIGRATIONS } from '../lib/flush/migrations.ts';
 import { testRuntime } from './support.ts';
 
 /** What `Store.migrate()` ran before migrations were numbered (lib/store.ts at 7e3780a^), frozen here on purpose. */

@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import net from 'node:net';
 import { join, resolve } from 'node:path';
 import { test } from 'node:test';
-import { queryAgent, type AgentStats } from '../lib/agent/agent.ts';
+import { queryAgent, type AgentStats } from '../lib/send/agent.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
 import { freePort, gearmand, waitForPort, type Daemon } from './daemons.ts';
 import { fastcgiGet } from './fastcgi.ts';

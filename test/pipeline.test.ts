@@ -4,10 +4,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { OffLogClient } from '../lib/pipeline/client.ts';
-import { flush } from '../lib/pipeline/flush.ts';
+import { OffLogClient } from '../lib/send/client.ts';
+import { flush } from '../lib/flush/flush.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
-import { Worker } from '../lib/pipeline/worker.ts';
+import { Worker } from '../lib/count/worker.ts';
 import { drainQueues, Expected, futureSlice, prng, readCounts, startOf, testRuntime } from './support.ts';
 
 const SLICE = 60;

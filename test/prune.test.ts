@@ -9,9 +9,9 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
-import { OffLogClient } from '../lib/pipeline/client.ts';
+import { OffLogClient } from '../lib/send/client.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
-import { mondayOf } from '../lib/pipeline/rollup.ts';
+import { mondayOf } from '../lib/publish/rollup.ts';
 import { drainQueues, Expected, futureSlice, readCounts, startOf, testRuntime } from './support.ts';
 
 const SLICE = 60;

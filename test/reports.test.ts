@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
-import { rollup } from '../lib/pipeline/rollup.ts';
+import { rollup } from '../lib/publish/rollup.ts';
 import { handleReport, type ReportDeps } from '../lib/report/api.ts';
 import { decompose, type SeriesReport, type TimelineReport, type TopReport } from '../lib/report/queries.ts';
 import { topUsers } from '../lib/report/top.ts';

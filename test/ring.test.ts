@@ -10,8 +10,8 @@ import assert from 'node:assert/strict';
 import { Deltas } from '../lib/domain/aggregate.ts';
 import { PairFlags } from '../lib/domain/pairtable.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
-import { judge } from '../lib/pipeline/flush.ts';
-import { Ring, type RingOptions } from '../lib/pipeline/ring.ts';
+import { judge } from '../lib/flush/flush.ts';
+import { Ring, type RingOptions } from '../lib/count/ring.ts';
 import { memcached } from './daemons.ts';
 import { futureSlice, prng, startOf, testConfig } from './support.ts';
 

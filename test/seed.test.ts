@@ -6,9 +6,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
-import { flush } from '../lib/pipeline/flush.ts';
+import { flush } from '../lib/flush/flush.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
-import { Worker } from '../lib/pipeline/worker.ts';
+import { Worker } from '../lib/count/worker.ts';
 import { drainQueues, Expected, futureSlice, readCounts, startOf, testRuntime } from './support.ts';
 
 const SLICE = 600;

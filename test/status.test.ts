@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { Deltas } from '../lib/domain/aggregate.ts';
 import { sliceOf, type SliceId } from '../lib/domain/slice.ts';
-import { Ring } from '../lib/pipeline/ring.ts';
+import { Ring } from '../lib/count/ring.ts';
 import { memcached } from './daemons.ts';
 import { testConfig } from './support.ts';
 

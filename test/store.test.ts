@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import type { RowDataPacket } from 'mysql2/promise';
 import type { CountRows } from '../lib/domain/counts.ts';
 import { PairList } from '../lib/domain/pairlist.ts';
-import { countsTsv, Store, StoreValueError, type SliceRecord } from '../lib/pipeline/store.ts';
+import { countsTsv, Store, StoreValueError, type SliceRecord } from '../lib/flush/store.ts';
 import { testConfig } from './support.ts';
 
 const stores: Store[] = [];

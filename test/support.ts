@@ -4,7 +4,7 @@ import type { RowDataPacket } from 'mysql2/promise';
 import { loadConfig, type Config } from '../lib/base/config.ts';
 import { createLogger } from '../lib/base/log.ts';
 import { Runtime } from '../lib/runtime.ts';
-import { purgeQueues } from '../lib/pipeline/queues.ts';
+import { purgeQueues } from '../lib/send/queues.ts';
 import { sliceStartMs, type SliceId } from '../lib/domain/slice.ts';
 
 /** Where `npm test` put its servers: the only OFFLOG_* settings a test takes from its environment. */

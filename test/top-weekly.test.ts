@@ -10,8 +10,8 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
-import { MIGRATIONS } from '../lib/pipeline/migrations.ts';
-import { mondayOf, rollup } from '../lib/pipeline/rollup.ts';
+import { MIGRATIONS } from '../lib/flush/migrations.ts';
+import { mondayOf, rollup } from '../lib/publish/rollup.ts';
 import { decompose } from '../lib/report/range.ts';
 import { topUsers } from '../lib/report/top.ts';
 import { prng, testRuntime } from './support.ts';

@@ -7,8 +7,8 @@ import { loadConfig } from '../lib/base/config.ts';
 import { ConfigError, FlushClockError, InputError } from '../lib/base/errors.ts';
 import { decodeBatch, decodeBatchColumns, encodeBatch, newEventColumns, parseBody, parseLogSimple, type LogEvent } from '../lib/domain/contract.ts';
 import { flushableRange, sliceOf, sliceStartMs, writeSlice, type SliceId } from '../lib/domain/slice.ts';
-import { checkFlushTime, restartedAfter } from '../lib/pipeline/flush.ts';
-import { fnv1a, Placement } from '../lib/pipeline/placement.ts';
+import { checkFlushTime, restartedAfter } from '../lib/flush/flush.ts';
+import { fnv1a, Placement } from '../lib/count/placement.ts';
 
 const S = (n: number) => n as SliceId;
 

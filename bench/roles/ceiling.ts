@@ -21,7 +21,7 @@
 import mysql from 'mysql2/promise';
 import { Readable } from 'node:stream';
 import type { CountRows } from '../../lib/domain/counts.ts';
-import { countsTsv, sqlDateTime, upsertCountsSql } from '../../lib/pipeline/store.ts';
+import { countsTsv, sqlDateTime, upsertCountsSql } from '../../lib/flush/store.ts';
 import { expectedTotals, generate, workloadSpecs, type WorkloadName } from '../workloads.ts';
 import { config, params, runRole, send, waitForGo } from './common.ts';
 

@@ -32,7 +32,7 @@
  */
 import StatsD from 'hot-shots';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { OffLogClient } from '../../lib/pipeline/client.ts';
+import { OffLogClient } from '../../lib/send/client.ts';
 import { generate, workloadSpecs } from '../workloads.ts';
 import { config, logger, params, peakRssMb, round1, runRole, send, sleep, waitForGo, yieldToLoop } from './common.ts';
 

@@ -10,7 +10,7 @@
  * reconnect backoff) run as they would in an application.
  */
 import { createServer } from 'node:net';
-import { OffLogClient } from '../../lib/pipeline/client.ts';
+import { OffLogClient } from '../../lib/send/client.ts';
 import { logger, params, peakRssMb, runRole, send, waitForGo, yieldToLoop } from './common.ts';
 
 export interface MemoryParams {

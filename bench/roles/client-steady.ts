@@ -13,7 +13,7 @@
  * k + 1, which is all the orchestrator needs to know the exact totals.
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { OffLogClient } from '../../lib/pipeline/client.ts';
+import { OffLogClient } from '../../lib/send/client.ts';
 import { sliceOf } from '../../lib/domain/slice.ts';
 import { generate, type WorkloadSpec } from '../workloads.ts';
 import { config, cpuMs, logger, params, peakRssMb, round1, runRole, send, sleep, waitForGo, type GoMessage } from './common.ts';

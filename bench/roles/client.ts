@@ -10,7 +10,7 @@
  * for gearmand the loop pauses (and says for how long): a load generator must
  * not outrun the client's memory bound, or the run would measure dropping.
  */
-import { OffLogClient, type ClientStats } from '../../lib/pipeline/client.ts';
+import { OffLogClient, type ClientStats } from '../../lib/send/client.ts';
 import { generate, workloadSpecs, type WorkloadName } from '../workloads.ts';
 import { config, cpuMs, logger, params, peakRssMb, round1, rssMb, runRole, send, sleep, waitForGo, yieldToLoop } from './common.ts';
 

@@ -8,9 +8,9 @@
  * once more with "now" two slices past the last one written, so every slice
  * of the run is in MariaDB for the exact check.
  */
-import { flush, type FlushResult } from '../../lib/pipeline/flush.ts';
-import { Ring } from '../../lib/pipeline/ring.ts';
-import { Store } from '../../lib/pipeline/store.ts';
+import { flush, type FlushResult } from '../../lib/flush/flush.ts';
+import { Ring } from '../../lib/count/ring.ts';
+import { Store } from '../../lib/flush/store.ts';
 import { config, logger, params, peakRssMb, round1, runRole, send, sleep, waitForGo, type GoMessage } from './common.ts';
 
 export interface SteadyFlushParams {

@@ -4,9 +4,9 @@
  * flushable. Tables are created and both pool connections the flush uses (the
  * lock's and the slice transaction's) are opened before the clock starts.
  */
-import { flush } from '../../lib/pipeline/flush.ts';
-import { Ring } from '../../lib/pipeline/ring.ts';
-import { Store } from '../../lib/pipeline/store.ts';
+import { flush } from '../../lib/flush/flush.ts';
+import { Ring } from '../../lib/count/ring.ts';
+import { Store } from '../../lib/flush/store.ts';
 import { config, cpuMs, logger, params, peakRssMb, round1, runRole, send, waitForGo, type GoMessage } from './common.ts';
 
 export interface FlushParams {

@@ -19,8 +19,8 @@
  * instance's private `prepare` and `store` methods are wrapped (bench only;
  * if they are ever renamed the busy figure reads null and nothing else changes).
  */
-import { Ring } from '../../lib/pipeline/ring.ts';
-import { Worker } from '../../lib/pipeline/worker.ts';
+import { Ring } from '../../lib/count/ring.ts';
+import { Worker } from '../../lib/count/worker.ts';
 import { config, cpuMs, logger, params, peakRssMb, round1, RssSampler, runRole, send, sleep, waitForGo } from './common.ts';
 
 export interface WorkerParams {

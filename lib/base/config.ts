@@ -127,7 +127,7 @@ const schema = z.object({
   OFFLOG_WATCHLIST_TTL_SECONDS: int(1, 3_600, 30),
   OFFLOG_RING_MODE: z.enum(['counters', 'folds']).default('counters'),
   OFFLOG_JOBS_PER_FOLD: z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(1, 'must be at least 1').max(4096, 'must be at most 4096')).optional(),
-  // The step names are FOLD_STEPS (lib/pipeline/fold-writer.ts); repeated here so that config stays free of pipeline imports.
+  // The step names are FOLD_STEPS (lib/count/fold-writer.ts); repeated here so that config stays free of pipeline imports.
   OFFLOG_FAULT: z
     .string()
     .regex(/^(claimed|announced|blobs|committed|acked):[1-9]\d{0,8}(:SIGKILL|:SIGSTOP)?$/, 'must be <step>:<n>[:SIGKILL|:SIGSTOP], step one of claimed, announced, blobs, committed, acked, n >= 1 (e.g. blobs:3)')

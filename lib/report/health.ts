@@ -8,9 +8,9 @@ import type { RowDataPacket } from 'mysql2/promise';
 import { label, type HostPort } from '../base/config.ts';
 import { FN_BATCH, FN_DEAD_LETTER, FN_LOG_SIMPLE } from '../domain/contract.ts';
 import { sliceOf } from '../domain/slice.ts';
-import { readBacklog, type Backlog } from '../pipeline/backlog.ts';
-import type { Ring } from '../pipeline/ring.ts';
-import type { Store } from '../pipeline/store.ts';
+import { readBacklog, type Backlog } from '../flush/backlog.ts';
+import type { Ring } from '../count/ring.ts';
+import type { Store } from '../flush/store.ts';
 import { adminStatus } from '../wire/gearman.ts';
 
 export interface HealthDeps {
@@ -50,7 +50,7 @@ export interface HealthReport {
   gearman: { server: string; queued: number; running: number; workers: number; deadLettersQueued: number; functions?: Record<string, { queued: number; running: number; workers: number }>; error?: string }[];
   deadLetters: Part<{ stored: number; latest: { id: number; receivedAt: string; fn: string; error: string }[] }>;
   memcached: Part<{ server: string; items: number; bytes: number; limitBytes: number; fill: number; evictions: number }[]>;
-  /** What waits after the flush: slices not on the bus, slices not rolled up, and a publish that keeps failing (see pipeline/backlog.ts). */
+  /** What waits after the flush: slices not on the bus, slices not rolled up, and a publish that keeps failing (see flush/backlog.ts). */
   backlog: Part<Backlog & { busEnabled: boolean }>;
 }
 

@@ -9,7 +9,7 @@
  * precision past 2^53).
  */
 import type { RowDataPacket } from 'mysql2/promise';
-import type { Store } from '../pipeline/store.ts';
+import type { Store } from '../flush/store.ts';
 import { decompose, DAY_MS, HOUR_MS, type Piece } from './range.ts';
 import { topUsers, type TopStats } from './top.ts';
 

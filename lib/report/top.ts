@@ -31,8 +31,8 @@
  * `ORDER BY count DESC, user_id`.
  */
 import type { RowDataPacket } from 'mysql2/promise';
-import { mondayOf } from '../pipeline/rollup.ts';
-import type { Store } from '../pipeline/store.ts';
+import { mondayOf } from '../publish/rollup.ts';
+import type { Store } from '../flush/store.ts';
 import { DAY_MS, type Piece } from './range.ts';
 
 /** Beyond this many lists (ranges of years), one GROUP BY over the daily rows is simpler. */

@@ -9,7 +9,7 @@
  * or for a replayed event, changes nothing.
  */
 import type { ResultSetHeader } from 'mysql2/promise';
-import type { Store } from './store.ts';
+import type { Store } from '../flush/store.ts';
 
 const HOUR_MS = 3_600_000;
 const DAY_MS = 86_400_000;

@@ -13,7 +13,7 @@ import { InputError } from '../base/errors.ts';
 import type { Logger } from '../base/log.ts';
 import { excerpt } from '../domain/contract.ts';
 import { recordPublishOutcome } from './backlog.ts';
-import type { Bus, BusEntry } from './bus.ts';
+import type { Bus, BusEntry } from '../publish/bus.ts';
 import type { SliceStatus, Store } from './store.ts';
 
 /** Slices published per run at most: a backlog (a long bus outage) drains over a few flushes instead of stalling one. */

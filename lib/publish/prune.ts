@@ -24,7 +24,7 @@
 import type { ResultSetHeader, RowDataPacket } from 'mysql2/promise';
 import type { Logger } from '../base/log.ts';
 import { mondayOf } from './rollup.ts';
-import type { Store } from './store.ts';
+import type { Store } from '../flush/store.ts';
 
 const DAY_MS = 86_400_000;
 

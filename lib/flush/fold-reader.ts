@@ -17,10 +17,10 @@ import type { CountRows } from '../domain/counts.ts';
 import { FoldBlobError, readFoldHeader } from '../domain/foldblob.ts';
 import { SliceSum } from '../domain/foldsum.ts';
 import type { SliceId } from '../domain/slice.ts';
-import type { FoldBlobs } from './fold-blobs.ts';
-import type { FoldId, FoldProtocol } from './fold-writer.ts';
-import type { SliceTotals } from './slice-reader.ts';
-import { ClaimsError } from './claims.ts';
+import type { FoldBlobs } from '../count/fold-blobs.ts';
+import type { FoldId, FoldProtocol } from '../count/fold-writer.ts';
+import type { SliceTotals } from '../count/slice-reader.ts';
+import { ClaimsError } from '../count/claims.ts';
 
 export interface FoldReaderDeps {
   claims: Pick<FoldProtocol, 'foldsOf' | 'decision' | 'abort'>;

@@ -15,9 +15,9 @@
  */
 import type { RowDataPacket } from 'mysql2/promise';
 import type { Logger } from '../base/log.ts';
-import { withNamedLock } from './outbox.ts';
+import { withNamedLock } from '../flush/outbox.ts';
 import { rollup } from './rollup.ts';
-import type { Store } from './store.ts';
+import type { Store } from '../flush/store.ts';
 
 const DAY_MS = 86_400_000;
 /** UTC days rolled up per run at most (a day's rollup took ~6 s on the reports bench's data). */

@@ -21,8 +21,8 @@ import { dirname } from 'node:path';
 import { InputError } from '../base/errors.ts';
 import type { Logger } from '../base/log.ts';
 import { decodeBatch, excerpt } from '../domain/contract.ts';
-import type { OffLogClient } from '../pipeline/client.ts';
-import { FrameSplitter, type FrameSink } from './frames.ts';
+import type { OffLogClient } from './client.ts';
+import { FrameSplitter, type FrameSink } from './agent-frames.ts';
 
 export interface AgentOptions {
   socketPath: string;

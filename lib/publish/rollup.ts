@@ -16,9 +16,9 @@
  * (repair.ts), and holds back the prune of its raw rows (prune.ts).
  */
 import type { RowDataPacket } from 'mysql2/promise';
-import { WEEK_OF } from './migrations.ts';
+import { WEEK_OF } from '../flush/migrations.ts';
 import { rollupSeries } from './series.ts';
-import type { Store } from './store.ts';
+import type { Store } from '../flush/store.ts';
 
 const HOUR_MS = 3_600_000;
 const DAY_MS = 86_400_000;

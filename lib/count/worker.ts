@@ -27,7 +27,7 @@ import type { Ring } from './ring.ts';
 import { Claims, type FoldId } from './claims.ts';
 import { sliceOf, type SliceId } from '../domain/slice.ts';
 import { watchedOfColumns, watchedOfEvents, type WatchList, type WatchSnapshot } from './watch.ts';
-import { WatchedSender } from './watched.ts';
+import { WatchedSender } from '../publish/watched.ts';
 import { FoldStoppedError, type FoldWriter } from './fold-writer.ts';
 
 /** The worker was stopped (or reached its deadline) while memcached was unreachable: its jobs stay Gearman's. */

@@ -24,8 +24,8 @@ import type { Logger } from '../base/log.ts';
 import { decodeWatchedJob, encodeWatchedJob, excerpt, FN_DEAD_LETTER, FN_WATCHED, type DeadLetterJob, type WatchedRecord, type WatchReason } from '../domain/contract.ts';
 import { GearmanConnection, type Job } from '../wire/gearman.ts';
 import type { Bus, BusEntry } from './bus.ts';
-import { withNamedLock } from './outbox.ts';
-import type { Store } from './store.ts';
+import { withNamedLock } from '../flush/outbox.ts';
+import type { Store } from '../flush/store.ts';
 
 /** Records per `offlog.watched` job: a fold of 16 × 5,000 watched events becomes jobs of a few hundred KB. */
 export const RECORDS_PER_JOB = 1000;

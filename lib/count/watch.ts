@@ -11,7 +11,7 @@
 import type { RowDataPacket } from 'mysql2/promise';
 import type { Logger } from '../base/log.ts';
 import { parseActionId, parseUserId, type ActionId, type EventColumns, type LogEvent, type UserId, type WatchedRecord, type WatchReason } from '../domain/contract.ts';
-import type { Store } from './store.ts';
+import type { Store } from '../flush/store.ts';
 
 export type WatchKind = 'user' | 'action';
 
