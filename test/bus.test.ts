@@ -5,7 +5,7 @@
  * against the 10-minute rows, and the batch format's version 2.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
 import { loadConfig } from '../lib/base/config.ts';
 import { ConfigError } from '../lib/base/errors.ts';
@@ -19,7 +19,7 @@ import { rollup } from '../lib/publish/rollup.ts';
 import { pino } from 'pino';
 import { Runtime } from '../lib/runtime.ts';
 import { FakeBus } from './fakebus.ts';
-import { drainQueues, Expected, futureSlice, readCounts, startOf, testConfig, testRuntime } from './support.ts';
+import { Expected, futureSlice, readCounts, runtimesFor, startOf, testConfig } from './support.ts';
 
 const log = createLogger(process.env.OFFLOG_LOG_LEVEL ?? 'warn', 'test');
 const entry = (id: string, detailBytes = 20, detailType: BusEntry['detailType'] = 'ActivityWatched'): BusEntry => {
@@ -138,18 +138,7 @@ describe('offlog.batch version 2: events sent as watched', () => {
 });
 
 const SLICE = 600;
-const runtimes: Runtime[] = [];
-function fresh(overrides: Record<string, string> = {}): Runtime {
-  const rt = testRuntime({ OFFLOG_SLICE_SECONDS: String(SLICE), ...overrides });
-  runtimes.push(rt);
-  return rt;
-}
-before(async () => {
-  await drainQueues(fresh().config);
-});
-after(async () => {
-  await Promise.all(runtimes.map((rt) => rt.close()));
-});
+const fresh = runtimesFor({ OFFLOG_SLICE_SECONDS: String(SLICE) });
 
 /** Logs events over three slices from `base` (crossing an hour where the slices do), runs the worker; returns the expected rows. */
 async function fill(rt: Runtime, base: SliceId): Promise<Expected> {
@@ -235,10 +224,10 @@ test('outbox: with the bus down the counts are written and the slices stay unpub
   assert.deepEqual(ours.map((e) => e.detail.events), [3000, 3000, 3000]);
 });
 
-test('with OFFLOG_EVENT_BUS unset nothing is published, the flush is unchanged, the slices wait in the outbox, and the log says so once', async () => {
+test('with OFFLOG_EVENT_BUS unset nothing is published, the flush is unchanged, the slices wait in the outbox, and the log says so once', async (t) => {
   const lines: string[] = [];
   const rt = new Runtime(testConfig({ OFFLOG_SLICE_SECONDS: String(SLICE) }), pino({ level: 'info' }, { write: (line: string) => lines.push(line) }));
-  runtimes.push(rt);
+  t.after(() => rt.close());
   await rt.store.migrate();
   const base = futureSlice(SLICE);
   const expected = await fill(rt, base);

@@ -5,6 +5,7 @@
  * AWS_ENDPOINT_URL; it records which names were asked for.
  */
 import http from 'node:http';
+import { after, before } from 'node:test';
 import type { AddressInfo } from 'node:net';
 
 export interface FakeAws {
@@ -50,5 +51,34 @@ export async function fakeAws(values: { parameters?: Record<string, string>; sec
     calls,
     env: { AWS_ENDPOINT_URL: url, AWS_REGION: 'eu-west-1', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test' },
     close: () => new Promise((r) => server.close(() => r())),
+  };
+}
+
+/**
+ * A stand-in for the whole test file: started before its first test, with
+ * its environment put in process.env (the SDK reads its endpoint and
+ * credentials there, as it does in Lambda), and all of it undone after the
+ * last. Returns a getter, since the stand-in exists only once started.
+ */
+export function fakeAwsInEnv(values: Parameters<typeof fakeAws>[0]): () => FakeAws {
+  let aws: FakeAws | undefined;
+  const saved: Record<string, string | undefined> = {};
+  before(async () => {
+    aws = await fakeAws(values);
+    for (const [k, v] of Object.entries(aws.env)) {
+      saved[k] = process.env[k];
+      process.env[k] = v;
+    }
+  });
+  after(async () => {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+    await aws?.close();
+  });
+  return () => {
+    if (aws === undefined) throw new Error('the AWS stand-in is not started yet (use it inside a test)');
+    return aws;
   };
 }

@@ -17,7 +17,7 @@
  * the slice reports.
  */
 import assert from 'node:assert/strict';
-import { after, before, test, type TestContext } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
 import { sleep } from '../lib/base/backoff.ts';
 import type { HostPort } from '../lib/base/config.ts';
@@ -29,24 +29,12 @@ import type { Ring } from '../lib/count/ring.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import { adminStatus, GearmanConnection } from '../lib/wire/gearman.ts';
 import { gearmand } from './daemons.ts';
-import { drainQueues, Expected, readCounts, testRuntime } from './support.ts';
+import { Expected, readCounts, runtimesFor } from './support.ts';
 
 const SLICE = 600;
 const JOBS = 6;
 const EVENTS = 40;
-const runtimes: Runtime[] = [];
-function fresh(overrides: Record<string, string> = {}): Runtime {
-  const rt = testRuntime({ OFFLOG_RING_MODE: 'counters', OFFLOG_SLICE_SECONDS: String(SLICE), ...overrides });
-  runtimes.push(rt);
-  return rt;
-}
-
-before(async () => {
-  await drainQueues(fresh().config);
-});
-after(async () => {
-  await Promise.all(runtimes.map((rt) => rt.close()));
-});
+const fresh = runtimesFor({ OFFLOG_RING_MODE: 'counters', OFFLOG_SLICE_SECONDS: String(SLICE) });
 
 /** A gearmand of the test's own: its queue is the test's alone, so "empty" means every job was acknowledged. */
 async function ownGearmand(t: TestContext): Promise<HostPort> {

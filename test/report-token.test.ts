@@ -4,36 +4,19 @@
  * client (against the local stand-in), and then every /api read needs it.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { handleReport } from '../lib/report/api.ts';
 import { awsSources, resolveSecrets } from '../lib/wire/secrets.ts';
-import { fakeAws, type FakeAws } from './fake-aws.ts';
+import { fakeAwsInEnv } from './fake-aws.ts';
 import { testRuntime } from './support.ts';
 
 const TOKEN = 'report-token-from-ssm-0123';
-let aws: FakeAws;
-const saved: Record<string, string | undefined> = {};
-
-before(async () => {
-  aws = await fakeAws({ parameters: { '/offlog/prod/report-token': TOKEN } });
-  // The SDK reads its endpoint and credentials from the process environment, as it does in Lambda.
-  for (const [k, v] of Object.entries(aws.env)) {
-    saved[k] = process.env[k];
-    process.env[k] = v;
-  }
-});
-after(async () => {
-  for (const [k, v] of Object.entries(saved)) {
-    if (v === undefined) delete process.env[k];
-    else process.env[k] = v;
-  }
-  await aws.close();
-});
+const aws = fakeAwsInEnv({ parameters: { '/offlog/prod/report-token': TOKEN } });
 
 test('the report token comes from the SSM parameter named; /api answers 401 without it and 200 with it', async () => {
-  const env = await resolveSecrets({ OFFLOG_REPORT_TOKEN_PARAMETER: '/offlog/prod/report-token', OFFLOG_REPORT_TOKEN: 'a-plain-value-loses-0000' }, awsSources(aws.env));
+  const env = await resolveSecrets({ OFFLOG_REPORT_TOKEN_PARAMETER: '/offlog/prod/report-token', OFFLOG_REPORT_TOKEN: 'a-plain-value-loses-0000' }, awsSources(aws().env));
   assert.equal(env.OFFLOG_REPORT_TOKEN, TOKEN, 'the parameter wins over a plain value');
-  assert.deepEqual(aws.calls, ['ssm:/offlog/prod/report-token']);
+  assert.deepEqual(aws().calls, ['ssm:/offlog/prod/report-token']);
 
   const rt = testRuntime({ OFFLOG_REPORT_TOKEN: env.OFFLOG_REPORT_TOKEN! });
   try {
@@ -48,5 +31,5 @@ test('the report token comes from the SSM parameter named; /api answers 401 with
 });
 
 test('a parameter name that is not one is refused, naming the variable', async () => {
-  await assert.rejects(resolveSecrets({ OFFLOG_REPORT_TOKEN_PARAMETER: 'no spaces allowed' }, awsSources(aws.env)), /OFFLOG_REPORT_TOKEN_PARAMETER: "no spaces allowed" is not an SSM parameter name/);
+  await assert.rejects(resolveSecrets({ OFFLOG_REPORT_TOKEN_PARAMETER: 'no spaces allowed' }, awsSources(aws().env)), /OFFLOG_REPORT_TOKEN_PARAMETER: "no spaces allowed" is not an SSM parameter name/);
 });

@@ -9,7 +9,7 @@
  *   the `OffLog`/`PublishFailures` metric line (CloudWatch EMF).
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
 import { Deltas } from '../lib/domain/aggregate.ts';
 import type { SliceId } from '../lib/domain/slice.ts';
@@ -22,23 +22,14 @@ import { Runtime } from '../lib/runtime.ts';
 import { createLogger } from '../lib/base/log.ts';
 import { status } from '../local/status.ts';
 import { FakeBus } from './fakebus.ts';
-import { drainQueues, futureSlice, startOf, testConfig } from './support.ts';
+import { futureSlice, runtimesFor, startOf, testConfig } from './support.ts';
 
 const SLICE = 600;
 const HOUR = 3_600_000;
 const log = createLogger(process.env.OFFLOG_LOG_LEVEL ?? 'warn', 'test');
-const runtimes: Runtime[] = [];
-function fresh(overrides: Record<string, string> = {}, metrics?: (line: string) => void): Runtime {
-  const rt = new Runtime(testConfig({ OFFLOG_SLICE_SECONDS: String(SLICE), ...overrides }), log, { metrics });
-  runtimes.push(rt);
-  return rt;
-}
-before(async () => {
-  await drainQueues(fresh().config);
-});
-after(async () => {
-  await Promise.all(runtimes.map((rt) => rt.close()));
-});
+/** Where the runtime made next writes its metric lines (see the metric test). */
+let metrics: ((line: string) => void) | undefined;
+const fresh = runtimesFor({ OFFLOG_SLICE_SECONDS: String(SLICE) }, (env) => new Runtime(testConfig(env), log, { metrics }));
 
 /** Counts straight into the ring: user u does action 1 `u` times, value 2 each, in each of three slices from `base`. */
 async function fill(rt: Runtime, base: SliceId): Promise<void> {
@@ -141,7 +132,9 @@ test('prune keeps the 10-minute rows of slices not rolled up, says so, and prune
 test('a publish that keeps failing: in offlog status, the health card (warning, then problem) and the PublishFailures metric; cleared when it recovers', async (t) => {
   const fake = await FakeBus.start(t);
   const lines: string[] = [];
-  const rt = fresh({ OFFLOG_EVENT_BUS: 'offlog-test', OFFLOG_EVENTBRIDGE_ENDPOINT: fake.endpoint }, (line) => lines.push(line));
+  metrics = (line) => lines.push(line);
+  const rt = fresh({ OFFLOG_EVENT_BUS: 'offlog-test', OFFLOG_EVENTBRIDGE_ENDPOINT: fake.endpoint });
+  metrics = undefined;
   await rt.store.migrate();
   const base = futureSlice(SLICE);
   await fill(rt, base);

@@ -1,5 +1,6 @@
 /** Shared test helpers: isolated config per test, queue draining, exact-total queries. */
 import { randomBytes } from 'node:crypto';
+import { after, before } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
 import { loadConfig, type Config } from '../lib/base/config.ts';
 import { createLogger } from '../lib/base/log.ts';
@@ -35,6 +36,27 @@ export const startOf = (s: SliceId, sliceSeconds: number): number => sliceStartM
 
 /** Empties the queues a worker reads, so jobs left by an aborted run cannot leak into a count. */
 export const drainQueues = (config: Config): Promise<number> => purgeQueues(config.gearmanServers);
+
+/**
+ * A test file's runtimes: `fresh(overrides)` makes one with `make` (on top of
+ * `defaults`); the queues are drained before the file's first test (leftovers
+ * of an aborted run) and every runtime is closed after its last.
+ */
+export function runtimesFor(defaults: Record<string, string>, make: (env: Record<string, string>) => Runtime = testRuntime): (overrides?: Record<string, string>) => Runtime {
+  const runtimes: Runtime[] = [];
+  const fresh = (overrides: Record<string, string> = {}): Runtime => {
+    const rt = make({ ...defaults, ...overrides });
+    runtimes.push(rt);
+    return rt;
+  };
+  before(async () => {
+    await drainQueues(fresh().config);
+  });
+  after(async () => {
+    await Promise.all(runtimes.map((rt) => rt.close()));
+  });
+  return fresh;
+}
 export { prng } from '../lib/base/prng.ts';
 
 export interface CountRow { slice: number; userId: string; actionId: number; count: string; valueSum: string }
