@@ -98,7 +98,10 @@ test('a server that cannot be reached: one line naming it and `offlog services u
   const memcached = await offlog(['flush'], { ...serverEnv(), OFFLOG_MEMCACHED_SERVERS: `127.0.0.1:${closed}` });
   assert.equal(memcached.code, EXIT.unavailable, memcached.stderr);
   assert.match(memcached.stderr, new RegExp(`cannot reach memcached at 127\\.0\\.0\\.1:${closed}.*offlog services up`));
-  oneLine(memcached);
+  oneLine(memcached);  const gearmand = await offlog(['worker', '--until-idle'], { ...serverEnv(), OFFLOG_GEARMAN_SERVERS: `127.0.0.1:${closed}`, OFFLOG_LOG_LEVEL: 'error' });
+  assert.equal(gearmand.code, EXIT.unavailable, gearmand.stderr);
+  assert.match(gearmand.stderr, new RegExp(`cannot reach gearmand at 127\\.0\\.0\\.1:${closed}.*offlog services up`));
+  oneLine(gearmand);
 });
 
 test('a database without the schema: one line saying to run `offlog migrate`, exit 1', async () => {

@@ -183,7 +183,7 @@ export class Worker {
         if (this.conns.length === 0) {
           await storing;
           storing = null;
-          if (until.idle) throw new Error(`no Gearman server answers (${this.deps.gearmanServers.map(label).join(', ')})`);
+          if (until.idle) throw new GearmanUnavailableError(`no Gearman server answers (${this.deps.gearmanServers.map(label).join(', ')})`);
           await sleep(1000);
           continue;
         }
