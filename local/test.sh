@@ -44,4 +44,5 @@ if [ "${1:-}" = --mutants ]; then
   exit
 fi
 if [ $# -eq 0 ]; then set -- test/*.test.ts; fi
-node --import tsx --test --test-concurrency=1 --test-timeout=300000 "$@"
+# TAP, as Node 20 printed by default: Node 24 would print its spec format instead, and CI reads the TAP summary.
+node --import tsx --test --test-reporter=tap --test-concurrency=1 --test-timeout=300000 "$@"
