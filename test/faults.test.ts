@@ -396,6 +396,59 @@ test('memcached cut inside the store (after the fold was prepared): the jobs sta
   assert.deepEqual(await readCounts(rt), expected.asStrings());
 });
 
+test('memcached cut after part of a fold\'s counters were written: the retry is a new fold, the broken one aborted, and the slice reported maybe-duplicated within its bound, nothing lost', async (t) => {
+  const rt = fresh();
+  await rt.store.migrate();
+  const proxy = await Proxy.start(t, rt.config.memcachedServers[0]!.port);
+  const ring = new Ring({ servers: [local(proxy.port)], keyPrefix: rt.config.keyPrefix, sliceSeconds: SLICE, ringSlices: 6, opTimeoutMs: 500 });
+  t.after(() => ring.close());
+  const base = futureSlice(SLICE);
+  const at = startOf(base, SLICE) + 10;
+  const expected = new Expected();
+  const events = Array.from({ length: 300 }, (_, i) => ({ userId: String(1 + (i % 30)), actionId: 6, value: 2, at }));
+  for (const e of events) expected.add(startOf(base, SLICE), e.userId, e.actionId, e.value);
+  const conn = await GearmanConnection.connect(rt.config.gearmanServers[0]!);
+  await conn.submitBackground(FN_BATCH, encodeBatch(events), `cut-mid-counters-${rt.config.keyPrefix}`);
+  conn.close();
+
+  // The first counter write reaches memcached for half its counters; then the connection is cut (a real
+  // outage: the rest fails on the dead socket) and memcached comes back a moment later.
+  const mc = ring.connections[0]!;
+  const real = mc.arithMany.bind(mc);
+  let cut = false;
+  mc.arithMany = async (keys, amounts, modes, ttl, options) => {
+    if (cut) return real(keys, amounts, modes, ttl, options);
+    cut = true;
+    const half = Math.floor(keys.length / 2);
+    const part = (from: number, to: number) => ({ length: to - from, at: (j: number) => keys.at(from + j) });
+    await real(part(0, half), amounts.slice(0, half), Array.from(modes).slice(0, half), ttl, options);
+    await proxy.cut();
+    setTimeout(() => void proxy.heal(), 300);
+    return real(part(half, keys.length), amounts.slice(half), Array.from(modes).slice(half), ttl, options);
+  };
+  const w = worker(rt, rt.config.gearmanServers, () => at, ring);
+  await w.run({ idle: true });
+  assert.ok(cut, 'the cut came inside the counter writes');
+  assert.ok(w.stats.storeRetries >= 1, 'the store was retried');
+  assert.deepEqual([w.stats.jobs, w.stats.events, w.stats.foldsAborted], [1, 300, 1], 'stored once more under a new fold; the broken one aborted');
+
+  const result = await flush(flushDeps(rt, ring), new Date(startOf((base + 2) as SliceId, SLICE)));
+  const slice = result.slices.find((s) => s.slice === base)!;
+  const counts = await readCounts(rt);
+  let over = 0n;
+  for (const [key, [count]] of expected.asStrings()) {
+    const found = counts.get(key);
+    assert.ok(found, `${key} lost`);
+    assert.ok(BigInt(found[0]) >= BigInt(count), `${key}: ${found[0]} < ${count}: lost`);
+    over += BigInt(found[0]) - BigInt(count);
+  }
+  assert.equal(counts.size, expected.rows.size, 'no pair made up');
+  assert.ok(over > 0n, 'the half written before the cut is counted twice (the test cut where it meant to)');
+  assert.equal(slice.status, 'maybe-duplicated', slice.note);
+  assert.ok(BigInt(slice.duplicateBound) >= over, `bound ${slice.duplicateBound} covers the over-count ${over}`);
+  assert.equal(slice.duplicateBound, '300', 'the bound: the broken fold\'s events');
+});
+
 test('the same job (same unique) sent again after it was counted: counted once, the copy skipped', async () => {
   const rt = fresh();
   await rt.store.migrate();
