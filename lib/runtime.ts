@@ -6,12 +6,12 @@
  */
 import type { Config } from './base/config.ts';
 import { createLogger, type Logger } from './base/log.ts';
-import { OffLogClient } from './send/client.ts';
+import { DEFAULT_BATCH_EVENTS, OffLogClient } from './send/client.ts';
 import { flush, type FlushDeps, type FlushResult } from './flush/flush.ts';
 import { Ring } from './count/ring.ts';
 import { Claims } from './count/claims.ts';
 import { Store } from './flush/store.ts';
-import { Worker, type WorkerDeps, type WorkerOptions } from './count/worker.ts';
+import { DEFAULT_MAX_FOLD_EVENTS, Worker, type WorkerDeps, type WorkerOptions } from './count/worker.ts';
 import { createBus, type Bus } from './publish/bus.ts';
 import { publishSlices, type OutboxResult } from './flush/outbox.ts';
 import { WatchList } from './count/watch.ts';
@@ -35,6 +35,13 @@ import { FoldWriter, type FoldWriterDeps } from './count/fold-writer.ts';
  * blobs repeat the same pairs once per fold (docs/ring-modes.md).
  */
 export const FOLDS_MODE_JOBS_PER_FOLD = 64;
+/**
+ * Events a folds-mode fold holds at most: 64 full jobs. The counters cap
+ * (DEFAULT_MAX_FOLD_EVENTS) bounds what a crash counts twice, which in folds
+ * mode is nothing; smaller folds would only multiply the blobs a dense slice
+ * keeps (docs/ring-modes.md).
+ */
+export const FOLDS_MODE_MAX_FOLD_EVENTS = FOLDS_MODE_JOBS_PER_FOLD * DEFAULT_BATCH_EVENTS;
 /** How long the flush gives a fold still open on a slice to commit before it aborts it (folds mode). */
 const FOLD_DECIDE_WAIT_MS = 10_000;
 
@@ -92,12 +99,11 @@ export class Runtime {
     const claims = deps.claims ?? new Claims(ring, { leaseSeconds: c.leaseSeconds });
     const base: WorkerDeps = { gearmanServers: c.gearmanServers, sliceSeconds: c.sliceSeconds, ring, log: this.log, watchList: this.watchList, ...deps, claims };
     if (c.jobsPerFold !== undefined) options = { maxJobsPerFold: c.jobsPerFold, ...options };
-    options = { maxFoldEvents: c.maxFoldEvents, ...options };
-    if (c.ringMode !== 'folds') return new Worker(base, options);
+    if (c.ringMode !== 'folds') return new Worker(base, { maxFoldEvents: c.maxFoldEvents ?? DEFAULT_MAX_FOLD_EVENTS, ...options });
     const reached = faultHook(c.fault);
     // The writer shares the worker's Claims: the same lease, so its claims and the worker's prepare()'s are one worker's.
     const folds = deps.folds ?? this.foldWriter(ring, base.now ?? Date.now, { claims, ...(reached ? { reached } : {}) });
-    return new Worker({ ...base, folds, ...(reached ? { reached } : {}) }, { maxJobsPerFold: FOLDS_MODE_JOBS_PER_FOLD, maxFoldEvents: c.maxFoldEvents, ...options });
+    return new Worker({ ...base, folds, ...(reached ? { reached } : {}) }, { maxJobsPerFold: FOLDS_MODE_JOBS_PER_FOLD, maxFoldEvents: c.maxFoldEvents ?? FOLDS_MODE_MAX_FOLD_EVENTS, ...options });
   }
 
   /** A fold-mode writer on `ring` (with a lease of its own unless `overrides` gives the worker's Claims); `overrides` for tests too. */

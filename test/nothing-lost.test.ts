@@ -297,7 +297,18 @@ test('a worker folds at most OFFLOG_MAX_FOLD_EVENTS events at once: jobs past it
 
 test('config refuses OFFLOG_MAX_FOLD_EVENTS below OFFLOG_MAX_BATCH_EVENTS (the ingest would accept jobs the worker refuses)', () => {
   assert.throws(() => loadConfig({ OFFLOG_MAX_FOLD_EVENTS: '5000' }), /OFFLOG_MAX_FOLD_EVENTS: must be at least OFFLOG_MAX_BATCH_EVENTS \(10000\)/);
-  assert.equal(loadConfig({}).maxFoldEvents, 80_000);
+  assert.equal(loadConfig({}).maxFoldEvents, undefined, 'unset: the ring mode decides');
+});
+
+test('the fold cap by ring mode: 80,000 events in counters (what a crash can count twice); in folds, where a crash counts nothing twice, room for its 64 full jobs', async (t) => {
+  const cap = (env: Record<string, string>): number => {
+    const rt = testRuntime(env);
+    t.after(() => rt.close());
+    return (rt.worker() as unknown as { maxFoldEvents: number }).maxFoldEvents;
+  };
+  assert.equal(cap({ OFFLOG_RING_MODE: 'counters' }), 80_000);
+  assert.equal(cap({ OFFLOG_RING_MODE: 'folds' }), 64 * 5_000);
+  assert.equal(cap({ OFFLOG_RING_MODE: 'folds', OFFLOG_MAX_FOLD_EVENTS: '100000' }), 100_000, 'set, it holds in either mode');
 });
 
 // ── S2: a writer still inside the slice when the flush's wait ends ──

@@ -28,8 +28,8 @@ export interface Config {
   maxBodyBytes: number;
   /** Largest number of events in one HTTP request. */
   maxBatchEvents: number;
-  /** Events a worker folds together at most: what one crash or broken store can count twice; a job over it is dead-lettered. */
-  maxFoldEvents: number;
+  /** Events a worker folds together at most (a job over it is dead-lettered); undefined: the ring mode's cap. */
+  maxFoldEvents: number | undefined;
   logLevel: string;
   /** EventBridge bus (name or ARN) for SliceFlushed and ActivityWatched; unset: nothing is published. */
   eventBus: string | undefined;
@@ -114,7 +114,8 @@ const schema = z.object({
   OFFLOG_INGEST_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
   OFFLOG_MAX_BODY_BYTES: int(1_024, 64 * 1024 * 1024, 1024 * 1024),
   OFFLOG_MAX_BATCH_EVENTS: int(1, 1_000_000, 10_000),
-  OFFLOG_MAX_FOLD_EVENTS: int(1, 10_000_000, 80_000),
+  // Unset: the ring mode's own cap (see Runtime.worker).
+  OFFLOG_MAX_FOLD_EVENTS: z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(1, 'must be at least 1').max(10_000_000, 'must be at most 10000000')).optional(),
   OFFLOG_REPORT_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
   OFFLOG_RETENTION_DAYS: int(1, 100_000, 35),
   OFFLOG_HOURLY_RETENTION_DAYS: int(1, 100_000, 400),
@@ -163,7 +164,7 @@ export function loadConfig(env: Record<string, string | undefined> = {}): Config
   if (e.OFFLOG_HOURLY_RETENTION_DAYS < e.OFFLOG_RETENTION_DAYS) crossChecks.push(`OFFLOG_HOURLY_RETENTION_DAYS: must be at least OFFLOG_RETENTION_DAYS (${e.OFFLOG_RETENTION_DAYS}) (got ${e.OFFLOG_HOURLY_RETENTION_DAYS})`);
   if (e.OFFLOG_DAILY_RETENTION_DAYS !== 0 && e.OFFLOG_DAILY_RETENTION_DAYS < e.OFFLOG_HOURLY_RETENTION_DAYS) crossChecks.push(`OFFLOG_DAILY_RETENTION_DAYS: must be 0 (for ever) or at least OFFLOG_HOURLY_RETENTION_DAYS (${e.OFFLOG_HOURLY_RETENTION_DAYS}) (got ${e.OFFLOG_DAILY_RETENTION_DAYS})`);
   // The HTTP ingest must not accept a job the worker refuses.
-  if (e.OFFLOG_MAX_FOLD_EVENTS < e.OFFLOG_MAX_BATCH_EVENTS) crossChecks.push(`OFFLOG_MAX_FOLD_EVENTS: must be at least OFFLOG_MAX_BATCH_EVENTS (${e.OFFLOG_MAX_BATCH_EVENTS}), or the worker refuses jobs the HTTP ingest accepts (got ${e.OFFLOG_MAX_FOLD_EVENTS})`);
+  if (e.OFFLOG_MAX_FOLD_EVENTS !== undefined && e.OFFLOG_MAX_FOLD_EVENTS < e.OFFLOG_MAX_BATCH_EVENTS) crossChecks.push(`OFFLOG_MAX_FOLD_EVENTS: must be at least OFFLOG_MAX_BATCH_EVENTS (${e.OFFLOG_MAX_BATCH_EVENTS}), or the worker refuses jobs the HTTP ingest accepts (got ${e.OFFLOG_MAX_FOLD_EVENTS})`);
   // memcached reads an exptime above 30 days as an absolute Unix time: every ring key would be born expired.
   if (e.OFFLOG_SLICE_SECONDS * e.OFFLOG_RING_SLICES > MAX_RING_TTL_S) {
     crossChecks.push(`OFFLOG_SLICE_SECONDS × OFFLOG_RING_SLICES: the ring's lifetime (${e.OFFLOG_SLICE_SECONDS} × ${e.OFFLOG_RING_SLICES} = ${e.OFFLOG_SLICE_SECONDS * e.OFFLOG_RING_SLICES} s) must be at most ${MAX_RING_TTL_S} s (30 days): memcached takes a longer expiry as an absolute time, so every key would be born expired`);

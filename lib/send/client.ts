@@ -183,6 +183,8 @@ interface Server {
 
 const MIN_BACKOFF_MS = 50;
 const MAX_BACKOFF_MS = 5000;
+/** Events per job unless told otherwise (see batchSize). */
+export const DEFAULT_BATCH_EVENTS = 5000;
 
 export class OffLogClient extends EventEmitter<OffLogClientEvents> {
   /** What `mock: true` recorded, oldest first (always empty otherwise). `recorded.length = 0` clears it. */
@@ -229,7 +231,7 @@ export class OffLogClient extends EventEmitter<OffLogClientEvents> {
     // With no listener, Node would throw an 'error' event at the caller: the client must never do that.
     if (options.onError) this.on('error', options.onError);
     if (options.onDrop) this.on('drop', options.onDrop);
-    this.batchSize = options.batchSize ?? 5000;
+    this.batchSize = options.batchSize ?? DEFAULT_BATCH_EVENTS;
     this.maxBatchBytes = options.maxBatchBytes ?? 1024 * 1024;
     this.lingerMs = options.lingerMs ?? 20;
     this.maxEvents = options.maxBufferedEvents ?? 1_000_000;
