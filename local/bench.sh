@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# local/bench.sh — run the benchmark (bench/run.ts) with everything it needs.
+# local/bench.sh — run a benchmark on Node 24 with everything it needs.
 #
-#   bash local/bench.sh [--quick] [bench/run.ts options…]
+#   bash local/bench.sh [--quick] [bench/run.ts options…]     npm run bench
+#   bash local/bench.sh bench/php.ts [options…]              npm run bench:php
+#   bash local/bench.sh bench/reports.ts [options…]          npm run bench:reports
 #
 # bench/run.ts starts (and afterwards stops) its own servers through
 # local/services.sh: data in .data/bench, ports 4750/11231/3326 (override with
@@ -14,4 +16,6 @@ cd "$(dirname "$0")/.."
 [ -d node_modules ] || npm install
 source local/node.sh
 echo "offlog bench: node $offlog_node_version ($(command -v node))" >&2
-exec node --import tsx bench/run.ts "$@"
+script=bench/run.ts
+if [[ ${1:-} == bench/*.ts ]]; then script=$1; shift; fi
+exec node --import tsx "$script" "$@"
