@@ -417,3 +417,33 @@ test('a job carried to the next fold has its claim read there: two jobs a commit
   assert.equal(worker.stats.duplicatesSkipped, 2, 'both were applied before');
   assert.deepEqual(folds, [], 'nothing stored again');
 });
+
+// ── chaos seed 1: a memcached restart takes the writer count of a slice read with a dead writer inside ──
+
+test('a writer count lost to a memcached restart after the read is reported as the restart, not as a paused worker that left', async (t) => {
+  const m = await memcached(t, 16);
+  await m.start();
+  const rt = testRuntime({ OFFLOG_MEMCACHED_SERVERS: `127.0.0.1:${m.port}` });
+  closers.push(() => rt.close());
+  await rt.store.migrate();
+  const c = sliceOf(Date.now(), 600);
+  const at = (s: number): Date => new Date(startOf((c + s) as SliceId, 600) + 1000);
+  await flush(rt.flushDeps, at(0)); // remembers the memcached it saw
+  const s = (c + 1) as SliceId;
+  await put(rt.ring, s, 5);
+  // A worker SIGKILLed inside its store after its fold committed: it entered the slice and never leaves.
+  await rt.ring.enter([s]);
+  assert.equal(await rt.ring.writersIn(s), 1);
+  const first = await flush({ ...rt.flushDeps, sealWaitMs: 100 }, at(4));
+  assert.equal(first.slices.find((x) => x.slice === s)?.status, 'flushed');
+  await m.restart(); // the dead writer's count goes with everything else
+  await flush({ ...rt.flushDeps, sealWaitMs: 100 }, at(5));
+  const [rows] = await rt.store.pool.query<import('mysql2').RowDataPacket[]>(
+    `SELECT status, events, note FROM \`${rt.config.tablePrefix}slices\` WHERE slice_start = ?`,
+    [new Date(startOf(s, 600))],
+  );
+  const row = rows[0]!;
+  assert.equal(String(row.events), '5', 'the five events were read before the restart');
+  assert.doesNotMatch(String(row.note), /a live worker paused past the flush's wait/, 'no worker left: the restart took the count');
+  assert.match(String(row.note), /memcached restarted at .*, after this slice was read with 1 writer\(s\) inside/);
+});

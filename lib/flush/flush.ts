@@ -139,7 +139,7 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
     }
 
     const restartedAt = await memcachedRestart(ring, store, log);
-    const readWithWriters = await writersLeftSince(ring, store, oldest, sliceSeconds, log);
+    const readWithWriters = await writersLeftSince(ring, store, oldest, sliceSeconds, restartedAt, log);
     for (let s = next; s <= newest; s = (s + 1) as SliceId) {
       const restarted = restartedAt !== null && restartedAfter(restartedAt, sliceStartMs(s, sliceSeconds));
       // Writers see the slice as taken from here on; those already inside finish first.
@@ -148,7 +148,7 @@ export async function flush(deps: FlushDeps, now: Date, options: { lockWaitSecon
       const unfinished = deps.folds ? NONE_UNFINISHED : await unfinishedFolds(claims, s);
       if (inside > 0) {
         log.warn({ slice: iso(s, sliceSeconds), writers: inside, abortedFolds: unfinished.folds }, 'writers still inside the slice after the wait (a worker paused, or died mid-store?); reading it anyway: if one leaves later without an aborted fold to store again, the next flush marks the slice incomplete');
-        readWithWriters.set(s, { inside, covered: unfinished.folds });
+        readWithWriters.set(s, { inside, covered: unfinished.folds, readAt: Date.now() });
       }
       const written = await store.writeSlice(new Date(sliceStartMs(s, sliceSeconds)), async (write) => {
         const reader: RowSource = deps.folds ? await openFolds(deps.folds, s, store.rowsPerStatement, log, sliceSeconds) : await ring.openSlice(s, store.rowsPerStatement);
@@ -326,27 +326,31 @@ async function memcachedRestart(ring: Ring, store: Store, log: Logger): Promise<
  * writers has dropped by more than its aborted folds since its read is
  * marked incomplete; one that leaves the ring first is forgotten.
  */
-async function writersLeftSince(ring: Ring, store: Store, oldest: SliceId, sliceSeconds: number, log: Logger): Promise<Map<SliceId, WritersRead>> {
+async function writersLeftSince(ring: Ring, store: Store, oldest: SliceId, sliceSeconds: number, restartedAt: number | null, log: Logger): Promise<Map<SliceId, WritersRead>> {
   const pending = new Map<SliceId, WritersRead>();
   const text = await store.getState(WRITERS_STATE);
   for (const [key, read] of Object.entries(text === null ? {} : (JSON.parse(text) as Record<string, WritersRead | number>))) {
     const slice = Number(key) as SliceId;
     if (slice < oldest) continue;
-    const { inside, covered } = typeof read === 'number' ? { inside: read, covered: 0 } : read;
+    const { inside, covered, readAt } = typeof read === 'number' ? { inside: read, covered: 0, readAt: undefined } : read;
     const left = inside - (await ring.writersIn(slice));
     if (left <= covered) {
-      pending.set(slice, { inside, covered });
+      pending.set(slice, { inside, covered, readAt });
       continue;
     }
-    const note = `${left - covered} writer(s) still inside when the slice was read left afterwards (a live worker paused past the flush's wait): what they stored after the read is not in these rows`;
+    // A restart after the read empties `w` whether its writers left or died inside: which it was cannot be told, so the note names the restart.
+    const lostCount = restartedAt !== null && readAt !== undefined && restartedAfter(restartedAt, readAt);
+    const note = lostCount
+      ? `memcached restarted at ${new Date(restartedAt * 1000).toISOString()}, after this slice was read with ${inside} writer(s) inside: whether ${left - covered} of them left afterwards or died inside cannot be told; what a live one stored after the read is not in these rows`
+      : `${left - covered} writer(s) still inside when the slice was read left afterwards (a live worker paused past the flush's wait): what they stored after the read is not in these rows`;
     log.error({ slice: iso(slice, sliceSeconds), writers: left - covered }, note);
     await store.reportSlice(new Date(sliceStartMs(slice, sliceSeconds)), note);
   }
   return pending;
 }
 
-/** Writers inside a slice when it was read, and how many of them had a fold the flush aborted. */
-interface WritersRead { inside: number; covered: number }
+/** Writers inside a slice when it was read, how many of them had a fold the flush aborted, and when (ms; absent in state written before it was kept). */
+interface WritersRead { inside: number; covered: number; readAt?: number | undefined }
 
 const WRITERS_STATE = 'slices_read_with_writers_inside';
 
