@@ -411,8 +411,14 @@ echo "page done";
   const fpmBin = ['php-fpm', 'php-fpm8.2'].find((b) => spawnSync('sh', ['-c', `command -v ${b}`]).status === 0);
   assert.ok(fpmBin, 'php-fpm is installed (local/services.sh installs it)');
   const fpm = spawn(fpmBin, ['-y', conf, '-F', ...(process.getuid?.() === 0 ? ['-R'] : [])], { stdio: 'ignore' });
-  t.after(() => fpm.kill('SIGKILL'));
-  process.once('exit', () => fpm.kill('SIGKILL'));
+  // SIGTERM, not SIGKILL: the master then stops its workers too (a killed master leaves them running).
+  t.after(async () => {
+    if (fpm.exitCode !== null || fpm.signalCode !== null) return;
+    const exited = new Promise((res) => fpm.once('exit', res));
+    fpm.kill('SIGTERM');
+    await exited;
+  });
+  process.once('exit', () => fpm.kill('SIGTERM'));
   await waitForPort(port, 'php-fpm');
   const res = await fastcgiGet(port, script);
   assert.match(res.stdout, /page done$/);
