@@ -13,7 +13,7 @@
  * Then a steady agent run of --rss-seconds (default 120; --quick: 10) for
  * the agent's memory over time.
  *
- *   node --import tsx bench/php.ts [--quick] [--procs 4] [--rss-seconds N] [--out bench/results-php.json]
+ *   node --import tsx bench/php.ts [--quick] [--paths logSimple,batch,agent] [--procs 4] [--rss-seconds N] [--out bench/results-php.json]
  *
  * Servers: the bench stack (bench/stack.ts: local/services.sh in .data/bench,
  * ports from OFFLOG_BENCH_*). Exit 1 when a total was wrong.
@@ -40,6 +40,9 @@ const SLICE = 600;
 /** Events per path and request size: logSimple and the direct batch are ~1,400 jobs/s at best, so they get few. */
 const EVENTS = quick ? { logSimple: 400, batch: 2_400, agent: 120_000 } : { logSimple: 12_000, batch: 120_000, agent: 2_400_000 };
 type Path = keyof typeof EVENTS;
+/** --paths agent,batch: run only those (default: all three). */
+const PATHS = (args.includes('--paths') ? args[args.indexOf('--paths') + 1]!.split(',') : ['logSimple', 'batch', 'agent']) as Path[];
+for (const p of PATHS) if (!(p in EVENTS)) throw new Error(`--paths: unknown path ${p} (logSimple, batch, agent)`);
 
 interface PhpOut { logged: number; sent: number; fallback: number; dropped: number; requests: number; logP50Ns: number; endP50Ns: number; endP99Ns: number }
 interface RunResult {
@@ -152,7 +155,7 @@ async function main(): Promise<number> {
   const socket = join(dir, 'agent.sock');
   try {
     const results: RunResult[] = [];
-    for (const size of [1, 3, 10]) for (const path of ['logSimple', 'batch', 'agent'] as const) results.push(await run(path, size, socket));
+    for (const size of [1, 3, 10]) for (const path of PATHS) results.push(await run(path, size, socket));
     const steady = await run('agent', 3, socket, RSS_SECONDS);
     const m = await machine(loadConfig(env));
     const table = results.map((r) => `${r.path.padEnd(10)} ${String(r.eventsPerRequest).padStart(3)} ev/req  ${String(r.eventsPerSecond).padStart(8)} ev/s  log() p50 ${r.logP50Us.toFixed(2)} µs  end p50 ${r.endP50Us.toFixed(1)} µs p99 ${r.endP99Us.toFixed(1)} µs  ${r.exact ? 'exact' : `WRONG (${r.mismatches} rows)`}  fallback ${r.fallback}${r.dropped ? `  dropped by PHP ${r.dropped} (timeouts; the rows say whether they arrived)` : ''}${r.agentRssMb ? `  agent RSS ${r.agentRssMb.first.toFixed(0)}→${r.agentRssMb.max.toFixed(0)} MB` : ''}`);

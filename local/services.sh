@@ -51,7 +51,7 @@ MYSQL_DATADIR="$MYSQL_DIR/data"
 MYSQL_SOCKET="$MYSQL_DIR/mysqld.sock"
 
 SUDO=
-APT_PACKAGES=(gearman-job-server gearman-tools memcached mariadb-server mariadb-client php-cli php-gearman php-fpm phpunit)
+APT_PACKAGES=(gearman-job-server gearman-tools memcached mariadb-server mariadb-client php-cli php-gearman php-fpm phpunit composer)
 
 log() { printf 'services: %s\n' "$*" >&2; }
 die() { printf 'services: error: %s\n' "$*" >&2; exit 1; }
@@ -89,6 +89,7 @@ missing_tools() {
   fi
   # The PHP client's tests: PHPUnit, and php-fpm for fastcgi_finish_request.
   command -v phpunit >/dev/null 2>&1 || echo phpunit
+  command -v composer >/dev/null 2>&1 || echo composer
   pick php-fpm php-fpm8.2 >/dev/null || echo php-fpm
 }
 

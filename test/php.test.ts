@@ -152,6 +152,19 @@ test('PHPUnit: the shared vectors and OffLog\\Client against real sockets and ge
   assert.doesNotMatch(r.stdout, /Skipped|Incomplete|Risky/i, 'every PHP test ran');
 });
 
+test('Composer: the package installs from its path (no Packagist) and PSR-4 autoloads OffLog\\Client', async () => {
+  const app = scratch();
+  writeFileSync(join(app, 'composer.json'), JSON.stringify({
+    repositories: [{ type: 'path', url: PHP_DIR, options: { symlink: false } }, { 'packagist.org': false }],
+    require: { 'offlog/client': '@dev' }, 'minimum-stability': 'dev',
+  }));
+  const install = spawnSync('composer', ['install', '--no-interaction', '--no-progress'], { cwd: app, encoding: 'utf8', env: { ...process.env, COMPOSER_ALLOW_SUPERUSER: '1', COMPOSER_HOME: join(app, '.composer') }, timeout: 120_000 });
+  assert.equal(install.status, 0, install.stderr);
+  const run = spawnSync('php', ['-r', `require 'vendor/autoload.php'; $c = new OffLog\\Client(['agentSocket' => null, 'gearmanServers' => '', 'flushAtShutdown' => false]); $c->log(1, 2); echo json_encode($c->stats());`], { cwd: app, encoding: 'utf8' });
+  assert.deepEqual(JSON.parse(run.stdout), { logged: 1, sent: 0, fallback: 0, dropped: 0, invalid: 0, buffered: 1 });
+  rmSync(app, { recursive: true, force: true });
+});
+
 test('end to end: 8 PHP processes of 1, 3 and 10-event requests through the agent: exact rows, exact agent stats', async (t) => {
   const { g, rt, gearman } = await isolated(t);
   const socket = join(scratch(), 'agent.sock');
@@ -398,8 +411,14 @@ echo "page done";
   const fpmBin = ['php-fpm', 'php-fpm8.2'].find((b) => spawnSync('sh', ['-c', `command -v ${b}`]).status === 0);
   assert.ok(fpmBin, 'php-fpm is installed (local/services.sh installs it)');
   const fpm = spawn(fpmBin, ['-y', conf, '-F', ...(process.getuid?.() === 0 ? ['-R'] : [])], { stdio: 'ignore' });
-  t.after(() => fpm.kill('SIGKILL'));
-  process.once('exit', () => fpm.kill('SIGKILL'));
+  // SIGTERM, not SIGKILL: the master then stops its workers too (a killed master leaves them running).
+  t.after(async () => {
+    if (fpm.exitCode !== null || fpm.signalCode !== null) return;
+    const exited = new Promise((res) => fpm.once('exit', res));
+    fpm.kill('SIGTERM');
+    await exited;
+  });
+  process.once('exit', () => fpm.kill('SIGTERM'));
   await waitForPort(port, 'php-fpm');
   const res = await fastcgiGet(port, script);
   assert.match(res.stdout, /page done$/);
