@@ -4,7 +4,7 @@
  * where the defect needs them. The suspicions that turned out wrong keep the
  * test that shows it.
  */
-import { after, test } from 'node:test';
+import { after, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadConfig } from '../lib/base/config.ts';
 import { ConfigError } from '../lib/base/errors.ts';
@@ -25,6 +25,7 @@ import { drainDeadLetters } from '../lib/flush/deadletter.ts';
 import { gearmand, memcached, Proxy } from './daemons.ts';
 import { FakeMemcached } from './fake-memcached.ts';
 import { futureSlice, readCounts, startOf, testConfig, testRuntime } from './support.ts';
+import type { Runtime } from '../lib/runtime.ts';
 
 /** memcached's longest relative expiry: 30 days. */
 const MAX_RING_TTL_S = 2_592_000;
@@ -123,15 +124,25 @@ async function put(ring: Ring, slice: SliceId, n: number, user = 1): Promise<voi
   await ring.apply(d);
 }
 
-test('a memcached restart marks every slice that began before it incomplete, whichever later flush takes it', async (t) => {
+/**
+ * A runtime on a memcached of the test's own (so it can be restarted), the
+ * current slice `c`, `at(k)`: a moment in slice c + k, and a first flush
+ * that remembers the memcached it saw.
+ */
+async function onRestartableMemcached(t: TestContext): Promise<{ m: Awaited<ReturnType<typeof memcached>>; rt: Runtime; c: SliceId; at: (k: number) => Date }> {
   const m = await memcached(t, 16);
   await m.start();
   const rt = testRuntime({ OFFLOG_MEMCACHED_SERVERS: `127.0.0.1:${m.port}` });
   closers.push(() => rt.close());
   await rt.store.migrate();
   const c = sliceOf(Date.now(), 600);
-  const at = (s: number): Date => new Date(startOf((c + s) as SliceId, 600) + 1000);
-  await flush(rt.flushDeps, at(0)); // remembers the memcached it saw
+  const at = (k: number): Date => new Date(startOf((c + k) as SliceId, 600) + 1000);
+  await flush(rt.flushDeps, at(0));
+  return { m, rt, c, at };
+}
+
+test('a memcached restart marks every slice that began before it incomplete, whichever later flush takes it', async (t) => {
+  const { m, rt, c, at } = await onRestartableMemcached(t);
   await put(rt.ring, (c - 1) as SliceId, 10);
   await put(rt.ring, c, 10);
   await m.restart();
@@ -421,14 +432,7 @@ test('a job carried to the next fold has its claim read there: two jobs a commit
 // ── chaos seed 1: a memcached restart takes the writer count of a slice read with a dead writer inside ──
 
 test('a writer count lost to a memcached restart after the read is reported as the restart, not as a paused worker that left', async (t) => {
-  const m = await memcached(t, 16);
-  await m.start();
-  const rt = testRuntime({ OFFLOG_MEMCACHED_SERVERS: `127.0.0.1:${m.port}` });
-  closers.push(() => rt.close());
-  await rt.store.migrate();
-  const c = sliceOf(Date.now(), 600);
-  const at = (s: number): Date => new Date(startOf((c + s) as SliceId, 600) + 1000);
-  await flush(rt.flushDeps, at(0)); // remembers the memcached it saw
+  const { m, rt, c, at } = await onRestartableMemcached(t);
   const s = (c + 1) as SliceId;
   await put(rt.ring, s, 5);
   // A worker SIGKILLed inside its store after its fold committed: it entered the slice and never leaves.
