@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { after, before, test } from 'node:test';
+import { after, before, test, type TestContext } from 'node:test';
 import type { RowDataPacket } from 'mysql2/promise';
 import { sleep } from '../lib/base/backoff.ts';
 import { Deltas } from '../lib/domain/aggregate.ts';
@@ -349,12 +349,18 @@ test('memcached unreachable: the worker holds its jobs, retries, and resumes; to
   await proxy.cut();
 });
 
-test('memcached cut inside the store (after the fold was prepared): the jobs stay queued, none acknowledged, and the totals come out exact', async (t) => {
-  const rt = fresh();
-  await rt.store.migrate();
+/** A Ring of `rt`'s keys reaching memcached through a Proxy the test can cut (a short op timeout); closed after the test. */
+async function ringBehindProxy(t: TestContext, rt: Runtime): Promise<{ proxy: Proxy; ring: Ring }> {
   const proxy = await Proxy.start(t, rt.config.memcachedServers[0]!.port);
   const ring = new Ring({ servers: [local(proxy.port)], keyPrefix: rt.config.keyPrefix, sliceSeconds: SLICE, ringSlices: 6, opTimeoutMs: 500 });
   t.after(() => ring.close());
+  return { proxy, ring };
+}
+
+test('memcached cut inside the store (after the fold was prepared): the jobs stay queued, none acknowledged, and the totals come out exact', async (t) => {
+  const rt = fresh();
+  await rt.store.migrate();
+  const { proxy, ring } = await ringBehindProxy(t, rt);
   const base = futureSlice(SLICE);
   const at = startOf(base, SLICE) + 10;
   const expected = new Expected();
@@ -399,9 +405,7 @@ test('memcached cut inside the store (after the fold was prepared): the jobs sta
 test('memcached cut after part of a fold\'s counters were written: the retry is a new fold, the broken one aborted, and the slice reported maybe-duplicated within its bound, nothing lost', async (t) => {
   const rt = fresh();
   await rt.store.migrate();
-  const proxy = await Proxy.start(t, rt.config.memcachedServers[0]!.port);
-  const ring = new Ring({ servers: [local(proxy.port)], keyPrefix: rt.config.keyPrefix, sliceSeconds: SLICE, ringSlices: 6, opTimeoutMs: 500 });
-  t.after(() => ring.close());
+  const { proxy, ring } = await ringBehindProxy(t, rt);
   const base = futureSlice(SLICE);
   const at = startOf(base, SLICE) + 10;
   const expected = new Expected();
