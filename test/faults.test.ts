@@ -65,22 +65,14 @@ test('worker SIGKILLed mid-stream and restarted: nothing lost, duplicates bounde
   const first = spawn('node', ['bin/offlog.js', 'worker'], { env, stdio: 'ignore' });
   // A worker left running by a failed run would take the next tests' jobs from the shared gearmand.
   t.after(() => void first.kill('SIGKILL'));
-  // Kill it once it is well into the stream, and inside a fold: frozen (SIGSTOP), it must hold jobs it has
-  // taken and not acknowledged, which gearmand then hands out again; if it holds none, it runs on a moment.
-  // As soon as it has taken its first jobs (it starts in a few seconds: the CLI loads, then waits up to 2 s
-  // for the watch lists); on a quiet machine it then drains all 400 in about a second.
-  for (const deadline = Date.now() + 60_000; Date.now() < deadline; await sleep(10)) {
-    const queued = (await adminStatus(rt.config.gearmanServers[0]!, 15_000)).get(FN_BATCH)?.queued ?? 0;
-    if (queued < 400) break;
-  }
+  // Run it in 2-ms steps, frozen (SIGSTOP) in between, until it is frozen holding jobs it has taken and not
+  // acknowledged, which gearmand then hands out again: fast or slow, the kill lands inside a fold.
   let held = 0;
-  for (let i = 0; i < 200 && held === 0; i++) {
+  for (const deadline = Date.now() + 60_000; held === 0 && Date.now() < deadline; ) {
+    first.kill('SIGCONT');
+    await sleep(2);
     first.kill('SIGSTOP');
     held = (await adminStatus(rt.config.gearmanServers[0]!, 15_000)).get(FN_BATCH)?.running ?? 0;
-    if (held === 0) {
-      first.kill('SIGCONT');
-      await sleep(5);
-    }
   }
   assert.ok(held > 0, 'the kill landed inside a fold: the worker held unacknowledged jobs');
   const queuedAtKill = (await adminStatus(rt.config.gearmanServers[0]!, 15_000)).get(FN_BATCH)?.queued ?? 0;
